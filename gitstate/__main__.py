@@ -1,0 +1,7 @@
+"""Allow ``python -m gitstate``."""
+
+import sys
+
+from gitstate.cli import main
+
+sys.exit(main())

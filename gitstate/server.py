@@ -1,0 +1,60 @@
+"""Run the WSGI app under gunicorn, embedded in the ``gitstate`` command.
+
+No preloading: each worker imports the app and opens its repositories after
+the fork, as libgit2 handles must not be shared between processes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from gitstate.config import Config
+
+CONFIG_ENV = "GITSTATE_CONFIG"
+
+
+class GitstateServer(BaseApplication):  # type: ignore[misc]
+    """A gunicorn application whose workers each build the app themselves."""
+
+    def __init__(self, config: Config, config_path: str, **overrides: Any) -> None:
+        self._gitstate_config = config
+        self._config_path = config_path
+        self._overrides = overrides
+        super().__init__()
+
+    def load_config(self) -> None:
+        """Hand gunicorn its settings from the gitstate config."""
+        settings = {
+            "bind": [self._gitstate_config.listen],
+            "workers": max(1, self._gitstate_config.workers),
+            "threads": max(1, self._gitstate_config.threads),
+            "worker_class": "gthread" if self._gitstate_config.threads > 1 else "sync",
+            "preload_app": False,
+            "limit_request_line": 8190,
+            "graceful_timeout": 10,
+            "timeout": 60,
+            "proc_name": "gitstate",
+        }
+        if "control_socket_disable" in self.cfg.settings:
+            # gunicorn >= 27 opens a control socket in $HOME by default; two
+            # servers on one host would fight over it and we do not use it.
+            settings["control_socket_disable"] = True
+        settings.update(self._overrides)
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        """Build the app inside the worker (called after fork)."""
+        os.environ[CONFIG_ENV] = self._config_path
+        from gitstate.web.app import create_app
+
+        return create_app(Config.load(self._config_path))
+
+
+def serve(config: Config, config_path: str, **overrides: Any) -> None:
+    """Run gunicorn in the foreground until it is told to stop."""
+    os.environ[CONFIG_ENV] = config_path
+    GitstateServer(config, config_path, **overrides).run()

@@ -1,0 +1,31 @@
+"""The service layer's front door: one object holding every service.
+
+``gitstate.web`` and the CLI build one :class:`Services` per process and call
+only what it offers; they never touch the store directly (see
+docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gitstate.config import Config
+from gitstate.store import Store
+
+
+class Services:
+    """The services of one gitstate process, sharing one state store."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = Store(
+            config.state_repo,
+            fsync=config.state.fsync,
+            deadline=config.state.deadline,
+            stale_lock_after=config.state.stale_lock_after,
+        )
+
+    def health(self) -> dict[str, Any]:
+        """Report that the process can read the state branch."""
+        head = self.store.head()
+        return {"status": "ok", "state_commit": head}

@@ -1,0 +1,833 @@
+"""The state branch: snapshot reads and compare-and-swap transactions.
+
+All of gitstate's state is YAML records committed to one branch
+(``refs/heads/state``) of one bare repository. This module is the only
+place, apart from the tree builders of the deploy code, that talks to
+pygit2. It offers three things:
+
+* **Snapshots.** A :class:`Snapshot` is the state at one commit. The latest
+  one is cached per process and brought forward by a tree diff when the ref
+  moves, and parsed records are cached by blob id, which can never be stale.
+* **Transactions.** :meth:`Store.transact` applies a change function to the
+  tip snapshot, writes only the blobs and trees on changed paths, commits,
+  and advances the ref by compare-and-swap. If another writer got there
+  first the change function runs again on the new tip. Writers on one host
+  queue on an ``flock`` so that they do not storm the ref; the CAS still
+  guards against writers we do not know about. A ``.lock`` file left by a
+  killed process is removed once it is old enough to be certainly dead.
+* **The past.** State at a commit or at a point in time, and the history of
+  one record, read from the first-parent chain of the branch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import random
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import pygit2
+from pygit2.enums import FileMode, SortMode
+
+from gitstate import codec
+from gitstate.errors import GitStateError
+
+T = TypeVar("T")
+
+DEFAULT_REF = "refs/heads/state"
+SERVICE_NAME = "gitstate"
+TRAILER_KEYS = ("Actor", "Request-Id", "Operation")
+_MAX_COMPONENT = 255
+
+
+class PathError(GitStateError, ValueError):
+    """A record path is not a safe relative path of plain names."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(f"bad record path {path!r}: {detail}")
+
+
+class StoreBusy(GitStateError, TimeoutError):
+    """A write could not be committed before its deadline.
+
+    Attributes:
+        ref: the branch that could not be advanced.
+        waited: seconds spent before giving up.
+        attempts: how many times the change was applied.
+    """
+
+    def __init__(self, ref: str, waited: float, attempts: int, reason: str) -> None:
+        self.ref = ref
+        self.waited = waited
+        self.attempts = attempts
+        self.reason = reason
+        super().__init__(
+            f"could not update {ref} within {waited:.1f}s after {attempts} attempt(s): {reason}"
+        )
+
+
+class RevisionNotFound(GitStateError, LookupError):
+    """A commit or time asked for is not in the state branch's history."""
+
+    def __init__(self, revision: str, detail: str = "not found in the state history") -> None:
+        self.revision = revision
+        super().__init__(f"{revision}: {detail}")
+
+
+def check_path(path: str) -> tuple[str, ...]:
+    """Split a record path into its components, refusing anything unsafe.
+
+    A path is ``/``-separated names; each name is non-empty, not ``.`` or
+    ``..``, has no control characters or backslashes and is at most 255
+    bytes, so that a record path can never leave the state tree nor be
+    written differently by two clients.
+
+    Raises:
+        PathError: the path is unsafe.
+    """
+    if not isinstance(path, str) or not path:
+        raise PathError(str(path), "empty")
+    parts = tuple(path.split("/"))
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise PathError(path, f"component {part!r} is not allowed")
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F or ch == "\\" for ch in part):
+            raise PathError(path, "control characters and backslashes are not allowed")
+        if len(part.encode()) > _MAX_COMPONENT:
+            raise PathError(path, f"component longer than {_MAX_COMPONENT} bytes")
+    return parts
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Who a commit is made for: the acting user and the request."""
+
+    actor: str = SERVICE_NAME
+    request_id: str | None = None
+
+    def signature(self, when: float) -> pygit2.Signature:
+        """Return a pygit2 signature for this actor at ``when``."""
+        name = self.actor or SERVICE_NAME
+        email = name if "@" in name else f"{name}@{SERVICE_NAME}"
+        return pygit2.Signature(name, email, int(when), 0)
+
+
+class _ParseCache:
+    """Parsed records keyed by blob id; a blob id names its bytes forever."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[pygit2.Oid, dict[str, Any]] = OrderedDict()
+
+    def get(self, oid: pygit2.Oid) -> dict[str, Any] | None:
+        item = self._items.get(oid)
+        if item is not None:
+            self._items.move_to_end(oid)
+        return item
+
+    def put(self, oid: pygit2.Oid, record: dict[str, Any]) -> None:
+        self._items[oid] = record
+        self._items.move_to_end(oid)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+
+class Snapshot:
+    """The state at one commit of the state branch; read-only.
+
+    Records handed out are private copies, so callers may change them.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        commit: pygit2.Commit | None,
+        index: dict[str, pygit2.Oid] | None = None,
+    ) -> None:
+        self._store = store
+        self._commit = commit
+        self._index = index
+
+    @property
+    def commit(self) -> str | None:
+        """Hex id of the commit, or None for a branch that has no commit yet."""
+        return str(self._commit.id) if self._commit is not None else None
+
+    @property
+    def time(self) -> datetime | None:
+        """When the commit was made, in UTC."""
+        if self._commit is None:
+            return None
+        return datetime.fromtimestamp(self._commit.commit_time, UTC)
+
+    @property
+    def tree_id(self) -> pygit2.Oid | None:
+        """Id of the commit's tree."""
+        return self._commit.tree_id if self._commit is not None else None
+
+    def _blobs(self) -> dict[str, pygit2.Oid]:
+        if self._index is None:
+            self._index = self._store._walk(self._commit)
+        return self._index
+
+    def blob_id(self, path: str) -> pygit2.Oid | None:
+        """Return the blob id of the record at ``path``, or None."""
+        if self._index is not None:
+            return self._index.get(path)
+        if self._commit is None:
+            return None
+        check_path(path)
+        return self._store._lookup(self._commit, path)
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        """Return a copy of the record at ``path``, or None if there is none.
+
+        Raises:
+            RecordError: the record exists but cannot be read.
+        """
+        oid = self.blob_id(path)
+        if oid is None:
+            return None
+        return codec.thaw(self._store._parse(oid, path, self.commit))
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str) and self.blob_id(path) is not None
+
+    def paths(self, prefix: str = "") -> list[str]:
+        """Return the sorted paths of every record under directory ``prefix``."""
+        if not prefix:
+            return sorted(self._blobs())
+        start = prefix.rstrip("/") + "/"
+        return sorted(path for path in self._blobs() if path.startswith(start))
+
+    def records(self, prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield ``(path, record)`` for every record under ``prefix``."""
+        for path in self.paths(prefix):
+            record = self.get(path)
+            if record is not None:
+                yield path, record
+
+
+class Draft:
+    """A snapshot being changed inside a transaction.
+
+    Reads see the draft's own writes. ``subject`` and ``body`` may be set by
+    the change function to describe, in plain words, what it did.
+    """
+
+    def __init__(self, base: Snapshot, subject: str) -> None:
+        self.base = base
+        self.subject = subject
+        self.body = ""
+        self.changes: dict[str, dict[str, Any] | None] = {}
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        """Return a copy of the record at ``path`` as this draft sees it."""
+        if path in self.changes:
+            return codec.thaw(self.changes[path])
+        return self.base.get(path)
+
+    def paths(self, prefix: str = "") -> list[str]:
+        """Return the paths under ``prefix`` as this draft sees them."""
+        start = prefix.rstrip("/") + "/" if prefix else ""
+        paths = set(self.base.paths(prefix))
+        for path, record in self.changes.items():
+            if path.startswith(start):
+                if record is None:
+                    paths.discard(path)
+                else:
+                    paths.add(path)
+        return sorted(paths)
+
+    def put(self, path: str, record: Mapping[str, Any]) -> None:
+        """Write ``record`` at ``path`` (validated when the draft is committed)."""
+        check_path(path)
+        self.changes[path] = codec.thaw(dict(record))
+
+    def delete(self, path: str) -> None:
+        """Remove the record at ``path``; removing a missing record is a no-op."""
+        check_path(path)
+        self.changes[path] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Committed(Generic[T]):
+    """What a transaction did.
+
+    Attributes:
+        value: what the change function returned.
+        commit: the new state commit, or None when nothing changed.
+        snapshot: the state after the transaction.
+        attempts: how many times the change function ran.
+    """
+
+    value: T
+    commit: str | None
+    snapshot: Snapshot
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """One commit in the history of a record."""
+
+    commit: str
+    time: datetime
+    actor: str
+    subject: str
+    operation: str | None
+    request_id: str | None
+    record: dict[str, Any] | None
+    """The record as that commit left it (None when it was deleted)."""
+
+
+class Store:
+    """The state branch of one bare repository.
+
+    One instance per process is enough; it is safe to share between threads
+    and reopens the repository after a fork, so it may be created before
+    gunicorn forks its workers.
+
+    Args:
+        path: the bare repository (created if ``create`` and missing).
+        ref: the branch holding the state.
+        fsync: flush objects and refs to disk before a commit is acknowledged.
+        deadline: default seconds a write may take before :class:`StoreBusy`.
+        stale_lock_after: age in seconds after which a ``.lock`` file on the
+            ref is taken to be left by a dead process and removed.
+        cache_size: how many parsed records to keep per process.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        ref: str = DEFAULT_REF,
+        *,
+        create: bool = True,
+        fsync: bool = False,
+        deadline: float = 10.0,
+        stale_lock_after: float = 5.0,
+        cache_size: int = 65536,
+    ) -> None:
+        self.path = Path(path)
+        self.ref = ref
+        self.fsync = fsync
+        self.deadline = deadline
+        self.stale_lock_after = stale_lock_after
+        self._cache_size = cache_size
+        if create:
+            init_repository(self.path)
+        elif not (self.path / "HEAD").exists():
+            raise FileNotFoundError(f"no state repository at {self.path}")
+        self._pid = -1
+        self._reset()
+
+    # -- process and thread plumbing -------------------------------------------------
+
+    def _reset(self) -> None:
+        """Drop everything that must not cross a fork."""
+        self._pid = os.getpid()
+        self._repo_obj: pygit2.Repository | None = None
+        self._mutex = threading.RLock()
+        self._writer = threading.Lock()
+        self._latest: Snapshot | None = None
+        self._parsed = _ParseCache(self._cache_size)
+        self._lock_fd: int | None = None
+
+    def _check_fork(self) -> None:
+        if os.getpid() != self._pid:
+            self._reset()
+
+    @property
+    def _repo(self) -> pygit2.Repository:
+        self._check_fork()
+        if self._repo_obj is None:
+            if self.fsync:
+                pygit2.settings.enable_fsync_gitdir = True
+            self._repo_obj = pygit2.Repository(str(self.path))
+        return self._repo_obj
+
+    def close(self) -> None:
+        """Release the repository handle and the lock file descriptor."""
+        with self._mutex:
+            if self._repo_obj is not None:
+                self._repo_obj.free()
+                self._repo_obj = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+            self._latest = None
+
+    # -- reads ---------------------------------------------------------------------
+
+    def head(self) -> str | None:
+        """Return the hex id of the branch tip, or None before the first commit."""
+        with self._mutex:
+            ref = self._lookup_ref()
+            return str(ref.target) if ref is not None else None
+
+    def _lookup_ref(self) -> pygit2.Reference | None:
+        try:
+            return self._repo.lookup_reference(self.ref)
+        except KeyError:
+            return None
+
+    def _lookup(self, commit: pygit2.Commit, path: str) -> pygit2.Oid | None:
+        with self._mutex:
+            try:
+                entry = commit.tree[path]
+            except KeyError:
+                return None
+            return entry.id if entry.filemode == FileMode.BLOB else None
+
+    def _walk(self, commit: pygit2.Commit | None) -> dict[str, pygit2.Oid]:
+        """Index every record path of ``commit``'s tree (used for old commits)."""
+        index: dict[str, pygit2.Oid] = {}
+        if commit is None:
+            return index
+        with self._mutex:
+            stack: list[tuple[str, pygit2.Tree]] = [("", commit.tree)]
+            while stack:
+                prefix, tree = stack.pop()
+                for entry in tree:
+                    name = prefix + entry.name
+                    if entry.filemode == FileMode.TREE:
+                        stack.append((name + "/", self._repo[entry.id]))
+                    elif entry.filemode == FileMode.BLOB:
+                        index[name] = entry.id
+        return index
+
+    def _parse(self, oid: pygit2.Oid, path: str, commit: str | None) -> dict[str, Any]:
+        with self._mutex:
+            record = self._parsed.get(oid)
+            if record is None:
+                data = self._repo[oid].data
+                record = codec.decode(data, path, commit)
+                self._parsed.put(oid, record)
+            return record
+
+    def snapshot(self) -> Snapshot:
+        """Return the state at the branch tip.
+
+        Cheap when the tip has not moved; otherwise the cached index of record
+        paths is carried forward by diffing the old tree against the new one,
+        so only changed records are looked at.
+        """
+        with self._mutex:
+            ref = self._lookup_ref()
+            if ref is None:
+                return Snapshot(self, None, {})
+            latest = self._latest
+            if (
+                latest is not None
+                and latest._commit is not None
+                and latest._commit.id == ref.target
+            ):
+                return latest
+            commit = self._repo[ref.target]
+            if latest is not None and latest._index is not None:
+                index = dict(latest._index)
+                self._apply_diff(index, latest._commit, commit)
+            else:
+                index = self._walk(commit)
+            self._latest = Snapshot(self, commit, index)
+            return self._latest
+
+    def _apply_diff(
+        self,
+        index: dict[str, pygit2.Oid],
+        old: pygit2.Commit | None,
+        new: pygit2.Commit,
+    ) -> None:
+        if old is None:
+            index.update(self._walk(new))
+            return
+        diff = self._repo.diff(old.tree, new.tree)
+        for delta in diff.deltas:
+            if delta.old_file.mode == FileMode.BLOB:
+                index.pop(delta.old_file.path, None)
+            if delta.new_file.mode == FileMode.BLOB:
+                index[delta.new_file.path] = delta.new_file.id
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        """Return a copy of the record at ``path`` at the tip, or None."""
+        return self.snapshot().get(path)
+
+    # -- the past ------------------------------------------------------------------
+
+    def _first_parent_chain(self, start: pygit2.Oid) -> Iterator[pygit2.Commit]:
+        walker = self._repo.walk(start, SortMode.NONE)
+        walker.simplify_first_parent()
+        yield from walker
+
+    def at(self, revision: str | datetime) -> Snapshot:
+        """Return the state at a commit (hex id or prefix) or at a point in time.
+
+        For a time, the answer is the last commit made at or before it; a time
+        before the first commit gives the empty state.
+
+        Raises:
+            RevisionNotFound: the commit is not on the state branch.
+        """
+        with self._mutex:
+            ref = self._lookup_ref()
+            if isinstance(revision, datetime):
+                if revision.tzinfo is None:
+                    revision = revision.replace(tzinfo=UTC)
+                stamp = revision.timestamp()
+                if ref is None:
+                    return Snapshot(self, None, {})
+                for commit in self._first_parent_chain(ref.target):
+                    if commit.commit_time <= stamp:
+                        return Snapshot(self, commit)
+                return Snapshot(self, None, {})
+            try:
+                obj = self._repo.revparse_single(revision)
+                commit = obj.peel(pygit2.Commit)
+            except (KeyError, ValueError, pygit2.GitError) as ex:
+                raise RevisionNotFound(revision) from ex
+            if ref is None or not (
+                commit.id == ref.target or self._repo.descendant_of(ref.target, commit.id)
+            ):
+                raise RevisionNotFound(revision, "is not a commit of the state branch")
+            return Snapshot(self, commit)
+
+    def history(self, path: str, limit: int | None = None) -> list[Change]:
+        """Return the commits that changed the record at ``path``, newest first."""
+        check_path(path)
+        changes: list[Change] = []
+        with self._mutex:
+            ref = self._lookup_ref()
+            if ref is None:
+                return changes
+            for commit in self._first_parent_chain(ref.target):
+                mine = self._lookup(commit, path)
+                parent = commit.parents[0] if commit.parents else None
+                before = self._lookup(parent, path) if parent is not None else None
+                if mine == before:
+                    continue
+                record = self._parse(mine, path, str(commit.id)) if mine is not None else None
+                changes.append(_change(commit, codec.thaw(record)))
+                if limit is not None and len(changes) >= limit:
+                    break
+        return changes
+
+    def log(self, limit: int | None = None) -> list[Change]:
+        """Return the branch's commits, newest first, without record contents."""
+        changes: list[Change] = []
+        with self._mutex:
+            ref = self._lookup_ref()
+            if ref is None:
+                return changes
+            for commit in self._first_parent_chain(ref.target):
+                changes.append(_change(commit, None))
+                if limit is not None and len(changes) >= limit:
+                    break
+        return changes
+
+    # -- writes --------------------------------------------------------------------
+
+    def transact(
+        self,
+        change: Callable[[Draft], T],
+        *,
+        subject: str,
+        operation: str,
+        identity: Identity | None = None,
+        deadline: float | None = None,
+    ) -> Committed[T]:
+        """Apply ``change`` to the tip and commit the result by compare-and-swap.
+
+        ``change`` receives a :class:`Draft` of the tip snapshot and may read,
+        put and delete records and set ``draft.subject``. It may run more than
+        once (again on the new tip after a conflict), so it must not have side
+        effects outside the draft. If it changes nothing, no commit is made.
+
+        Args:
+            change: the change function.
+            subject: the commit subject, in plain words, unless the change
+                function sets another.
+            operation: machine-readable name of the operation (a trailer).
+            identity: the acting user and request id (trailers, author).
+            deadline: seconds before giving up; default ``self.deadline``.
+
+        Raises:
+            StoreBusy: the deadline passed before the ref could be advanced.
+            RecordError: a record written or read is invalid.
+            Any exception the change function raises, with nothing written.
+        """
+        identity = identity or Identity()
+        budget = self.deadline if deadline is None else deadline
+        started = time.monotonic()
+        until = started + budget
+        self._check_fork()
+        with self._writer, self._host_lock(until, started):
+            attempts = 0
+            while True:
+                attempts += 1
+                outcome = self._attempt(change, subject, operation, identity, until)
+                if outcome is not None:
+                    value, commit, snap = outcome
+                    return Committed(value, commit, snap, attempts)
+                if time.monotonic() >= until:
+                    raise StoreBusy(
+                        self.ref, time.monotonic() - started, attempts, "the ref kept moving"
+                    )
+
+    def _attempt(
+        self,
+        change: Callable[[Draft], T],
+        subject: str,
+        operation: str,
+        identity: Identity,
+        until: float,
+    ) -> tuple[T, str | None, Snapshot] | None:
+        """Run one read-change-commit-CAS round; None means "ref moved, retry"."""
+        with self._mutex:
+            base = self.snapshot()
+            draft = Draft(base, subject)
+            value = change(draft)
+            blobs = self._write_blobs(draft.changes)
+            if not blobs:
+                return value, None, base
+            tree_id = self._write_tree(base._commit.tree if base._commit else None, blobs)
+            if base._commit is not None and tree_id == base._commit.tree_id:
+                return value, None, base
+            now = time.time()
+            message = _message(draft.subject, draft.body, operation, identity)
+            parents = [base._commit.id] if base._commit is not None else []
+            commit_id = self._repo.create_commit(
+                None,
+                identity.signature(now),
+                Identity().signature(now),
+                message,
+                tree_id,
+                parents,
+            )
+        if not self._advance(base, commit_id, draft.subject, until):
+            return None
+        with self._mutex:
+            commit = self._repo[commit_id]
+            index = dict(base._blobs())
+            for path, (oid, _record) in blobs.items():
+                if oid is None:
+                    index.pop(path, None)
+                else:
+                    index[path] = oid
+            self._latest = Snapshot(self, commit, index)
+            return value, str(commit_id), self._latest
+
+    def _write_blobs(
+        self, changes: Mapping[str, dict[str, Any] | None]
+    ) -> dict[str, tuple[pygit2.Oid | None, dict[str, Any] | None]]:
+        """Encode and store each changed record; remember the parsed form."""
+        blobs: dict[str, tuple[pygit2.Oid | None, dict[str, Any] | None]] = {}
+        for path, record in changes.items():
+            if record is None:
+                blobs[path] = (None, None)
+                continue
+            data = codec.encode(record, path)
+            oid = self._repo.create_blob(data)
+            self._parsed.put(oid, codec.thaw(record))
+            blobs[path] = (oid, record)
+        return blobs
+
+    def _write_tree(
+        self,
+        base: pygit2.Tree | None,
+        blobs: Mapping[str, tuple[pygit2.Oid | None, Any]],
+    ) -> pygit2.Oid:
+        """Write the trees on the changed paths only; return the new root tree."""
+        nested: dict[str, Any] = {}
+        for path, (oid, _record) in blobs.items():
+            node = nested
+            *dirs, leaf = check_path(path)
+            for name in dirs:
+                child = node.setdefault(name, {})
+                if not isinstance(child, dict):
+                    raise codec.RecordError(path, f"{name!r} is both a record and a directory")
+                node = child
+            if isinstance(node.get(leaf), dict):
+                raise codec.RecordError(path, "is both a record and a directory")
+            node[leaf] = oid
+        root = self._build(base, nested, "")
+        return root if root is not None else self._repo.TreeBuilder().write()
+
+    def _build(
+        self, base: pygit2.Tree | None, nested: Mapping[str, Any], where: str
+    ) -> pygit2.Oid | None:
+        builder = self._repo.TreeBuilder(base) if base is not None else self._repo.TreeBuilder()
+        for name, item in nested.items():
+            existing = builder.get(name)
+            if isinstance(item, dict):
+                subtree = None
+                if existing is not None:
+                    if existing.filemode != FileMode.TREE:
+                        raise codec.RecordError(where + name, "is a record, not a directory")
+                    subtree = self._repo[existing.id]
+                oid = self._build(subtree, item, where + name + "/")
+                if oid is None:
+                    if existing is not None:
+                        builder.remove(name)
+                else:
+                    builder.insert(name, oid, FileMode.TREE)
+            elif item is None:
+                if existing is not None:
+                    builder.remove(name)
+            else:
+                if existing is not None and existing.filemode == FileMode.TREE:
+                    raise codec.RecordError(where + name, "is a directory, not a record")
+                builder.insert(name, item, FileMode.BLOB)
+        if len(builder) == 0:
+            return None
+        return builder.write()
+
+    def _advance(self, base: Snapshot, commit_id: pygit2.Oid, subject: str, until: float) -> bool:
+        """Move the ref from ``base`` to ``commit_id`` by CAS.
+
+        Returns False when the ref has moved (the caller re-applies the
+        change). Retries, with backoff, while the ref's ``.lock`` is held, and
+        removes a lock left by a dead process.
+        """
+        delay = 0.0005
+        reflog = f"gitstate: {subject}"[:200]
+        while True:
+            with self._mutex:
+                try:
+                    if base._commit is None:
+                        self._repo.create_reference_direct(
+                            self.ref, commit_id, False, message=reflog
+                        )
+                    else:
+                        ref = self._repo.lookup_reference(self.ref)
+                        if ref.target != base._commit.id:
+                            return False
+                        ref.set_target(commit_id, reflog)
+                    return True
+                except pygit2.AlreadyExistsError:
+                    return False
+                except (pygit2.GitError, OSError):
+                    current = self._lookup_ref()
+                    expected = base._commit.id if base._commit is not None else None
+                    if (current.target if current is not None else None) != expected:
+                        return False
+                    # The ref has not moved, so its lock is held by someone.
+                    self._break_stale_locks()
+            if time.monotonic() >= until:
+                raise StoreBusy(self.ref, self.deadline, 1, f"{self.ref}.lock stayed locked")
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.05)
+
+    def _break_stale_locks(self) -> None:
+        """Remove ref lock files older than ``stale_lock_after`` seconds.
+
+        Only ever called while holding the host lock, so no gitstate writer on
+        this host can own them; a foreign git holds such a lock for
+        milliseconds, so an old one belongs to a process that died.
+        """
+        for lock in (self.path / f"{self.ref}.lock", self.path / "packed-refs.lock"):
+            with contextlib.suppress(FileNotFoundError):
+                age = time.time() - lock.stat().st_mtime
+                if age >= self.stale_lock_after:
+                    lock.unlink()
+
+    @contextlib.contextmanager
+    def _host_lock(self, until: float, started: float) -> Iterator[None]:
+        """Hold the per-host writer lock (``flock``, released if we die)."""
+        if self._lock_fd is None:
+            self._lock_fd = os.open(
+                self.path / "gitstate-writer.lock", os.O_RDWR | os.O_CREAT, 0o644
+            )
+        fd = self._lock_fd
+        delay = 0.0002
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= until:
+                    raise StoreBusy(
+                        self.ref, time.monotonic() - started, 0, "other writers held the host lock"
+                    ) from None
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 1.5, 0.005)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def init_repository(path: str | os.PathLike[str]) -> None:
+    """Create the bare state repository at ``path`` if it does not exist.
+
+    Sets the options the audit trail depends on: a reflog for every ref
+    update, kept forever, a service identity for reflog entries, and a
+    refusal of pushes that would rewrite or delete history.
+    """
+    path = Path(path)
+    if (path / "HEAD").exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    repo = pygit2.init_repository(
+        str(path), bare=True, initial_head=DEFAULT_REF.removeprefix("refs/heads/")
+    )
+    config = repo.config
+    config["core.logAllRefUpdates"] = "always"
+    config["gc.reflogExpire"] = "never"
+    config["gc.reflogExpireUnreachable"] = "never"
+    config["receive.denyNonFastForwards"] = True
+    config["receive.denyDeletes"] = True
+    config["user.name"] = SERVICE_NAME
+    config["user.email"] = f"{SERVICE_NAME}@{socket.gethostname()}"
+    repo.free()
+
+
+def _message(subject: str, body: str, operation: str, identity: Identity) -> str:
+    subject = " ".join(subject.split()) or operation
+    parts = [subject]
+    if body.strip():
+        parts.append(body.strip())
+    trailers = [f"Actor: {identity.actor}"]
+    if identity.request_id:
+        trailers.append(f"Request-Id: {identity.request_id}")
+    trailers.append(f"Operation: {operation}")
+    parts.append("\n".join(trailers))
+    return "\n\n".join(parts) + "\n"
+
+
+def _change(commit: pygit2.Commit, record: dict[str, Any] | None) -> Change:
+    trailers = parse_trailers(commit.message)
+    return Change(
+        commit=str(commit.id),
+        time=datetime.fromtimestamp(commit.commit_time, UTC),
+        actor=trailers.get("Actor", commit.author.name),
+        subject=commit.message.split("\n", 1)[0],
+        operation=trailers.get("Operation"),
+        request_id=trailers.get("Request-Id"),
+        record=record,
+    )
+
+
+def parse_trailers(message: str) -> dict[str, str]:
+    """Return the ``Key: value`` trailers of the message's last paragraph."""
+    paragraphs = [part for part in message.strip().split("\n\n") if part.strip()]
+    if len(paragraphs) < 2:
+        return {}
+    trailers: dict[str, str] = {}
+    for line in paragraphs[-1].splitlines():
+        key, sep, value = line.partition(": ")
+        if not sep or " " in key:
+            return {}
+        trailers[key] = value.strip()
+    return trailers

@@ -1,0 +1,1 @@
+"""Server-side git hooks, installed as ``gitstate.hooks``."""

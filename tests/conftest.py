@@ -1,0 +1,60 @@
+"""Shared fixtures: a git environment scrubbed of the developer's setup.
+
+Every test builds its own repositories under ``tmp_path``; nothing reads the
+user's ~/.gitconfig, system config or GIT_* variables, so results do not
+depend on who runs them (dulwich's habit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_GIT_ENV_SCRUB = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_CONFIG",
+    "GIT_CONFIG_GLOBAL",
+    "GIT_CONFIG_SYSTEM",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_CONFIG_COUNT",
+    "GIT_AUTHOR_NAME",
+    "GIT_AUTHOR_EMAIL",
+    "GIT_AUTHOR_DATE",
+    "GIT_COMMITTER_NAME",
+    "GIT_COMMITTER_EMAIL",
+    "GIT_COMMITTER_DATE",
+    "GIT_NAMESPACE",
+    "XDG_CONFIG_HOME",
+    "GITSTATE_CONFIG",
+    "GITSTATE_DATADIR",
+    "GITSTATE_LISTEN",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_git_env(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Run every test with a private HOME and no inherited git configuration."""
+    home = tmp_path_factory.mktemp("home")
+    for name in _GIT_ENV_SCRUB:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "Test Author")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "author@example.test")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "Test Committer")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "committer@example.test")
+    yield
+
+
+@pytest.fixture
+def state_path(tmp_path: Path) -> Path:
+    """Path of a state repository that does not exist yet."""
+    return tmp_path / "data" / "state.git"

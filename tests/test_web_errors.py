@@ -1,0 +1,37 @@
+"""Every answer, including errors Falcon raises itself, is JSON with a reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import falcon.testing
+import pytest
+
+from gitstate.config import Config
+from gitstate.web.app import create_app
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> falcon.testing.TestClient:
+    config = Config.from_mapping({"datadir": str(tmp_path / "data"), "state": {"fsync": False}})
+    return falcon.testing.TestClient(create_app(config))
+
+
+def test_health_is_ok(client: falcon.testing.TestClient) -> None:
+    result = client.simulate_get("/internal/health")
+    assert result.status_code == 200
+    assert result.json == {"status": "ok", "state_commit": None}
+
+
+def test_unknown_path_is_json_404_even_when_xml_is_asked(client: falcon.testing.TestClient) -> None:
+    result = client.simulate_get("/nowhere", headers={"Accept": "application/xml"})
+    assert result.status_code == 404
+    assert result.headers["content-type"].startswith("application/json")
+    assert result.json["status"] == "error"
+    assert result.json["reason"]
+
+
+def test_wrong_method_is_json_405(client: falcon.testing.TestClient) -> None:
+    result = client.simulate_delete("/internal/health")
+    assert result.status_code == 405
+    assert result.json["status"] == "error"

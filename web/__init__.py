@@ -1,0 +1,4 @@
+"""HTTP layer: Falcon resources translating requests into service calls.
+
+Installed as ``gitstate.web``.
+"""

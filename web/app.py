@@ -1,0 +1,43 @@
+"""The WSGI application: routes and error handling, built per worker.
+
+gunicorn calls :func:`create_app` in each worker after it forks, so every
+worker opens its own repository handles (libgit2 handles must not cross a
+fork).
+"""
+
+from __future__ import annotations
+
+import os
+
+import falcon
+
+from gitstate.config import Config
+from gitstate.services import Services
+
+from . import errors
+from .health import HealthResource
+
+#: Environment variable through which ``gitstate serve`` hands workers the config.
+CONFIG_ENV = "GITSTATE_CONFIG"
+
+
+def create_app(config: Config | None = None, services: Services | None = None) -> falcon.App:
+    """Build the Falcon application.
+
+    Args:
+        config: the service configuration; read from the file named by
+            ``$GITSTATE_CONFIG`` when omitted (the gunicorn entry point).
+        services: an existing service layer (tests share one with the app).
+    """
+    if services is None:
+        if config is None:
+            path = os.environ.get(CONFIG_ENV)
+            if not path:
+                raise RuntimeError(f"set {CONFIG_ENV} to the config file")
+            config = Config.load(path)
+        services = Services(config)
+    app = falcon.App()
+    app.req_options.strip_url_path_trailing_slash = False
+    errors.register(app)
+    app.add_route("/internal/health", HealthResource(services))
+    return app

@@ -1,0 +1,54 @@
+"""Turn service errors into JSON HTTP answers, in one place.
+
+Every error leaves the server as ``{"status": "error", "reason": ...}`` (the
+shape gatekeeper's clients parse) with a 4xx status that says whose fault it
+was; nothing a client sends can produce a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from gitstate.codec import RecordError
+from gitstate.store import PathError, RevisionNotFound, StoreBusy
+
+
+def _answer(resp: falcon.Response, status: str, reason: str, **extra: Any) -> None:
+    resp.status = status
+    resp.media = {"status": "error", "reason": reason, **extra}
+
+
+def serialize_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError) -> None:
+    """Render Falcon's own errors (404, bad JSON, 413, ...) as JSON always."""
+    reason = ex.description or ex.title or "error"
+    resp.content_type = falcon.MEDIA_JSON
+    resp.media = {"status": "error", "reason": reason}
+
+
+def register(app: falcon.App) -> None:
+    """Install the handlers that map gitstate errors to HTTP statuses."""
+
+    def bad_path(req: falcon.Request, resp: falcon.Response, ex: PathError, params: Any) -> None:
+        _answer(resp, falcon.HTTP_400, str(ex))
+
+    def not_found(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
+        _answer(resp, falcon.HTTP_404, str(ex))
+
+    def busy(req: falcon.Request, resp: falcon.Response, ex: StoreBusy, params: Any) -> None:
+        _answer(resp, falcon.HTTP_503, str(ex))
+        resp.set_header("Retry-After", "1")
+
+    def broken_record(
+        req: falcon.Request, resp: falcon.Response, ex: RecordError, params: Any
+    ) -> None:
+        # The state branch holds a record nobody can read: the request is fine,
+        # the data is not. 503 tells clients to retry once an operator fixed it.
+        _answer(resp, falcon.HTTP_503, str(ex), path=ex.path)
+
+    app.add_error_handler(PathError, bad_path)
+    app.add_error_handler(RevisionNotFound, not_found)
+    app.add_error_handler(StoreBusy, busy)
+    app.add_error_handler(RecordError, broken_record)
+    app.set_error_serializer(serialize_http_error)

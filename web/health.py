@@ -1,0 +1,18 @@
+"""``GET /internal/health``: is this worker alive and able to read state."""
+
+from __future__ import annotations
+
+import falcon
+
+from gitstate.services import Services
+
+
+class HealthResource:
+    """Liveness probe for load balancers and ``gitstate demo``."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Answer 200 with ``{"status": "ok"}`` when the state repo is readable."""
+        resp.media = self._services.health()
