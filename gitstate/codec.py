@@ -12,13 +12,17 @@ quoted.
 
 from __future__ import annotations
 
-import io
+import json
+import math
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
+from ruamel.yaml.nodes import ScalarNode
+from ruamel.yaml.resolver import VersionedResolver
 
 from gitstate.errors import GitStateError
 
@@ -50,13 +54,89 @@ def _yaml() -> YAML:
     yaml = getattr(_local, "yaml", None)
     if yaml is None:
         yaml = YAML(typ="safe")
-        yaml.default_flow_style = False
-        yaml.width = 1 << 16
-        yaml.allow_unicode = True
-        # NOTE: we order keys ourselves (schema_version first, then sorted).
-        yaml.representer.sort_base_mapping_type_on_output = False
         _local.yaml = yaml
     return yaml
+
+
+# PERF: ruamel's emitter costs ~120 us a record, most of a state commit's
+# budget, so records are written by the small emitter below. It only ever
+# emits plain data in block style, asks ruamel's own resolver whether a
+# string may stay unquoted, and is checked against ruamel's loader by
+# round-trip tests (tests/test_codec.py). Reading stays with ruamel.
+_PLAIN = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./@+=-]*(?: [A-Za-z0-9_./@+=-]+)*")
+# Characters left unescaped in a double-quoted string: YAML's printable set,
+# less NEL and the Unicode line separators, which YAML 1.1 readers treat as
+# line breaks.
+_PRINTABLE = re.compile(
+    "[^\\x09\\x0a\\x0d\\x20-\\x7e\\xa0-\\u2027\\u202a-\\ud7ff\\ue000-\\ufffd\\U00010000-\\U0010ffff]"
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_MAX_KEY = 512  # YAML allows implicit keys of up to 1024 characters
+_STR_TAG = "tag:yaml.org,2002:str"
+_resolver = VersionedResolver(version=(1, 2))
+
+
+def _string(text: str, path: str) -> str:
+    if _SURROGATE.search(text):
+        raise RecordError(path, "strings must be valid Unicode (found a lone surrogate)")
+    if _PLAIN.fullmatch(text) and _resolver.resolve(ScalarNode, text, (True, False)) == _STR_TAG:
+        return text
+    # A JSON string literal is a valid YAML double-quoted scalar; escape what
+    # JSON leaves raw but YAML does not count as printable.
+    quoted = json.dumps(text, ensure_ascii=False)
+    return _PRINTABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", quoted)
+
+
+def _scalar(value: Any, path: str) -> str:
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ".nan"
+        if math.isinf(value):
+            return ".inf" if value > 0 else "-.inf"
+        text = repr(value)
+        return text if ("." in text or "e" in text) else text + ".0"
+    if isinstance(value, str):
+        return _string(value, path)
+    raise RecordError(path, f"cannot store a value of type {type(value).__name__}")
+
+
+def _block(value: Any, indent: int, out: list[str], path: str) -> None:
+    """Append the block-style lines of a non-empty mapping or sequence."""
+    pad = " " * indent
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str) or len(key) > _MAX_KEY:
+                raise RecordError(path, f"keys must be strings of at most {_MAX_KEY} characters")
+            head = f"{pad}{_string(key, path)}:"
+            if isinstance(item, Mapping | list | tuple) and item:
+                out.append(head)
+                _block(item, indent + 2 if isinstance(item, Mapping) else indent, out, path)
+            else:
+                out.append(f"{head} {_inline(item, path)}")
+        return
+    for item in value:
+        if isinstance(item, Mapping | list | tuple) and item:
+            start = len(out)
+            _block(item, indent + 2, out, path)
+            out[start] = f"{pad}- {out[start][indent + 2 :]}"
+        else:
+            out.append(f"{pad}- {_inline(item, path)}")
+
+
+def _inline(value: Any, path: str) -> str:
+    if isinstance(value, Mapping):
+        return "{}"
+    if isinstance(value, list | tuple):
+        return "[]"
+    return _scalar(value, path)
 
 
 def _ordered(value: Any, top: bool = False) -> Any:
@@ -76,7 +156,9 @@ def encode(record: Mapping[str, Any], path: str = "<record>") -> bytes:
     """Serialise one record to canonical YAML bytes.
 
     Args:
-        record: a mapping with an integer ``schema_version``.
+        record: a mapping with an integer ``schema_version``; values are
+            plain data (mappings with string keys, lists, strings, numbers,
+            booleans, None).
         path: where the record will be stored; used in error messages.
 
     Raises:
@@ -86,12 +168,9 @@ def encode(record: Mapping[str, Any], path: str = "<record>") -> bytes:
     version = record.get(SCHEMA_KEY) if isinstance(record, Mapping) else None
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise RecordError(path, f"{SCHEMA_KEY} must be a positive integer, got {version!r}")
-    stream = io.BytesIO()
-    try:
-        _yaml().dump(_ordered(record, top=True), stream)
-    except YAMLError as ex:
-        raise RecordError(path, f"cannot be written as YAML: {ex}") from ex
-    return stream.getvalue()
+    lines: list[str] = []
+    _block(_ordered(record, top=True), 0, lines, path)
+    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def decode(data: bytes, path: str = "<record>", commit: str | None = None) -> dict[str, Any]:

@@ -25,7 +25,10 @@ class Services:
             stale_lock_after=config.state.stale_lock_after,
         )
 
-    def health(self) -> dict[str, Any]:
-        """Report that the process can read the state branch."""
-        head = self.store.head()
-        return {"status": "ok", "state_commit": head}
+    def health(self) -> tuple[dict[str, Any], str | None]:
+        """Report that the process can read the state branch.
+
+        Returns gatekeeper's body (``{"status": "ok"}``) and the state commit
+        the process sees (None before the first write).
+        """
+        return {"status": "ok"}, self.store.head()

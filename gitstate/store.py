@@ -354,7 +354,7 @@ class Store:
         self._check_fork()
         if self._repo_obj is None:
             if self.fsync:
-                pygit2.settings.enable_fsync_gitdir = True
+                pygit2.settings.enable_fsync_gitdir(True)
             self._repo_obj = pygit2.Repository(str(self.path))
         return self._repo_obj
 

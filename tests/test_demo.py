@@ -34,8 +34,8 @@ def test_demo_serves_health_and_reuses_its_folder(tmp_path: Path) -> None:
     try:
         answer = wait_for_http(f"http://127.0.0.1:{port}/internal/health")
         assert answer.status_code == 200
-        assert answer.json()["status"] == "ok"
-        assert answer.json()["state_commit"] is None
+        assert answer.json() == {"status": "ok"}
+        assert answer.headers["X-Gitstate-State"] == "none"
         missing = wait_for_http(f"http://127.0.0.1:{port}/no/such/thing")
         assert missing.status_code == 404
         assert missing.json()["status"] == "error"
@@ -52,6 +52,6 @@ def test_demo_serves_health_and_reuses_its_folder(tmp_path: Path) -> None:
     proc = _start(directory, port)
     try:
         answer = wait_for_http(f"http://127.0.0.1:{port}/internal/health")
-        assert answer.json()["state_commit"] == done.commit
+        assert answer.headers["X-Gitstate-State"] == done.commit
     finally:
         _stop(proc)

@@ -167,7 +167,7 @@ def test_records_are_deterministic_yaml_bytes(state_path: Path) -> None:
     store.transact(lambda d: d.put("r.yaml", record), subject="add", operation="x")
     data = git("show", "state:r.yaml", cwd=state_path)
     assert data == (
-        "schema_version: 1\nalpha:\n  a: '1.10'\n  b: 2\nwhen: '2026-01-01'\nzeta: no\n"
+        'schema_version: 1\nalpha:\n  a: "1.10"\n  b: 2\nwhen: "2026-01-01"\nzeta: no\n'
     )
     # Same data in another key order gives the same blob: no phantom change.
     reordered = dict(reversed(list(record.items())))

@@ -20,7 +20,8 @@ def client(tmp_path: Path) -> falcon.testing.TestClient:
 def test_health_is_ok(client: falcon.testing.TestClient) -> None:
     result = client.simulate_get("/internal/health")
     assert result.status_code == 200
-    assert result.json == {"status": "ok", "state_commit": None}
+    assert result.json == {"status": "ok"}
+    assert result.headers["x-gitstate-state"] == "none"
 
 
 def test_unknown_path_is_json_404_even_when_xml_is_asked(client: falcon.testing.TestClient) -> None:

@@ -14,5 +14,11 @@ class HealthResource:
         self._services = services
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """Answer 200 with ``{"status": "ok"}`` when the state repo is readable."""
-        resp.media = self._services.health()
+        """Answer 200 with ``{"status": "ok"}`` when the state repo is readable.
+
+        The state commit this worker sees goes in the ``X-Gitstate-State``
+        header, so the body stays exactly what gatekeeper's probes expect.
+        """
+        body, commit = self._services.health()
+        resp.media = body
+        resp.set_header("X-Gitstate-State", commit or "none")
