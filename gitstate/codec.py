@@ -12,6 +12,7 @@ quoted.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -77,8 +78,25 @@ _resolver = VersionedResolver(version=(1, 2))
 
 
 def _string(text: str, path: str) -> str:
-    if _SURROGATE.search(text):
-        raise RecordError(path, "strings must be valid Unicode (found a lone surrogate)")
+    if len(text) <= _CACHED_LENGTH:
+        quoted = _quoted_cached(text)
+        if quoted is not None:
+            return quoted
+    elif _SURROGATE.search(text) is None:
+        return _quoted(text)
+    raise RecordError(path, "strings must be valid Unicode (found a lone surrogate)")
+
+
+_CACHED_LENGTH = 64  # keys, names, states and timestamps repeat in every record
+
+
+@functools.lru_cache(maxsize=8192)
+def _quoted_cached(text: str) -> str | None:
+    return None if _SURROGATE.search(text) else _quoted(text)
+
+
+def _quoted(text: str) -> str:
+    """Return ``text`` as a YAML scalar: plain when it reads back as itself."""
     if _PLAIN.fullmatch(text) and _resolver.resolve(ScalarNode, text, (True, False)) == _STR_TAG:
         return text
     # A JSON string literal is a valid YAML double-quoted scalar; escape what

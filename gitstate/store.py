@@ -24,11 +24,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import os
 import random
+import re
 import socket
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -85,6 +88,10 @@ class RevisionNotFound(GitStateError, LookupError):
         super().__init__(f"{revision}: {detail}")
 
 
+_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+@functools.lru_cache(maxsize=16384)
 def check_path(path: str) -> tuple[str, ...]:
     """Split a record path into its components, refusing anything unsafe.
 
@@ -98,12 +105,12 @@ def check_path(path: str) -> tuple[str, ...]:
     """
     if not isinstance(path, str) or not path:
         raise PathError(str(path), "empty")
+    if _UNSAFE_CHARS.search(path):
+        raise PathError(path, "control characters and backslashes are not allowed")
     parts = tuple(path.split("/"))
     for part in parts:
         if part in ("", ".", ".."):
             raise PathError(path, f"component {part!r} is not allowed")
-        if any(ord(ch) < 0x20 or ord(ch) == 0x7F or ch == "\\" for ch in part):
-            raise PathError(path, "control characters and backslashes are not allowed")
         if len(part.encode()) > _MAX_COMPONENT:
             raise PathError(path, f"component longer than {_MAX_COMPONENT} bytes")
     return parts
@@ -147,17 +154,35 @@ class Snapshot:
     """The state at one commit of the state branch; read-only.
 
     Records handed out are private copies, so callers may change them.
+
+    The index of every record path (needed only to list records) is built
+    lazily: a snapshot that follows another one keeps a reference to it and
+    the change between them (the paths a transaction wrote, or nothing, which
+    means "diff the two trees"), and materialises its index from the nearest
+    ancestor that has one. A commit therefore costs O(changed records), not
+    O(all records), however large the state grows.
     """
+
+    #: Longest chain of lazy snapshots kept before one is materialised.
+    MAX_CHAIN = 256
 
     def __init__(
         self,
         store: Store,
         commit: pygit2.Commit | None,
         index: dict[str, pygit2.Oid] | None = None,
+        *,
+        base: Snapshot | None = None,
+        delta: Mapping[str, pygit2.Oid | None] | None = None,
     ) -> None:
         self._store = store
         self._commit = commit
         self._index = index
+        self._base = base if index is None else None
+        self._delta = delta
+        self._depth = base._depth + 1 if self._base is not None else 0
+        if self._depth > self.MAX_CHAIN:
+            self._blobs()
 
     @property
     def commit(self) -> str | None:
@@ -177,8 +202,36 @@ class Snapshot:
         return self._commit.tree_id if self._commit is not None else None
 
     def _blobs(self) -> dict[str, pygit2.Oid]:
-        if self._index is None:
-            self._index = self._store._walk(self._commit)
+        """Return the path → blob id index, materialising it if needed."""
+        if self._index is not None:
+            return self._index
+        chain: list[Snapshot] = []
+        node: Snapshot | None = self
+        while node is not None and node._index is None:
+            chain.append(node)
+            node = node._base
+        index = dict(node._index) if node is not None and node._index is not None else None
+        previous = node
+        for snap in reversed(chain):
+            if index is None:
+                index = self._store._walk(snap._commit)
+            elif snap._delta is not None:
+                for path, oid in snap._delta.items():
+                    if oid is None:
+                        index.pop(path, None)
+                    else:
+                        index[path] = oid
+            else:
+                self._store._apply_diff(index, previous._commit if previous else None, snap._commit)
+            previous = snap
+        for snap in chain:
+            # Each snapshot of the chain could keep its own copy, but only
+            # this one was asked for; the others just drop their chain.
+            snap._base = None
+            snap._delta = None
+        self._index = index if index is not None else {}
+        for snap in chain[1:]:
+            snap._depth = 0
         return self._index
 
     def blob_id(self, path: str) -> pygit2.Oid | None:
@@ -330,14 +383,17 @@ class Store:
             init_repository(self.path)
         elif not (self.path / "HEAD").exists():
             raise FileNotFoundError(f"no state repository at {self.path}")
-        self._pid = -1
         self._reset()
+        # libgit2 handles, locks and the flock descriptor must not cross a
+        # fork: a child (a gunicorn worker, a multiprocessing writer) starts
+        # afresh. A weak reference keeps the hook from pinning the store.
+        reset = weakref.WeakMethod(self._reset)
+        os.register_at_fork(after_in_child=lambda: _call_if_alive(reset))
 
     # -- process and thread plumbing -------------------------------------------------
 
     def _reset(self) -> None:
         """Drop everything that must not cross a fork."""
-        self._pid = os.getpid()
         self._repo_obj: pygit2.Repository | None = None
         self._mutex = threading.RLock()
         self._writer = threading.Lock()
@@ -345,13 +401,8 @@ class Store:
         self._parsed = _ParseCache(self._cache_size)
         self._lock_fd: int | None = None
 
-    def _check_fork(self) -> None:
-        if os.getpid() != self._pid:
-            self._reset()
-
     @property
     def _repo(self) -> pygit2.Repository:
-        self._check_fork()
         if self._repo_obj is None:
             if self.fsync:
                 pygit2.settings.enable_fsync_gitdir(True)
@@ -420,12 +471,16 @@ class Store:
     def snapshot(self) -> Snapshot:
         """Return the state at the branch tip.
 
-        Cheap when the tip has not moved; otherwise the cached index of record
-        paths is carried forward by diffing the old tree against the new one,
-        so only changed records are looked at.
+        Cheap when the tip has not moved. Otherwise the new snapshot follows
+        the cached one: records are read by path from the new tree, parsed
+        records are reused by blob id, and the index of record paths, if
+        anyone lists records, is carried forward by diffing the two trees.
         """
         with self._mutex:
-            ref = self._lookup_ref()
+            return self._snapshot_of(self._lookup_ref())
+
+    def _snapshot_of(self, ref: pygit2.Reference | None) -> Snapshot:
+        with self._mutex:
             if ref is None:
                 return Snapshot(self, None, {})
             latest = self._latest
@@ -436,12 +491,10 @@ class Store:
             ):
                 return latest
             commit = self._repo[ref.target]
-            if latest is not None and latest._index is not None:
-                index = dict(latest._index)
-                self._apply_diff(index, latest._commit, commit)
+            if latest is not None and latest._commit is not None:
+                self._latest = Snapshot(self, commit, base=latest)
             else:
-                index = self._walk(commit)
-            self._latest = Snapshot(self, commit, index)
+                self._latest = Snapshot(self, commit)
             return self._latest
 
     def _apply_diff(
@@ -571,7 +624,6 @@ class Store:
         budget = self.deadline if deadline is None else deadline
         started = time.monotonic()
         until = started + budget
-        self._check_fork()
         with self._writer, self._host_lock(until, started):
             attempts = 0
             while True:
@@ -595,7 +647,8 @@ class Store:
     ) -> tuple[T, str | None, Snapshot] | None:
         """Run one read-change-commit-CAS round; None means "ref moved, retry"."""
         with self._mutex:
-            base = self.snapshot()
+            ref = self._lookup_ref()
+            base = self._snapshot_of(ref)
             draft = Draft(base, subject)
             value = change(draft)
             blobs = self._write_blobs(draft.changes)
@@ -615,17 +668,17 @@ class Store:
                 tree_id,
                 parents,
             )
-        if not self._advance(base, commit_id, draft.subject, until):
+        if not self._advance(base, ref, commit_id, draft.subject, until):
             return None
         with self._mutex:
-            commit = self._repo[commit_id]
-            index = dict(base._blobs())
-            for path, (oid, _record) in blobs.items():
-                if oid is None:
-                    index.pop(path, None)
-                else:
-                    index[path] = oid
-            self._latest = Snapshot(self, commit, index)
+            delta = {path: oid for path, (oid, _record) in blobs.items()}
+            base_link = base if base._commit is not None else None
+            if base_link is None:
+                # First commit: the delta is the whole state.
+                index = {path: oid for path, oid in delta.items() if oid is not None}
+                self._latest = Snapshot(self, self._repo[commit_id], index)
+            else:
+                self._latest = Snapshot(self, self._repo[commit_id], base=base_link, delta=delta)
             return value, str(commit_id), self._latest
 
     def _write_blobs(
@@ -693,9 +746,18 @@ class Store:
             return None
         return builder.write()
 
-    def _advance(self, base: Snapshot, commit_id: pygit2.Oid, subject: str, until: float) -> bool:
+    def _advance(
+        self,
+        base: Snapshot,
+        ref: pygit2.Reference | None,
+        commit_id: pygit2.Oid,
+        subject: str,
+        until: float,
+    ) -> bool:
         """Move the ref from ``base`` to ``commit_id`` by CAS.
 
+        ``ref`` is the reference as it was looked up when ``base`` was read:
+        ``set_target`` on it succeeds only if the ref still holds that value.
         Returns False when the ref has moved (the caller re-applies the
         change). Retries, with backoff, while the ref's ``.lock`` is held, and
         removes a lock left by a dead process.
@@ -710,20 +772,22 @@ class Store:
                             self.ref, commit_id, False, message=reflog
                         )
                     else:
-                        ref = self._repo.lookup_reference(self.ref)
+                        if ref is None:
+                            ref = self._repo.lookup_reference(self.ref)
                         if ref.target != base._commit.id:
                             return False
                         ref.set_target(commit_id, reflog)
                     return True
                 except pygit2.AlreadyExistsError:
                     return False
-                except (pygit2.GitError, OSError):
+                except (pygit2.GitError, OSError, KeyError):
                     current = self._lookup_ref()
                     expected = base._commit.id if base._commit is not None else None
                     if (current.target if current is not None else None) != expected:
                         return False
                     # The ref has not moved, so its lock is held by someone.
                     self._break_stale_locks()
+                    ref = None
             if time.monotonic() >= until:
                 raise StoreBusy(self.ref, self.deadline, 1, f"{self.ref}.lock stayed locked")
             time.sleep(delay * (0.5 + random.random()))
@@ -766,6 +830,12 @@ class Store:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _call_if_alive(method: weakref.WeakMethod[Callable[[], None]]) -> None:
+    bound = method()
+    if bound is not None:
+        bound()
 
 
 def init_repository(path: str | os.PathLike[str]) -> None:

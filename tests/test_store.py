@@ -391,3 +391,25 @@ def test_conflict_reapplies_change_on_new_tip(state_path: Path) -> None:
     assert done.attempts == 2
     assert store.get("n.yaml")["n"] == 11
     assert [c.subject for c in store.log()] == ["inc", "foreign", "init"]
+
+
+def test_listing_after_long_runs_of_own_and_foreign_writes(state_path: Path) -> None:
+    store = Store(state_path)
+    foreign = Store(state_path, create=False)
+    expected: set[str] = set()
+    for n in range(600):
+        writer = foreign if n % 7 == 0 else store
+        path = f"r/{n % 97}/{n}.yaml"
+        if n % 5 == 4:
+            victim = sorted(expected)[0]
+            writer.transact(lambda d, v=victim: d.delete(v), subject="drop", operation="x")
+            expected.discard(victim)
+        else:
+            writer.transact(
+                lambda d, p=path: d.put(p, {"schema_version": 1}), subject="add", operation="x"
+            )
+            expected.add(path)
+        if n in (10, 300, 599):
+            assert store.snapshot().paths() == sorted(expected)
+    assert store.snapshot().paths("r/3") == sorted(p for p in expected if p.startswith("r/3/"))
+    assert Store(state_path, create=False).snapshot().paths() == sorted(expected)

@@ -1,0 +1,208 @@
+"""State-branch benchmark: CAS commits/s and read latency, against raw pygit2.
+
+Run from the repository root (not part of the test run):
+
+    python -m bench.store_bench [--seconds 3] [--history 100000] [--out DIR]
+
+Every figure is printed next to the raw pygit2 loop of bench/raw.py measured
+in the same run on the same tree shape (1,000 records, 10 x 100), so the
+ratio is what gitstate's own code costs. Targets (issue 2): one writer
+>= 80% of raw; 16 writer processes >= 70% of the raw one-process rate with
+zero lost updates; read latency flat in history length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench.raw import COUNTER, raw_commits_per_second, seed_records
+from gitstate.store import Store
+
+
+def increment(draft):
+    record = draft.get(COUNTER)
+    record["value"] += 1
+    draft.put(COUNTER, record)
+    return record["value"]
+
+
+def gitstate_rate(path: Path, seconds: float, fsync: bool = False) -> float:
+    seed_records(path).free()
+    store = Store(path, create=False, fsync=fsync)
+    count = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        store.transact(increment, subject="bench increments", operation="bench.increment")
+        count += 1
+    rate = count / (time.perf_counter() - started)
+    store.close()
+    return rate
+
+
+def _writer(path: str, seconds: float, barrier, results) -> None:
+    store = Store(path, create=False, deadline=60)
+    barrier.wait()
+    count = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        store.transact(increment, subject="bench increments", operation="bench.increment")
+        count += 1
+    results.put((count, time.perf_counter() - started))
+
+
+def contended_rate(path: Path, writers: int, seconds: float) -> tuple[float, int, int, int]:
+    """Return (commits/s, acknowledged, counter value, commits on the branch)."""
+    seed_records(path).free()
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(writers)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=_writer, args=(str(path), seconds, barrier, results))
+        for _ in range(writers)
+    ]
+    for proc in procs:
+        proc.start()
+    outcomes = [results.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    acknowledged = sum(count for count, _ in outcomes)
+    elapsed = max(spent for _, spent in outcomes)
+    store = Store(path, create=False)
+    value = store.get(COUNTER)["value"]
+    commits = int(
+        subprocess.run(
+            ["git", "rev-list", "--count", "state"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    return acknowledged / elapsed, acknowledged, value, commits - 1  # minus the seed commit
+
+
+def build_history(path: Path, commits: int) -> None:
+    """Give the state branch ``commits`` commits with git fast-import (fast)."""
+    seed_records(path).free()
+    tip = subprocess.run(
+        ["git", "rev-parse", "state"], cwd=path, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    lines = []
+    for n in range(commits):
+        data = b"schema_version: 1\nvalue: %d\n" % n
+        target = f"records/d{n % 10:02d}/r{(n // 10) % 100:03d}.yaml"
+        message = f"history {n}\n".encode()
+        lines.append(b"commit refs/heads/state\n")
+        lines.append(b"committer bench <bench@example.invalid> %d +0000\n" % (1_700_000_000 + n))
+        lines.append(b"data %d\n%s" % (len(message), message))
+        if n == 0:
+            lines.append(f"from {tip}\n".encode())
+        lines.append(f"M 100644 inline {target}\n".encode())
+        lines.append(b"data %d\n%s\n" % (len(data), data))
+    subprocess.run(["git", "fast-import", "--quiet"], cwd=path, input=b"".join(lines), check=True)
+
+
+def read_latency(path: Path, samples: int = 2000) -> tuple[float, float]:
+    """Return (warm p50 µs, cold p50 µs) for reading one record."""
+    probe = "records/d05/r050.yaml"
+    store = Store(path, create=False)
+    store.get(probe)
+    warm = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        store.get(probe)
+        warm.append(time.perf_counter() - started)
+    cold = []
+    for _ in range(min(samples, 300)):
+        started = time.perf_counter()
+        fresh = Store(path, create=False)
+        fresh.get(probe)
+        cold.append(time.perf_counter() - started)
+        fresh.close()
+    return statistics.median(warm) * 1e6, statistics.median(cold) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each timed run")
+    parser.add_argument(
+        "--runs", type=int, default=3, help="runs per single-writer figure (median)"
+    )
+    parser.add_argument(
+        "--history", type=int, default=100_000, help="commits of history for the read test"
+    )
+    parser.add_argument("--out", default=None, help="scratch folder (default: a temp dir)")
+    args = parser.parse_args()
+    scratch = Path(args.out or tempfile.mkdtemp(prefix="gitstate-bench-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    counter = iter(range(1_000_000))
+
+    def fresh() -> Path:
+        path = scratch / f"r{next(counter)}.git"
+        shutil.rmtree(path, ignore_errors=True)
+        return path
+
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
+    )
+    print(f"scratch: {scratch}")
+    # Raw and gitstate runs alternate so that noise from a shared machine
+    # falls on both alike; each figure is the median of its runs.
+    raws, ones = [], []
+    for _ in range(args.runs):
+        raws.append(raw_commits_per_second(fresh(), args.seconds))
+        ones.append(gitstate_rate(fresh(), args.seconds))
+    raw, one = statistics.median(raws), statistics.median(ones)
+    print(
+        f"raw pygit2 loop, 1 process:      {raw:8.0f} commits/s  (runs: {', '.join(f'{r:.0f}' for r in raws)})"
+    )
+    print(
+        f"gitstate, 1 writer:              {one:8.0f} commits/s  = {one / raw:5.1%} of raw  (runs: {', '.join(f'{r:.0f}' for r in ones)})"
+    )
+    for writers in (4, 16):
+        before = raw_commits_per_second(fresh(), args.seconds)
+        rate, acked, value, commits = contended_rate(fresh(), writers, args.seconds)
+        after = raw_commits_per_second(fresh(), args.seconds)
+        peer = (before + after) / 2
+        lost = acked - value
+        print(
+            f"gitstate, {writers:2d} writer processes:    {rate:8.0f} commits/s  = {rate / peer:5.1%} of raw 1-process"
+            f" ({peer:.0f}/s, measured before and after); acknowledged {acked}, counter {value},"
+            f" commits {commits}, lost {lost}"
+        )
+    raw_fsync = raw_commits_per_second(fresh(), args.seconds, fsync=True)
+    one_fsync = gitstate_rate(fresh(), args.seconds, fsync=True)
+    print(
+        f"with fsync: raw {raw_fsync:6.0f}/s, gitstate {one_fsync:6.0f}/s = {one_fsync / raw_fsync:5.1%} of raw"
+    )
+
+    short = fresh()
+    seed_records(short).free()
+    warm1, cold1 = read_latency(short)
+    long = fresh()
+    started = time.perf_counter()
+    build_history(long, args.history)
+    built = time.perf_counter() - started
+    warm_n, cold_n = read_latency(long)
+    print(
+        f"read one record, 1 commit:        warm p50 {warm1:6.1f} µs, cold (open + read) p50 {cold1:7.1f} µs"
+    )
+    print(
+        f"read one record, {args.history} commits: warm p50 {warm_n:6.1f} µs, cold (open + read) p50 {cold_n:7.1f} µs"
+        f"  (history built in {built:.1f}s)"
+    )
+    if not args.out:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
