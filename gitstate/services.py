@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from gitstate.config import Config
+from gitstate.gates import Gates, GateSettings
 from gitstate.store import Store
 
 
@@ -24,6 +25,7 @@ class Services:
             deadline=config.state.deadline,
             stale_lock_after=config.state.stale_lock_after,
         )
+        self.gates = Gates(self.store, GateSettings.from_config(config.raw.get("gates")))
 
     def health(self) -> tuple[dict[str, Any], str | None]:
         """Report that the process can read the state branch.

@@ -14,7 +14,7 @@ import falcon
 from gitstate.config import Config
 from gitstate.services import Services
 
-from . import errors
+from . import errors, gates
 from .health import HealthResource
 
 #: Environment variable through which ``gitstate serve`` hands workers the config.
@@ -40,4 +40,5 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.req_options.strip_url_path_trailing_slash = False
     errors.register(app)
     app.add_route("/internal/health", HealthResource(services))
+    gates.add_routes(app, services)
     return app

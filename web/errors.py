@@ -12,6 +12,15 @@ from typing import Any
 import falcon
 
 from gitstate.codec import RecordError
+from gitstate.gates import (
+    EnvironmentNotFound,
+    GateExists,
+    GateNotFound,
+    InvalidName,
+    InvalidRequest,
+    StateMoved,
+    TicketNotFound,
+)
 from gitstate.store import PathError, RevisionNotFound, StoreBusy
 
 
@@ -47,7 +56,16 @@ def register(app: falcon.App) -> None:
         # the data is not. 503 tells clients to retry once an operator fixed it.
         _answer(resp, falcon.HTTP_503, str(ex), path=ex.path)
 
+    def bad_request(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
+        _answer(resp, falcon.HTTP_400, str(ex))
+
+    def moved(req: falcon.Request, resp: falcon.Response, ex: StateMoved, params: Any) -> None:
+        _answer(resp, falcon.HTTP_412, str(ex), commit=ex.actual)
+
     app.add_error_handler(PathError, bad_path)
+    app.add_error_handler((InvalidName, InvalidRequest, GateExists), bad_request)
+    app.add_error_handler((GateNotFound, EnvironmentNotFound, TicketNotFound), not_found)
+    app.add_error_handler(StateMoved, moved)
     app.add_error_handler(RevisionNotFound, not_found)
     app.add_error_handler(StoreBusy, busy)
     app.add_error_handler(RecordError, broken_record)

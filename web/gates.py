@@ -1,0 +1,224 @@
+"""gatekeeper's HTTP API under ``/api/``: gates, tickets and holidays.
+
+Each resource reads the request (bounded JSON body, query flags, the actor,
+``If-Match``), calls one method of :class:`gitstate.gates.Gates` and writes
+its answer with an ``ETag`` naming the state commit the answer reflects.
+Service errors are turned into HTTP answers by :mod:`gitstate.web.errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import falcon
+
+from gitstate.gates import Answer, Gates, InvalidRequest
+from gitstate.services import Services
+
+#: Largest JSON body accepted, in bytes.
+MAX_BODY = 64 * 1024
+#: Header naming the acting user until authentication supplies one.
+ACTOR_HEADER = "X-Gitstate-Actor"
+ANONYMOUS = "anonymous"
+_MAX_ACTOR = 100
+
+
+class BodyTooLarge(InvalidRequest):
+    """The request body is larger than :data:`MAX_BODY`."""
+
+    def __init__(self, size: int | None) -> None:
+        self.size = size
+        super().__init__(f"Request body larger than {MAX_BODY} bytes")
+
+
+def actor(req: falcon.Request) -> str:
+    """Return who is acting: the ``X-Gitstate-Actor`` header or ``anonymous``.
+
+    This is the one place the actor is decided; authentication will replace
+    the header with the token's user.
+    """
+    value = req.get_header(ACTOR_HEADER) or ""
+    value = "".join(ch for ch in value if ch.isprintable()).strip()[:_MAX_ACTOR]
+    return value or ANONYMOUS
+
+
+def request_id(req: falcon.Request) -> str:
+    """Return the client's ``X-Request-Id`` (bounded) or a fresh one."""
+    value = req.get_header("X-Request-Id") or ""
+    value = "".join(ch for ch in value if ch.isprintable() and not ch.isspace())[:100]
+    return value or uuid.uuid4().hex
+
+
+def expected(req: falcon.Request) -> list[str] | None:
+    """Return the commits named by ``If-Match``; None when any state will do."""
+    header = req.get_header("If-Match")
+    if header is None:
+        return None
+    tags = []
+    for item in header.split(","):
+        tag = item.strip().removeprefix("W/").strip('"')
+        if tag == "*":
+            return None
+        if tag:
+            tags.append(tag)
+    return tags
+
+
+def read_json(req: falcon.Request) -> Any:
+    """Read and parse the body, refusing anything over :data:`MAX_BODY`.
+
+    Raises:
+        BodyTooLarge: the body (declared or actual) is too large.
+        InvalidRequest: the body is not JSON (``Json was not valid``).
+    """
+    length = req.content_length
+    if length is not None and length > MAX_BODY:
+        raise BodyTooLarge(length)
+    data = req.bounded_stream.read(MAX_BODY + 1)
+    if len(data) > MAX_BODY:
+        raise BodyTooLarge(None)
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as ex:
+        raise InvalidRequest("Json was not valid") from ex
+
+
+def respond(resp: falcon.Response, answer: Answer) -> None:
+    """Write a service answer and its state commit as the ``ETag``."""
+    resp.media = answer.body
+    if answer.commit is not None:
+        resp.etag = answer.commit
+
+
+def _writer(req: falcon.Request) -> dict[str, Any]:
+    return {"actor": actor(req), "request_id": request_id(req), "expect": expected(req)}
+
+
+class _Resource:
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    @property
+    def gates(self) -> Gates:
+        return self._services.gates
+
+
+class TestAndSetResource(_Resource):
+    """``PUT /api/gates``: take or queue for several gates at once."""
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Test-and-set; ``?queue=true`` queues instead of being denied."""
+        body = read_json(req)
+        if not isinstance(body, dict):
+            body = {}
+        queue = req.get_param_as_bool("queue", default=False)
+        respond(
+            resp,
+            self.gates.test_and_set(
+                body.get("gates"), body.get("ticket"), body.get("link"), bool(queue), **_writer(req)
+            ),
+        )
+
+
+class ServiceResource(_Resource):
+    """``/api/gates/<group>/<service>``: one service's gates."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, group: str, service: str) -> None:
+        """Create the service's gates from ``{"environments": [...]}``."""
+        body = read_json(req)
+        envs = body.get("environments") if isinstance(body, dict) else None
+        respond(resp, self.gates.create(group, service, envs, **_writer(req)))
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, group: str, service: str) -> None:
+        """Return the document with derived states (``?at=`` for the past)."""
+        respond(resp, self.gates.get_service(group, service, req.get_param("at")))
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response, group: str, service: str) -> None:
+        """Move, rename, replace or set environments."""
+        respond(resp, self.gates.update(group, service, read_json(req), **_writer(req)))
+
+    def on_delete(
+        self, req: falcon.Request, resp: falcon.Response, group: str, service: str
+    ) -> None:
+        """Delete the service's gates."""
+        respond(resp, self.gates.delete(group, service, **_writer(req)))
+
+
+class EnvironmentResource(_Resource):
+    """``/api/gates/<group>/<service>/<environment>``: one gate."""
+
+    def on_get(
+        self,
+        req: falcon.Request,
+        resp: falcon.Response,
+        group: str,
+        service: str,
+        environment: str,
+    ) -> None:
+        """Return the environment object with its derived state."""
+        answer = self.gates.get_environment(group, service, environment, req.get_param("at"))
+        respond(resp, answer)
+
+    def on_put(
+        self,
+        req: falcon.Request,
+        resp: falcon.Response,
+        group: str,
+        service: str,
+        environment: str,
+    ) -> None:
+        """Set ``state`` and/or ``message`` by hand."""
+        answer = self.gates.set_environment(
+            group, service, environment, read_json(req), **_writer(req)
+        )
+        respond(resp, answer)
+
+
+class HistoryResource(_Resource):
+    """``/api/gates/<group>/<service>/<environment>/history``: who changed it."""
+
+    def on_get(
+        self,
+        req: falcon.Request,
+        resp: falcon.Response,
+        group: str,
+        service: str,
+        environment: str,
+    ) -> None:
+        """List the environment's changes, newest first (``?limit=``)."""
+        limit = req.get_param_as_int("limit", min_value=1)
+        respond(resp, self.gates.history(group, service, environment, limit))
+
+
+class TicketResource(_Resource):
+    """``DELETE /api/tickets/<id>``: release a ticket."""
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, ticket_id: str) -> None:
+        """Release the ticket; unknown tickets are fine."""
+        respond(resp, self.gates.release(ticket_id, **_writer(req)))
+
+
+class HolidaysResource(_Resource):
+    """``/api/holidays/``: the holidays set through the API."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """List holidays from today on."""
+        respond(resp, self.gates.holidays(req.get_param("at")))
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Replace every API holiday."""
+        respond(resp, self.gates.set_holidays(read_json(req), **_writer(req)))
+
+
+def add_routes(app: falcon.App, services: Services) -> None:
+    """Mount gatekeeper's API on ``app``."""
+    app.add_route("/api/gates", TestAndSetResource(services))
+    app.add_route("/api/gates/{group}/{service}", ServiceResource(services))
+    app.add_route("/api/gates/{group}/{service}/{environment}", EnvironmentResource(services))
+    app.add_route("/api/gates/{group}/{service}/{environment}/history", HistoryResource(services))
+    app.add_route("/api/tickets/{ticket_id}", TicketResource(services))
+    holidays = HolidaysResource(services)
+    app.add_route("/api/holidays/", holidays)
+    app.add_route("/api/holidays", holidays)
