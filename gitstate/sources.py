@@ -1,0 +1,273 @@
+r"""Sources: which control repositories exist and how branches become environments.
+
+A *source* is one control repository (``remote``) whose branches are
+deployed as environments, configured as r10k configures it::
+
+    sources:
+      puppet:
+        remote: https://git.example.com/control.git
+        prefix: false                 # true → "<source>_", "app1" → "app1_"
+        invalid_branches: error       # error | correct | correct_and_warn
+        ignore_branch_prefixes: [wip, tmp]
+        strip_component: env/         # or "/regex/"
+
+Naming follows r10k exactly, because people's Puppet code names
+environments after what r10k made of their branches: ``strip_component``
+first, then every ASCII non-word character becomes one ``_`` (no collapsing;
+Ruby's ``\W`` is ASCII-only, so ``é`` is corrected too), then the prefix is
+put in front without being corrected itself. ``invalid_branches: error`` (the
+Code Manager default) skips such branches with r10k's log line instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from gitstate.errors import GitStateError
+
+log = logging.getLogger(__name__)
+
+INVALID_CHARACTERS = re.compile(r"\W", re.ASCII)
+INVALID_BRANCH_MODES = ("error", "correct", "correct_and_warn")
+DEFAULT_INVALID_BRANCHES = "error"
+
+
+class SourceConfigError(GitStateError, ValueError):
+    """The ``sources`` section of the configuration has a bad value.
+
+    Attributes:
+        source: the source's name (or ``sources`` for the section itself).
+        key: the offending key, if one.
+    """
+
+    def __init__(self, source: str, detail: str, key: str | None = None) -> None:
+        self.source = source
+        self.key = key
+        self.detail = detail
+        where = f"sources.{source}" + (f".{key}" if key else "")
+        super().__init__(f"{where}: {detail}")
+
+
+class EnvironmentCollision(GitStateError):
+    """Two branches, usually of two sources, map to the same environment.
+
+    r10k aborts the whole deploy in this case, and so do we: deploying either
+    one would silently replace the other.
+    """
+
+    def __init__(self, environment: str, first: Branch, second: Branch) -> None:
+        self.environment = environment
+        self.first = first
+        self.second = second
+        super().__init__(
+            f"Environment collision at {environment} between "
+            f"{second.source}:{second.name} and {first.source}:{first.name}"
+        )
+
+
+def correct_name(name: str) -> str:
+    """Replace every ASCII non-word character with ``_`` (r10k's correction).
+
+    This is also applied to environment names users ask to deploy, so that
+    ``feature/x`` finds the environment ``feature_x``.
+    """
+    return INVALID_CHARACTERS.sub("_", name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Branch:
+    """A branch of a source that is deployed as an environment.
+
+    Attributes:
+        source: the source's name.
+        branch: the branch as the remote names it (``env/feature/x``).
+        name: the branch after ``strip_component``; r10k's environment name,
+            written as ``name`` in the deploy record.
+        environment: the directory name (prefix + corrected name).
+    """
+
+    source: str
+    branch: str
+    name: str
+    environment: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One control repository and its naming rules."""
+
+    name: str
+    remote: str
+    prefix: bool | str = False
+    invalid_branches: str = DEFAULT_INVALID_BRANCHES
+    ignore_branch_prefixes: tuple[str, ...] = ()
+    strip_component: str | None = None
+
+    @classmethod
+    def from_mapping(cls, name: str, data: Any) -> Source:
+        """Build a source from its config mapping, checking every key.
+
+        Raises:
+            SourceConfigError: a key is missing or has a bad value.
+        """
+        if not isinstance(data, Mapping):
+            raise SourceConfigError(name, "must be a mapping")
+        remote = data.get("remote")
+        if not isinstance(remote, str) or not remote.strip():
+            raise SourceConfigError(name, "remote is required", "remote")
+        prefix = data.get("prefix", False)
+        if prefix is None:
+            prefix = False
+        if not isinstance(prefix, bool | str):
+            raise SourceConfigError(
+                name, f"must be true, false or a string, got {prefix!r}", "prefix"
+            )
+        invalid = data.get("invalid_branches") or DEFAULT_INVALID_BRANCHES
+        if invalid not in INVALID_BRANCH_MODES:
+            raise SourceConfigError(
+                name, f"must be one of {', '.join(INVALID_BRANCH_MODES)}", "invalid_branches"
+            )
+        ignore = data.get("ignore_branch_prefixes") or ()
+        if isinstance(ignore, str):
+            ignore = (ignore,)
+        if not isinstance(ignore, list | tuple) or not all(isinstance(p, str) for p in ignore):
+            raise SourceConfigError(name, "must be a list of strings", "ignore_branch_prefixes")
+        strip = data.get("strip_component")
+        if strip is False:
+            strip = None
+        if strip is not None and not isinstance(strip, str):
+            raise SourceConfigError(
+                name,
+                f"must be a string, a /regex/, false, or omitted; got {strip!r}",
+                "strip_component",
+            )
+        if strip is not None and _is_regex(strip):
+            try:
+                re.compile(strip[1:-1])
+            except re.error as ex:
+                raise SourceConfigError(name, f"bad regex: {ex}", "strip_component") from ex
+        return cls(
+            name=name,
+            remote=remote.strip(),
+            prefix=prefix,
+            invalid_branches=invalid,
+            ignore_branch_prefixes=tuple(ignore),
+            strip_component=strip,
+        )
+
+    def ignored(self, branch: str) -> bool:
+        """Tell whether ``ignore_branch_prefixes`` drops this branch."""
+        return any(branch.startswith(prefix) for prefix in self.ignore_branch_prefixes)
+
+    def stripped(self, branch: str) -> str:
+        """Return the branch name after ``strip_component``."""
+        strip = self.strip_component
+        if not strip:
+            return branch
+        if _is_regex(strip):
+            return re.sub(strip[1:-1], "", branch)
+        return branch[len(strip) :] if branch.startswith(strip) else branch
+
+    @property
+    def prefix_text(self) -> str:
+        """What is put in front of every environment name of this source."""
+        if self.prefix is True:
+            return f"{self.name}_"
+        if isinstance(self.prefix, str) and self.prefix:
+            return f"{self.prefix}_"
+        return ""
+
+    def name_branch(self, branch: str) -> Branch | None:
+        """Turn a branch into its environment, or None if it is not deployed.
+
+        Logs r10k's warning or error for branches with non-word characters.
+        """
+        if self.ignored(branch):
+            log.warning(
+                "Branch %s filtered out by ignore_branch_prefixes %s",
+                branch,
+                list(self.ignore_branch_prefixes),
+            )
+            return None
+        name = self.stripped(branch)
+        corrected = correct_name(name)
+        if corrected != name:
+            if self.invalid_branches == "error":
+                log.error('Environment "%s" contained non-word characters, ignoring it.', name)
+                return None
+            if self.invalid_branches == "correct_and_warn":
+                log.warning(
+                    'Environment "%s" contained non-word characters, correcting name to %s',
+                    name,
+                    self.prefix_text + corrected,
+                )
+        return Branch(self.name, branch, name, self.prefix_text + corrected)
+
+
+def _is_regex(text: str) -> bool:
+    return len(text) >= 2 and text.startswith("/") and text.endswith("/")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sources:
+    """Every configured source, in configuration order."""
+
+    sources: tuple[Source, ...]
+
+    @classmethod
+    def from_config(cls, data: Any) -> Sources:
+        """Build from the raw ``sources`` section (name → mapping).
+
+        Raises:
+            SourceConfigError: the section or one source is malformed.
+        """
+        if data is None:
+            return cls(())
+        if not isinstance(data, Mapping):
+            raise SourceConfigError("sources", "must be a mapping of name to source")
+        return cls(tuple(Source.from_mapping(str(name), value) for name, value in data.items()))
+
+    def __iter__(self):  # noqa: ANN204 - iterator of Source
+        return iter(self.sources)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def get(self, name: str) -> Source:
+        """Return the source called ``name``.
+
+        Raises:
+            KeyError: there is no such source.
+        """
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise KeyError(name)
+
+    def environments(self, branches: Mapping[str, Iterable[str]]) -> dict[str, Branch]:
+        """Name every branch of every source, refusing collisions.
+
+        Args:
+            branches: source name → its branch names.
+
+        Returns:
+            environment name → branch, sorted by environment name.
+
+        Raises:
+            EnvironmentCollision: two branches give the same environment.
+        """
+        found: dict[str, Branch] = {}
+        for source in self.sources:
+            for branch_name in sorted(branches.get(source.name, ())):
+                branch = source.name_branch(branch_name)
+                if branch is None:
+                    continue
+                other = found.get(branch.environment)
+                if other is not None:
+                    raise EnvironmentCollision(branch.environment, other, branch)
+                found[branch.environment] = branch
+        return dict(sorted(found.items()))

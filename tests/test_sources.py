@@ -1,0 +1,115 @@
+"""Branch → environment naming, exactly as r10k does it."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from gitstate.sources import (
+    Branch,
+    EnvironmentCollision,
+    Source,
+    SourceConfigError,
+    Sources,
+    correct_name,
+)
+
+
+def name(branch: str, **config: object) -> str | None:
+    source = Source.from_mapping(str(config.pop("name", "puppet")), {"remote": "/r", **config})
+    found = source.name_branch(branch)
+    return found.environment if found else None
+
+
+def test_correct_replaces_non_word_characters_one_for_one():
+    assert name("feature/foo-bar", invalid_branches="correct") == "feature_foo_bar"
+    assert name("a..b", invalid_branches="correct") == "a__b"
+
+
+def test_correction_is_ascii_only():
+    assert name("café", invalid_branches="correct") == "caf_"
+    assert correct_name("naïve/x") == "na_ve_x"
+
+
+def test_error_mode_is_the_default_and_skips_with_r10k_message(caplog):
+    with caplog.at_level(logging.ERROR, logger="gitstate.sources"):
+        assert name("feature/foo-bar") is None
+    assert (
+        'Environment "feature/foo-bar" contained non-word characters, ignoring it.' in caplog.text
+    )
+    assert name("production") == "production"
+
+
+def test_correct_and_warn_warns(caplog):
+    with caplog.at_level(logging.WARNING, logger="gitstate.sources"):
+        assert name("a-b", invalid_branches="correct_and_warn") == "a_b"
+    assert "contained non-word characters, correcting name to a_b" in caplog.text
+
+
+def test_prefixes():
+    assert name("dev", name="qa", prefix=True) == "qa_dev"
+    assert name("dev", name="qa", prefix="app1") == "app1_dev"
+    assert name("dev", name="qa", prefix=False) == "dev"
+    # the prefix itself is not corrected
+    assert name("a-b", prefix="x-y", invalid_branches="correct") == "x-y_a_b"
+
+
+def test_strip_component_string_and_regex():
+    assert name("env/prod", strip_component="env/") == "prod"
+    assert name("env/prod", strip_component="/^env\\//") == "prod"
+    assert name("other/prod", strip_component="env/", invalid_branches="correct") == "other_prod"
+
+
+def test_record_name_is_the_stripped_uncorrected_branch():
+    source = Source.from_mapping(
+        "s", {"remote": "/r", "strip_component": "env/", "invalid_branches": "correct"}
+    )
+    assert source.name_branch("env/a-b") == Branch("s", "env/a-b", "a-b", "a_b")
+
+
+def test_ignore_branch_prefixes():
+    assert name("wip_thing", ignore_branch_prefixes=["wip", "tmp"]) is None
+    assert name("main", ignore_branch_prefixes=["wip"]) == "main"
+
+
+def test_collision_between_sources_fails_everything():
+    sources = Sources.from_config(
+        {
+            "one": {"remote": "/a"},
+            "two": {"remote": "/b"},
+            "three": {"remote": "/c", "prefix": True},
+        }
+    )
+    with pytest.raises(EnvironmentCollision) as info:
+        sources.environments(
+            {"one": ["production"], "two": ["production"], "three": ["production"]}
+        )
+    assert str(info.value) == (
+        "Environment collision at production between two:production and one:production"
+    )
+    assert info.value.environment == "production"
+
+
+def test_environments_sorted_and_skipping_invalid():
+    sources = Sources.from_config({"puppet": {"remote": "/a"}})
+    found = sources.environments({"puppet": ["b", "a", "x/y"]})
+    assert list(found) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({}, "remote"),
+        ({"remote": "/r", "invalid_branches": "fix"}, "invalid_branches"),
+        ({"remote": "/r", "prefix": 3}, "prefix"),
+        ({"remote": "/r", "strip_component": 5}, "strip_component"),
+        ({"remote": "/r", "strip_component": "/(/"}, "strip_component"),
+        ({"remote": "/r", "ignore_branch_prefixes": [1]}, "ignore_branch_prefixes"),
+    ],
+)
+def test_bad_config_names_the_key(config, key):
+    with pytest.raises(SourceConfigError) as info:
+        Sources.from_config({"puppet": config})
+    assert info.value.key == key
+    assert info.value.source == "puppet"
