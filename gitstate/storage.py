@@ -1,0 +1,566 @@
+"""The storage repository: environments composed and published as git objects.
+
+``DATADIR/storage.git`` is a bare repository that file-sync clients fetch
+from. Nothing in it is ever checked out; environments are built from tree
+objects, which is why a deploy costs what *changed* rather than what the
+environment holds.
+
+Layout:
+
+``refs/environments/<env>``
+    The *environment-commit*: the environment's tree (control branch +
+    modules + ``.r10k-deploy.json``) committed on top of its previous
+    version, so ``git log refs/environments/production`` is its deploy
+    history.
+``refs/heads/code``
+    The *code-commit*: one commit over every published environment, so a
+    client fetches one ref and gets them all. Its tree is::
+
+        environments/<env>/...    each environment's tree (same tree id as
+                                  its environment-commit's tree)
+        environments.json         env → environment-commit, signature and
+                                  the deploy key used to skip no-op deploys
+
+    Every publish or removal is a new commit whose first parent is the
+    previous tip, made by compare-and-swap on the ref with retries, so
+    workers publishing different environments at once never lose each
+    other's work. ``force=True`` is never used.
+
+Objects are *copied* from the mirrors into this repository's object
+database rather than borrowed through an alternate: a mirror is pruned when
+its remote rewrites history, and storage must still hold every object of
+every version it published. Copying is cheap because a tree already present
+here is never walked again for writing (trees are written after their
+children, so a present tree implies a complete one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import posixpath
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pygit2
+from pygit2.enums import FileMode, ObjectType
+
+from gitstate.errors import GitStateError
+
+CODE_REF = "refs/heads/code"
+ENVIRONMENT_REF_PREFIX = "refs/environments/"
+ENVIRONMENTS_DIR = "environments"
+MANIFEST = "environments.json"
+SERVICE = "gitstate"
+OUTSIDE = 1 << 30  # the escape of an absolute symlink: outside at any depth
+_TREE = int(FileMode.TREE)
+_LINK = int(FileMode.LINK)
+_COMMIT = int(FileMode.COMMIT)
+
+
+class SymlinkEscape(GitStateError, ValueError):
+    """A symlink in a branch or module points outside its environment.
+
+    Attributes:
+        path: where the tree was to be placed in the environment.
+        link: the offending link, relative to the environment.
+        target: what it points to.
+    """
+
+    def __init__(self, path: str, link: str, target: str) -> None:
+        self.path = path
+        self.link = link
+        self.target = target
+        super().__init__(f"symlink {link} -> {target} points outside the environment")
+
+
+class PublishConflict(GitStateError, TimeoutError):
+    """The code ref could not be advanced before the deadline."""
+
+    def __init__(self, ref: str, attempts: int) -> None:
+        self.ref = ref
+        self.attempts = attempts
+        super().__init__(f"could not update {ref} after {attempts} attempts")
+
+
+@dataclasses.dataclass(frozen=True)
+class Imported:
+    """A tree copied into storage.
+
+    Attributes:
+        oid: the tree's id in storage (differs from the source's when
+            gitlinks or ``spec`` were dropped).
+        escape: how many directory levels above the tree's root its
+            symlinks reach (0: none leave it; :data:`OUTSIDE`: absolute).
+        link: one link that reaches furthest, for error messages.
+    """
+
+    oid: pygit2.Oid
+    escape: int
+    link: tuple[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """What the code-commit says about one environment."""
+
+    environment: str
+    commit: str
+    tree: str
+    signature: str
+    deploy_key: str
+
+
+def link_escape(directory: str, target: str) -> int:
+    """Return how many levels above the tree root a symlink reaches.
+
+    Args:
+        directory: the link's directory relative to the tree root ("" for
+            the root itself).
+        target: the link's target as stored.
+    """
+    if target.startswith("/"):
+        return OUTSIDE
+    level = len([part for part in directory.split("/") if part])
+    lowest = level
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        level = level - 1 if part == ".." else level + 1
+        lowest = min(lowest, level)
+    return max(0, -lowest)
+
+
+class Storage:
+    """The storage repository of one data directory.
+
+    Safe to share between threads (each thread gets its own repository
+    handle) and across forks.
+    """
+
+    def __init__(self, path: Path, *, deadline: float = 30.0) -> None:
+        self.path = Path(path)
+        self.deadline = deadline
+        init_storage(self.path)
+        self._local = threading.local()
+        self._memo: dict[tuple[bytes, bool], Imported] = {}
+        self._memo_lock = threading.Lock()
+
+    @property
+    def repo(self) -> pygit2.Repository:
+        """This thread's handle on the repository."""
+        if getattr(self._local, "pid", None) != os.getpid():
+            self._local.pid = os.getpid()
+            self._local.repo = pygit2.Repository(str(self.path))
+        return self._local.repo
+
+    # -- copying objects in --------------------------------------------------------------
+
+    def import_tree(
+        self, source: pygit2.Repository, tree_id: pygit2.Oid, *, exclude_spec: bool = False
+    ) -> Imported:
+        """Copy a tree and everything under it from ``source`` into storage.
+
+        Gitlinks (submodules) are dropped, as are ``spec`` directories at
+        the root when ``exclude_spec``. Results are remembered by source
+        tree id, so a module shared by twenty environments is walked once.
+        """
+        key = (tree_id.raw, exclude_spec)
+        with self._memo_lock:
+            found = self._memo.get(key)
+        if found is not None:
+            return found
+        result = self._import(source, tree_id, exclude_spec)
+        with self._memo_lock:
+            if len(self._memo) > 200_000:
+                self._memo.clear()
+            self._memo[key] = result
+        return result
+
+    def _import(
+        self, source: pygit2.Repository, tree_id: pygit2.Oid, exclude_spec: bool
+    ) -> Imported:
+        dest = self.repo
+        odb = dest.odb
+        tree = source[tree_id]
+        changed = exclude_spec and "spec" in tree
+        escape = 0
+        link: tuple[str, str] | None = None
+        kept: list[tuple[str, pygit2.Oid, int]] = []
+        for entry in tree:
+            mode = entry.filemode
+            if mode == _COMMIT:
+                changed = True
+                continue
+            if exclude_spec and entry.name == "spec":
+                continue
+            oid = entry.id
+            if mode == _TREE:
+                sub = self.import_tree(source, oid)
+                if sub.oid != oid:
+                    changed = True
+                    oid = sub.oid
+                if sub.escape - 1 > escape:
+                    escape = sub.escape - 1
+                    assert sub.link is not None
+                    link = (f"{entry.name}/{sub.link[0]}", sub.link[1])
+            else:
+                data = None
+                if oid not in odb:
+                    data = source.odb.read(oid)[1]
+                    odb.write(ObjectType.BLOB, data)
+                if mode == _LINK:
+                    if data is None:
+                        data = odb.read(oid)[1]
+                    target = data.decode("utf-8", "surrogateescape")
+                    reach = link_escape("", target)
+                    if reach > escape:
+                        escape, link = reach, (entry.name, target)
+            kept.append((entry.name, oid, mode))
+        if not changed:
+            if tree_id not in odb:
+                odb.write(ObjectType.TREE, source.odb.read(tree_id)[1])
+            return Imported(tree_id, escape, link)
+        builder = dest.TreeBuilder()
+        for name, oid, mode in kept:
+            builder.insert(name, oid, mode)
+        return Imported(builder.write(), escape, link)
+
+    def write_blob(self, data: bytes) -> pygit2.Oid:
+        """Store bytes as a blob and return its id."""
+        return self.repo.create_blob(data)
+
+    def write_tree(self, files: Mapping[str, tuple[pygit2.Oid, int]]) -> pygit2.Oid:
+        """Write a tree from ``path → (oid, mode)`` of blobs already stored."""
+        nested: dict[str, Any] = {}
+        for path, value in files.items():
+            parts = path.split("/")
+            node = nested
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ValueError(f"{path}: a file is in the way")
+            node[parts[-1]] = value
+        return self._write_nested(nested)
+
+    def _write_nested(self, nested: Mapping[str, Any]) -> pygit2.Oid:
+        builder = self.repo.TreeBuilder()
+        for name, value in nested.items():
+            if isinstance(value, dict):
+                builder.insert(name, self._write_nested(value), FileMode.TREE)
+            else:
+                builder.insert(name, value[0], value[1])
+        return builder.write()
+
+    # -- composing -----------------------------------------------------------------------
+
+    def compose(
+        self,
+        base: pygit2.Oid,
+        placements: Mapping[str, pygit2.Oid],
+        files: Mapping[str, pygit2.Oid],
+        removals: Mapping[str, set[str]] | None = None,
+    ) -> pygit2.Oid:
+        """Build a tree: ``base`` with trees placed and blobs added.
+
+        Args:
+            base: the control branch's tree (in storage).
+            placements: path → tree id; replaces whatever is at the path.
+            files: path → blob id, added as regular files.
+            removals: directory → names to keep; every other entry of that
+                directory of ``base`` is dropped (r10k's Puppetfile purge).
+        """
+        nested: dict[str, Any] = {}
+        for path, oid in placements.items():
+            _place(nested, path, (oid, FileMode.TREE))
+        for path, oid in files.items():
+            _place(nested, path, (oid, FileMode.BLOB))
+        keep: dict[str, Any] = {}
+        for directory, names in (removals or {}).items():
+            _place(keep, directory, ("keep", frozenset(names)))
+        return self._overlay(self.repo[base], nested, keep)
+
+    def _overlay(
+        self, base: pygit2.Tree | None, nested: Mapping[str, Any], keep: Any
+    ) -> pygit2.Oid:
+        repo = self.repo
+        builder = repo.TreeBuilder(base) if base is not None else repo.TreeBuilder()
+        if isinstance(keep, tuple) and base is not None:
+            for entry in base:
+                if entry.name not in keep[1] and entry.name not in nested:
+                    builder.remove(entry.name)
+            keep = {}
+        names = set(nested) | (set(keep) if isinstance(keep, dict) else set())
+        for name in sorted(names):
+            value = nested.get(name)
+            if isinstance(value, tuple):
+                builder.insert(name, value[0], value[1])
+                continue
+            existing = base[name] if base is not None and name in base else None
+            sub_base = (
+                repo[existing.id] if existing is not None and existing.filemode == _TREE else None
+            )
+            sub_keep = keep.get(name, {}) if isinstance(keep, dict) else {}
+            if value is None and sub_base is None:
+                continue
+            oid = self._overlay(sub_base, value or {}, sub_keep)
+            builder.insert(name, oid, FileMode.TREE)
+        return builder.write()
+
+    # -- commits and refs ----------------------------------------------------------------
+
+    def signature(self) -> pygit2.Signature:
+        """The service's identity for commits made now."""
+        return pygit2.Signature(SERVICE, f"{SERVICE}@{socket.gethostname()}", int(time.time()), 0)
+
+    def environment_tip(self, environment: str) -> str | None:
+        """Return the environment-commit the env's ref points to, if any."""
+        try:
+            return str(self.repo.lookup_reference(ENVIRONMENT_REF_PREFIX + environment).target)
+        except (KeyError, pygit2.InvalidSpecError):
+            return None
+
+    def commit_environment(self, environment: str, tree: pygit2.Oid, message: str) -> str:
+        """Commit ``tree`` as the environment's next version and move its ref.
+
+        The caller holds the environment's lock, so the CAS only guards
+        against writers outside gitstate.
+        """
+        repo = self.repo
+        name = ENVIRONMENT_REF_PREFIX + environment
+        sig = self.signature()
+        for _attempt in range(20):
+            parent = self.environment_tip(environment)
+            parents = [pygit2.Oid(hex=parent)] if parent else []
+            commit = repo.create_commit(None, sig, sig, message, tree, parents)
+            try:
+                if parent is None:
+                    repo.references.create(name, commit, force=False)
+                else:
+                    ref = repo.lookup_reference(name)
+                    if str(ref.target) != parent:
+                        continue
+                    ref.set_target(commit, f"gitstate: {message.splitlines()[0]}")
+                return str(commit)
+            except (pygit2.AlreadyExistsError, pygit2.GitError, OSError):
+                time.sleep(0.01 * random.random())
+        raise PublishConflict(name, 20)
+
+    def delete_environment_ref(self, environment: str) -> None:
+        """Drop the environment's ref once it is no longer published."""
+        with contextlib.suppress(KeyError, pygit2.GitError):
+            self.repo.references.delete(ENVIRONMENT_REF_PREFIX + environment)
+
+    def code_commit(self) -> str | None:
+        """Return the current code-commit, or None before the first publish."""
+        try:
+            return str(self.repo.lookup_reference(CODE_REF).target)
+        except KeyError:
+            return None
+
+    def published(self, commit: str | None = None) -> dict[str, Published]:
+        """Return what the code-commit (tip by default) publishes."""
+        commit = commit or self.code_commit()
+        if commit is None:
+            return {}
+        manifest = _read_manifest(self.repo, self.repo[commit].peel(pygit2.Commit).tree)
+        return {
+            env: Published(
+                environment=env,
+                commit=item["commit"],
+                tree=item["tree"],
+                signature=item.get("signature", ""),
+                deploy_key=item.get("deploy_key", ""),
+            )
+            for env, item in manifest.items()
+        }
+
+    def publish(self, updates: Mapping[str, Published | None], message: str) -> str | None:
+        """Add, replace or (with None) remove environments in the code-commit.
+
+        Compare-and-swap on :data:`CODE_REF` with retries: each attempt
+        re-reads the tip and re-applies ``updates`` to it, so concurrent
+        publishes of other environments are kept.
+
+        Returns:
+            the new code-commit, or the current one when nothing changed
+            (None if there has never been one).
+
+        Raises:
+            PublishConflict: the ref could not be advanced before the deadline.
+        """
+        until = time.monotonic() + self.deadline
+        attempts = 0
+        delay = 0.001
+        with self._host_lock():
+            while True:
+                attempts += 1
+                repo = self.repo
+                tip = self.code_commit()
+                base = repo[tip].peel(pygit2.Commit).tree if tip else None
+                manifest = _read_manifest(repo, base) if base is not None else {}
+                envs_entry = (
+                    base[ENVIRONMENTS_DIR]
+                    if base is not None and ENVIRONMENTS_DIR in base
+                    else None
+                )
+                envs = (
+                    repo.TreeBuilder(repo[envs_entry.id])
+                    if envs_entry is not None
+                    else repo.TreeBuilder()
+                )
+                for env, item in updates.items():
+                    if item is None:
+                        if env in manifest:
+                            manifest.pop(env)
+                        if envs.get(env) is not None:
+                            envs.remove(env)
+                    else:
+                        manifest[env] = {
+                            "commit": item.commit,
+                            "tree": item.tree,
+                            "signature": item.signature,
+                            "deploy_key": item.deploy_key,
+                        }
+                        envs.insert(env, pygit2.Oid(hex=item.tree), FileMode.TREE)
+                root = repo.TreeBuilder(base) if base is not None else repo.TreeBuilder()
+                root.insert(ENVIRONMENTS_DIR, envs.write(), FileMode.TREE)
+                root.insert(MANIFEST, repo.create_blob(_manifest_bytes(manifest)), FileMode.BLOB)
+                tree = root.write()
+                if base is not None and tree == base.id:
+                    return tip
+                sig = self.signature()
+                parents = [pygit2.Oid(hex=tip)] if tip else []
+                commit = repo.create_commit(None, sig, sig, message, tree, parents)
+                if self._advance(tip, commit, message):
+                    return str(commit)
+                if time.monotonic() > until:
+                    raise PublishConflict(CODE_REF, attempts)
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.05)
+
+    def _advance(self, tip: str | None, commit: pygit2.Oid, message: str) -> bool:
+        repo = self.repo
+        reflog = f"gitstate: {message.splitlines()[0]}"[:200]
+        try:
+            if tip is None:
+                repo.create_reference_direct(CODE_REF, commit, False, message=reflog)
+            else:
+                ref = repo.lookup_reference(CODE_REF)
+                if str(ref.target) != tip:
+                    return False
+                ref.set_target(commit, reflog)
+            return True
+        except (pygit2.AlreadyExistsError, pygit2.GitError, OSError):
+            return False
+
+    @contextlib.contextmanager
+    def _host_lock(self) -> Iterator[None]:
+        """Serialise this host's publishers so they do not storm the ref."""
+        fd = os.open(self.path / "gitstate-code.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- reading trees back ---------------------------------------------------------------
+
+    def files(self, tree: str | pygit2.Oid) -> dict[str, bytes]:
+        """Return path → content of every blob under ``tree`` (for tests and tools).
+
+        Symlinks are returned as their target prefixed with ``-> ``.
+        """
+        repo = self.repo
+        out: dict[str, bytes] = {}
+        stack: list[tuple[str, pygit2.Tree]] = [("", repo[tree].peel(pygit2.Tree))]
+        while stack:
+            prefix, node = stack.pop()
+            for entry in node:
+                path = prefix + entry.name
+                if entry.filemode == _TREE:
+                    stack.append((path + "/", repo[entry.id]))
+                elif entry.filemode == _LINK:
+                    out[path] = b"-> " + repo[entry.id].data
+                elif entry.filemode != _COMMIT:
+                    out[path] = repo[entry.id].data
+        return out
+
+    def export(self, tree: str | pygit2.Oid, target: Path) -> int:
+        """Write ``tree`` as files under ``target`` (like ``git archive | tar x``).
+
+        Returns the number of files written.
+        """
+        repo = self.repo
+        count = 0
+        stack: list[tuple[Path, pygit2.Tree]] = [(Path(target), repo[tree].peel(pygit2.Tree))]
+        while stack:
+            directory, node = stack.pop()
+            directory.mkdir(parents=True, exist_ok=True)
+            for entry in node:
+                path = directory / entry.name
+                if entry.filemode == _TREE:
+                    stack.append((path, repo[entry.id]))
+                elif entry.filemode == _LINK:
+                    os.symlink(repo[entry.id].data, path)
+                    count += 1
+                elif entry.filemode != _COMMIT:
+                    path.write_bytes(repo[entry.id].data)
+                    if entry.filemode == FileMode.BLOB_EXECUTABLE:
+                        path.chmod(0o755)
+                    count += 1
+        return count
+
+
+def _place(nested: dict[str, Any], path: str, value: Any) -> None:
+    parts = [part for part in path.split("/") if part]
+    node = nested
+    for index, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"{path} is inside {'/'.join(parts[: index + 1])}, placed already")
+        node = child
+    if isinstance(node.get(parts[-1]), dict) and not (
+        isinstance(value, tuple) and value[0] == "keep"
+    ):
+        raise ValueError(f"{path} would hide content placed inside it")
+    node[parts[-1]] = value
+
+
+def _read_manifest(repo: pygit2.Repository, tree: pygit2.Tree) -> dict[str, dict[str, str]]:
+    if MANIFEST not in tree:
+        return {}
+    data = json.loads(repo[tree[MANIFEST].id].data)
+    return dict(data.get("environments", {}))
+
+
+def _manifest_bytes(manifest: Mapping[str, Mapping[str, str]]) -> bytes:
+    data = {"schema_version": 1, "environments": dict(sorted(manifest.items()))}
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+
+def init_storage(path: Path) -> None:
+    """Create the bare storage repository if it does not exist."""
+    if (path / "HEAD").exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    repo = pygit2.init_repository(str(path), bare=True, initial_head="code")
+    config = repo.config
+    config["core.logAllRefUpdates"] = "always"
+    config["user.name"] = SERVICE
+    config["user.email"] = f"{SERVICE}@{socket.gethostname()}"
+    config["receive.denyNonFastForwards"] = True
+    repo.free()
+
+
+def normalise(path: str) -> str:
+    """Return ``path`` normalised, relative to the environment root."""
+    return posixpath.normpath(path).lstrip("/")
