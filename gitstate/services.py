@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gitstate.code_manager import CodeManager
 from gitstate.config import Config
 from gitstate.gates import Gates, GateSettings
 from gitstate.store import Store
@@ -26,6 +27,7 @@ class Services:
             stale_lock_after=config.state.stale_lock_after,
         )
         self.gates = Gates(self.store, GateSettings.from_config(config.raw.get("gates")))
+        self.code_manager = CodeManager(config, self.store)
 
     def health(self) -> tuple[dict[str, Any], str | None]:
         """Report that the process can read the state branch.

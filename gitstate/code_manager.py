@@ -1,0 +1,255 @@
+"""The service behind Code Manager's API: deploy requests and their status.
+
+It validates a request, names environments the way r10k does, asks the
+engine for the list of environments when the request needs it
+(``deploy-all``, ``dry-run``), queues deploys in the state branch and, with
+``wait``, waits for the workers to finish them. Answers use Code Manager's
+JSON shapes, which are part of the domain here: pipelines parse them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from gitstate.config import Config
+from gitstate.deploys import (
+    COLLECT_FAILED,
+    TIMEOUT,
+    DeployQueue,
+    DeployRequestError,
+    DeploySettings,
+    Requested,
+)
+from gitstate.environments import CollectFailed, Deployer
+from gitstate.sources import correct_name
+from gitstate.store import Store
+
+_MAX_ENVIRONMENTS = 1000
+_MAX_NAME = 255
+
+
+class CollectError(CollectFailed):
+    """The environments could not be listed; carries Code Manager's error body."""
+
+    kind = COLLECT_FAILED
+
+    def to_json(self) -> dict[str, Any]:
+        """Return Code Manager's ``collect-failed`` error object."""
+        return {
+            "kind": self.kind,
+            "msg": "Errors while collecting a list of environments to deploy (exit code: 1)",
+            "details": self.details,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class DeployRequest:
+    """A validated ``POST /code-manager/v1/deploys`` body."""
+
+    environments: tuple[str, ...] = ()
+    deploy_all: bool = False
+    wait: bool = False
+    dry_run: bool = False
+    deploy_modules: bool = True
+
+    @classmethod
+    def from_json(cls, body: Any) -> DeployRequest:
+        """Check a request body.
+
+        Raises:
+            DeployRequestError: the body is not an object, has neither
+                ``environments`` nor ``deploy-all``, or has a bad value.
+        """
+        if not isinstance(body, Mapping):
+            raise DeployRequestError("the request body must be a JSON object")
+        flags = {}
+        for key, alias in (
+            ("wait", None),
+            ("dry-run", "dry_run"),
+            ("deploy-all", None),
+            ("deploy-modules", None),
+        ):
+            value = body.get(key, body.get(alias) if alias else None)
+            if value is not None and not isinstance(value, bool):
+                raise DeployRequestError(f"'{key}' must be true or false")
+            flags[key] = value
+        environments = body.get("environments")
+        if environments is not None:
+            if not isinstance(environments, list) or not all(
+                isinstance(name, str) and name.strip() and len(name) <= _MAX_NAME
+                for name in environments
+            ):
+                raise DeployRequestError(
+                    "'environments' must be a list of environment names "
+                    f"(1 to {_MAX_NAME} characters)"
+                )
+            if len(environments) > _MAX_ENVIRONMENTS:
+                raise DeployRequestError(f"at most {_MAX_ENVIRONMENTS} environments per request")
+        dry_run = bool(flags["dry-run"])
+        if not environments and not flags["deploy-all"] and not dry_run:
+            raise DeployRequestError(
+                "the request must name 'environments' (a non-empty list) or set 'deploy-all': true"
+            )
+        return cls(
+            environments=tuple(dict.fromkeys(environments or ())),
+            deploy_all=bool(flags["deploy-all"]),
+            wait=bool(flags["wait"]) or dry_run,
+            dry_run=dry_run,
+            deploy_modules=flags["deploy-modules"] is not False,
+        )
+
+
+class CodeManager:
+    """Deploy requests and status over the deploy queue and engine."""
+
+    def __init__(self, config: Config, store: Store, *, engine: Deployer | None = None) -> None:
+        self.settings = DeploySettings.from_mapping(config.raw.get("deploy"))
+        self.queue = DeployQueue(store, self.settings)
+        self._config = config
+        self._engine = engine
+
+    @property
+    def engine(self) -> Deployer:
+        """The deploy engine, built on first use (it opens caches and storage)."""
+        if self._engine is None:
+            self._engine = Deployer.from_config(self._config)
+        return self._engine
+
+    def collect(self) -> list[str]:
+        """Fetch the control repositories and return every environment name.
+
+        Raises:
+            CollectError: a source could not be fetched or named.
+        """
+        try:
+            return self.engine.collect().names()
+        except CollectFailed as ex:
+            raise CollectError(ex.details) from ex
+
+    def submit(
+        self, request: DeployRequest, *, actor: str, request_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Carry out a deploy request and return Code Manager's answer array.
+
+        Raises:
+            CollectError: ``deploy-all`` or ``dry-run`` could not list the
+                environments.
+        """
+        if request.dry_run:
+            return [{"environment": name} for name in self.collect()]
+        wanted: list[tuple[str, str]] = []
+        if request.deploy_all:
+            wanted.extend((name, name) for name in self.collect())
+        wanted.extend((name, correct_name(name)) for name in request.environments)
+        wanted = list(dict.fromkeys(wanted))
+        queued = self.queue.request(
+            wanted,
+            actor=actor,
+            request_id=request_id,
+            deploy_modules=request.deploy_modules,
+            reason="deploy-all" if request.deploy_all else "requested",
+        )
+        if not request.wait:
+            return [entry.to_json() for entry in queued]
+        records = {
+            record["id"]: record
+            for record in self.queue.wait(
+                sorted({entry.deploy_id for entry in queued}), self.settings.wait_timeout
+            )
+        }
+        return [self._waited(entry, records.get(entry.deploy_id)) for entry in queued]
+
+    def _waited(self, entry: Requested, record: Mapping[str, Any] | None) -> dict[str, Any]:
+        answer: dict[str, Any] = {"environment": entry.environment, "id": entry.deploy_id}
+        status = (record or {}).get("status", "queued")
+        answer["status"] = status
+        if status == "complete":
+            assert record is not None
+            answer["deploy-signature"] = record.get("signature")
+            answer["file-sync"] = {
+                "environment-commit": record.get("environment_commit"),
+                "code-commit": record.get("code_commit"),
+            }
+        elif status == "failed":
+            assert record is not None
+            answer["error"] = record.get("error")
+        else:
+            answer["error"] = {
+                "kind": TIMEOUT,
+                "msg": (
+                    f"deploy of {entry.environment} was still {status} after "
+                    f"{self.settings.wait_timeout:g}s"
+                ),
+                "details": {
+                    "corrected-env-name": (record or {}).get("environment", entry.environment)
+                },
+            }
+        return answer
+
+    def status(self) -> dict[str, Any]:
+        """Return Code Manager's ``deploys/status`` document."""
+        sections: dict[str, list[dict[str, Any]]] = {
+            "new": [],
+            "queued": [],
+            "deploying": [],
+            "failed": [],
+        }
+        for entry in self.queue.active():
+            sections.setdefault(entry["status"], []).append(
+                {
+                    "id": entry["id"],
+                    "environment": entry["environment"],
+                    "queued-at": entry["queued_at"],
+                }
+            )
+        for entry in self.queue.finished():
+            if entry["status"] == "failed":
+                sections["failed"].append(
+                    {
+                        "id": entry["id"],
+                        "environment": entry["environment"],
+                        "queued-at": entry.get("queued_at"),
+                        "error": entry.get("error"),
+                    }
+                )
+        deployed = [
+            {
+                "environment": name,
+                "date": summary.get("deployed_at"),
+                "deploy-signature": summary.get("signature"),
+            }
+            for name, summary in sorted(self.queue.deployed().items())
+        ]
+        return {
+            "deploys-status": sections,
+            "file-sync-storage-status": {"deployed": deployed},
+            "file-sync-client-status": {"all-synced": True, "file-sync-clients": {}},
+        }
+
+    def deploy_status(self, deploy_id: int) -> dict[str, Any]:
+        """Return one deploy as the status endpoint shows it (``?id=N``).
+
+        Raises:
+            DeployNotFound: no deploy has that id.
+        """
+        record = self.queue.get(deploy_id)
+        answer: dict[str, Any] = {
+            "id": record["id"],
+            "environment": record.get("requested_as", record["environment"]),
+            "status": record["status"],
+            "queued-at": record.get("queued_at"),
+        }
+        for key, name in (("started_at", "started-at"), ("finished_at", "finished-at")):
+            if key in record:
+                answer[name] = record[key]
+        if record["status"] == "complete":
+            answer["deploy-signature"] = record.get("signature")
+            answer["file-sync"] = {
+                "environment-commit": record.get("environment_commit"),
+                "code-commit": record.get("code_commit"),
+            }
+        if "error" in record:
+            answer["error"] = record["error"]
+        return answer

@@ -1,0 +1,1 @@
+"""Installed as ``gitstate.sample_control_repo`` so the demo finds these files."""

@@ -1,0 +1,4 @@
+# The login banner shown before authentication.
+class profile::banner {
+  include banner
+}

@@ -1,0 +1,8 @@
+# Site-wide basics.
+class profile::base (
+  String $motd,
+) {
+  class { 'motd':
+    content => $motd,
+  }
+}

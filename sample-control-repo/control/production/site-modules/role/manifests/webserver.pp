@@ -1,0 +1,5 @@
+# A web server is a base server with a login banner.
+class role::webserver {
+  include role::base
+  include profile::banner
+}

@@ -1,0 +1,91 @@
+"""Code Manager's HTTP API under ``/code-manager/v1/``: deploys and status.
+
+Errors here use Code Manager's shape, ``{"kind", "msg", "details"}``, which
+is what ``puppet code`` and pipeline plugins parse, not gatekeeper's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from gitstate.code_manager import CodeManager, CollectError, DeployRequest
+from gitstate.deploys import BAD_REQUEST, DeployNotFound, DeployRequestError
+from gitstate.gates import InvalidRequest
+from gitstate.services import Services
+
+from .gates import actor, read_json, request_id
+
+PREFIX = "/code-manager/v1"
+
+
+def _error(resp: falcon.Response, status: str, kind: str, msg: str, details: Any = None) -> None:
+    resp.status = status
+    body: dict[str, Any] = {"kind": kind, "msg": msg}
+    if details is not None:
+        body["details"] = details
+    resp.media = body
+
+
+class DeploysResource:
+    """``POST /code-manager/v1/deploys``: queue (and optionally wait for) deploys."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    @property
+    def _code_manager(self) -> CodeManager:
+        return self._services.code_manager
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Queue the environments named, or all; answer with their ids."""
+        try:
+            request = DeployRequest.from_json(read_json(req))
+        except (InvalidRequest, DeployRequestError) as ex:
+            _error(resp, falcon.HTTP_400, BAD_REQUEST, str(ex))
+            return
+        try:
+            resp.media = self._code_manager.submit(
+                request, actor=actor(req), request_id=request_id(req)
+            )
+        except CollectError as ex:
+            # The remote the environments come from failed us: a gateway error.
+            resp.status = falcon.HTTP_502
+            resp.media = ex.to_json()
+
+
+class DeployStatusResource:
+    """``GET /code-manager/v1/deploys/status[?id=N]``."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Answer the queue, the storage and the clients' state, or one deploy."""
+        code_manager = self._services.code_manager
+        raw_id = req.get_param("id")
+        if raw_id is None:
+            resp.media = code_manager.status()
+            return
+        if not raw_id.isdigit():
+            _error(
+                resp, falcon.HTTP_400, BAD_REQUEST, f"id must be a deploy number, not {raw_id!r}"
+            )
+            return
+        try:
+            resp.media = code_manager.deploy_status(int(raw_id))
+        except DeployNotFound as ex:
+            _error(
+                resp,
+                falcon.HTTP_404,
+                "puppetlabs.code-manager/not-found",
+                str(ex),
+                {"id": ex.deploy_id},
+            )
+
+
+def add_routes(app: falcon.App, services: Services) -> None:
+    """Mount the Code Manager routes."""
+    app.add_route(f"{PREFIX}/deploys", DeploysResource(services))
+    app.add_route(f"{PREFIX}/deploys/status", DeployStatusResource(services))
