@@ -380,10 +380,11 @@ class Deployer:
         commit = control[pygit2.Oid(hex=source.sha)].peel(pygit2.Commit)
         puppetfile = self._puppetfile(control, commit.tree, env)
         published = self.storage.published().get(env)
-        previous = self._previous_modules(published) if not deploy_modules and published else None
+        previous = self._previous_modules(published) if published else None
 
         resolved = [
-            self._resolve(module, source, collection, previous) for module in puppetfile.modules
+            self._resolve(module, source, collection, previous, keep=not deploy_modules)
+            for module in puppetfile.modules
         ]
         key_data = [ENGINE_VERSION, source.sha, source.name, [item.key for item in resolved]]
         deploy_key = hashlib.sha256(json.dumps(key_data).encode()).hexdigest()
@@ -484,8 +485,10 @@ class Deployer:
         source: EnvironmentSource,
         collection: Collection,
         previous: _Previous | None,
+        *,
+        keep: bool = False,
     ) -> _Resolved:
-        if previous is not None and module.kind != "local":
+        if keep and previous is not None and module.kind != "local":
             kept = self._keep_previous(module, previous)
             if kept is not None:
                 return kept
@@ -494,7 +497,12 @@ class Deployer:
                 module, ModuleDeploy(module.name, "0.0.0", None), None, None, f"local:{module.path}"
             )
         if module.kind == "forge":
-            version, tree = self.forge.install(module.forge_name, module.version)
+            wanted = module.version
+            if wanted is None and previous is not None:
+                # No version: the latest when first installed, then kept (r10k).
+                entry = previous.modules.get(module.name, {})
+                wanted = entry.get("version") if entry.get("sha") is None else None
+            version, tree = self.forge.install(module.forge_name, wanted)
             key = f"forge:{module.path}:{module.forge_name}:{version}:{tree}:{module.exclude_spec}"
             return _Resolved(module, ModuleDeploy(module.name, version, None), tree, None, key)
         assert module.url is not None
