@@ -8,9 +8,11 @@ stderr and a documented exit code.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from gitstate import __version__
 from gitstate.config import DEFAULT_PORT, Config
@@ -20,6 +22,7 @@ from gitstate.errors import GitStateError
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_DEPLOY_FAILED = 3
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -29,11 +32,97 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gitstate.deploys import DeploySettings
+    from gitstate.supervisor import Supervisor, serve_children
+
+    config = Config.load(args.config)
+    workers = DeploySettings.from_mapping(config.raw.get("deploy")).pool_size
+    return Supervisor(serve_children(str(Path(args.config).absolute()), workers)).run()
+
+
+def _web(args: argparse.Namespace) -> int:
     from gitstate.server import serve
 
     config = Config.load(args.config)
     serve(config, str(Path(args.config).absolute()))
     return EXIT_OK
+
+
+def _deploy_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from gitstate.deploy_worker import DeployWorker, hold_slot
+    from gitstate.services import Services
+
+    config = Config.load(args.config)
+    code_manager = Services(config).code_manager
+    lockdir = config.datadir / "locks"
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    with hold_slot(lockdir, args.slot):
+        DeployWorker(code_manager.queue, code_manager.engine, args.slot, lockdir).run(stop)
+    return EXIT_OK
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from gitstate.client import Client
+
+    return Client(args.service_url, args.token_file)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    if not args.environments and not args.all and not args.dry_run:
+        print("gitstate: name environments to deploy, or use --all", file=sys.stderr)
+        return EXIT_USAGE
+    body: dict[str, Any] = {"wait": bool(args.wait or args.dry_run)}
+    if args.dry_run:
+        body["dry-run"] = True
+        if args.format != "json":
+            print("--dry-run implies --wait.")
+            print("--dry-run implies --all.")
+            print("Dry-run deploying all environments.")
+    elif args.all:
+        body["deploy-all"] = True
+    else:
+        body["environments"] = args.environments
+    answer = _client(args).request("POST", "/code-manager/v1/deploys", body)
+    if args.format != "json":
+        print(f"Found {len(answer)} environments.")
+    _print_json(answer)
+    failed = [entry for entry in answer if entry.get("status") == "failed" or "error" in entry]
+    return EXIT_DEPLOY_FAILED if failed else EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    answer = _client(args).request("GET", "/code-manager/v1/deploys/status")
+    if args.format == "json":
+        _print_json(answer)
+        return EXIT_OK
+    queue = answer.get("deploys-status", {})
+    for section in ("new", "queued", "deploying", "failed"):
+        entries = queue.get(section, [])
+        print(f"{section}: {len(entries)}")
+        for entry in entries:
+            print(f"  #{entry['id']} {entry['environment']} (queued {entry.get('queued-at')})")
+    deployed = answer.get("file-sync-storage-status", {}).get("deployed", [])
+    print(f"deployed: {len(deployed)}")
+    for entry in deployed:
+        print(f"  {entry['environment']} {entry.get('deploy-signature')} at {entry.get('date')}")
+    return EXIT_OK
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    from gitstate.client import DEFAULT_SERVICE_URL, DEFAULT_TOKEN_FILE
+
+    parser.add_argument("--service-url", default=DEFAULT_SERVICE_URL, help="server base URL")
+    parser.add_argument("--token-file", default=DEFAULT_TOKEN_FILE, help="file holding a token")
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,9 +141,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=DEFAULT_PORT, help="HTTP port (default 8170)")
     demo.set_defaults(func=_demo)
 
-    serve = sub.add_parser("serve", help="run the server (gunicorn) for real use")
+    serve = sub.add_parser("serve", help="run the server, deploy workers and clients for real use")
     serve.add_argument("--config", required=True, help="YAML config file")
     serve.set_defaults(func=_serve)
+
+    web = sub.add_parser("web", help="run only the HTTP server (gunicorn)")
+    web.add_argument("--config", required=True, help="YAML config file")
+    web.set_defaults(func=_web)
+
+    worker = sub.add_parser("deploy-worker", help="run one deploy worker")
+    worker.add_argument("--config", required=True, help="YAML config file")
+    worker.add_argument("--slot", type=int, default=0, help="worker slot number (default 0)")
+    worker.set_defaults(func=_deploy_worker)
+
+    deploy = sub.add_parser("deploy", help="deploy environments, like `puppet code deploy`")
+    deploy.add_argument("environments", nargs="*", metavar="ENV", help="environments to deploy")
+    deploy.add_argument("--all", action="store_true", help="deploy every environment")
+    deploy.add_argument("--wait", "-w", action="store_true", help="wait until deployed")
+    deploy.add_argument(
+        "--dry-run", action="store_true", help="list environments (implies --all --wait)"
+    )
+    _add_client_options(deploy)
+    deploy.set_defaults(func=_deploy)
+
+    status = sub.add_parser("status", help="show the deploy queue, like `puppet code status`")
+    _add_client_options(status)
+    status.set_defaults(func=_status)
     return parser
 
 

@@ -1,36 +1,55 @@
 """``gitstate demo``: a complete installation in one folder, on defaults.
 
-The demo folder holds a config file and a datadir with the state repository;
-running the demo again reuses them, so the state branch (and its history)
-survives restarts.
+The folder holds the sample control repository and its module repositories
+(built from ``sample-control-repo/`` with plain git), a config file and a
+datadir with the state and storage repositories. The demo starts the server
+and the deploy workers under the supervisor, deploys every environment and
+prints what to try next. Running it again reuses the folder, so the state
+branch and its history survive restarts.
 """
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
 from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from gitstate.client import Client, ClientError
 from gitstate.config import Config
-from gitstate.server import serve
+from gitstate.sample import SampleRepos, build
 from gitstate.store import init_repository
+from gitstate.supervisor import Supervisor, serve_children
 
 DEFAULT_DIR = "gitstate-demo"
+DEPLOY_WORKERS = 2
 
 
-def prepare(directory: Path, port: int) -> tuple[Config, Path]:
-    """Create (or reuse) the demo folder and return its config and config path."""
+def prepare(directory: Path, port: int) -> tuple[Config, Path, SampleRepos]:
+    """Create (or reuse) the demo folder; return its config, config path and repos."""
     directory = directory.absolute()
     directory.mkdir(parents=True, exist_ok=True)
+    repos = build(directory / "repos")
     config_path = directory / "gitstate.yaml"
     config = Config.from_mapping(
         {
             "datadir": str(directory / "data"),
             "listen": f"127.0.0.1:{port}",
             "workers": 2,
-            "threads": 2,
+            "threads": 4,
             # The demo runs on laptops; an unflushed commit there is fine.
             "state": {"fsync": False},
+            "sources": {
+                "puppet": {
+                    "remote": repos.control_url,
+                    # Show r10k's name correction: feature/login-banner
+                    # becomes the environment feature_login_banner.
+                    "invalid_branches": "correct_and_warn",
+                }
+            },
+            "deploy": {"pool_size": DEPLOY_WORKERS},
         },
         str(config_path),
     )
@@ -39,17 +58,62 @@ def prepare(directory: Path, port: int) -> tuple[Config, Path]:
     with config_path.open("w", encoding="utf-8") as stream:
         yaml.dump(config.to_mapping(), stream)
     init_repository(config.state_repo)
-    return config, config_path
+    return config, config_path, repos
+
+
+def _deploy_everything(
+    base: str, repos: SampleRepos, config: Config, ready: threading.Event
+) -> None:
+    """Once the server answers, deploy all environments and print what to try."""
+    ready.wait()
+    client = Client(base, token_file=None, timeout=600)
+    until = time.monotonic() + 60
+    while True:
+        try:
+            client.request("GET", "/internal/health")
+            break
+        except ClientError:
+            if time.monotonic() > until:
+                print("gitstate demo: the server did not come up", file=sys.stderr, flush=True)
+                return
+            time.sleep(0.2)
+    try:
+        answer = client.request(
+            "POST", "/code-manager/v1/deploys", {"deploy-all": True, "wait": True}
+        )
+    except ClientError as ex:
+        print(f"gitstate demo: deploy-all failed: {ex}", file=sys.stderr, flush=True)
+        return
+    print(f"Deployed {len(answer)} environments:", flush=True)
+    for entry in answer:
+        signature = (entry.get("deploy-signature") or "")[:12]
+        print(f"  {entry['environment']:<24} {entry['status']:<9} {signature}", flush=True)
+    lines = [
+        "",
+        "Try:",
+        f"  curl {base}/internal/health",
+        f"  curl {base}/code-manager/v1/deploys/status",
+        f"  gitstate status --service-url {base}",
+        f"  gitstate deploy production --wait --service-url {base}",
+        f'  curl -X POST {base}/api/gates/code/puppet -d \'{{"environments": ["production"]}}\'',
+        f"  git clone {repos.control} control && cd control   # edit, commit, push, then deploy",
+        f"  git --git-dir {config.state_repo} log --format='%h %an %s' state   # the audit trail",
+        "Press Ctrl-C to stop.",
+    ]
+    print("\n".join(lines), flush=True)
 
 
 def run(directory: Path, port: int) -> int:
-    """Build the demo folder, then serve until interrupted."""
-    config, config_path = prepare(directory, port)
+    """Build the demo folder, start everything, deploy, serve until interrupted."""
+    config, config_path, repos = prepare(directory, port)
     base = f"http://{config.listen}"
     print(f"gitstate demo in {directory.absolute()}", flush=True)
-    print(f"  state repository: {config.state_repo}", flush=True)
-    print(f"  health:           curl {base}/internal/health", flush=True)
-    print(f"  audit trail:      git --git-dir {config.state_repo} log state", flush=True)
-    print("Press Ctrl-C to stop.", flush=True)
-    serve(config, str(config_path))
-    return 0
+    print(f"  control repository: {repos.control}", flush=True)
+    print(f"  state repository:   {config.state_repo}", flush=True)
+    print(f"  health:             curl {base}/internal/health", flush=True)
+    ready = threading.Event()
+    threading.Thread(
+        target=_deploy_everything, args=(base, repos, config, ready), daemon=True
+    ).start()
+    supervisor = Supervisor(serve_children(str(config_path), DEPLOY_WORKERS))
+    return supervisor.run(ready)

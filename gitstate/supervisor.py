@@ -1,0 +1,140 @@
+"""Run gitstate's processes together and keep them running.
+
+``gitstate serve`` and ``gitstate demo`` start the web server (gunicorn, with
+its own worker processes), the deploy workers and the file-sync clients as
+child processes of one supervisor. A child that exits unexpectedly is
+started again, with a growing delay if it keeps dying; SIGTERM or SIGINT
+stops them all (SIGTERM first, SIGKILL after a grace period).
+
+Separate processes rather than threads: a stuck or killed deploy cannot take
+the web server with it, libgit2 handles never cross a fork, and each child
+can be killed and restarted on its own (the soak harness does exactly that).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Child:
+    """One supervised process."""
+
+    name: str
+    argv: Sequence[str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    not_before: float = 0.0
+
+
+def gitstate_command(*args: str) -> list[str]:
+    """Return the argv that runs a ``gitstate`` subcommand with this Python."""
+    return [sys.executable, "-m", "gitstate", *args]
+
+
+class Supervisor:
+    """Start children, restart the ones that die, stop them all on request.
+
+    Args:
+        children: the processes to run.
+        grace: seconds between SIGTERM and SIGKILL when stopping.
+    """
+
+    def __init__(self, children: Sequence[Child], *, grace: float = 15.0) -> None:
+        self.children = list(children)
+        self.grace = grace
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        """Start every child."""
+        for child in self.children:
+            self._spawn(child)
+
+    def _spawn(self, child: Child) -> None:
+        child.process = subprocess.Popen(child.argv)
+        child.started_at = time.monotonic()
+        log.info("started %s (pid %s)", child.name, child.process.pid)
+
+    def poll(self) -> None:
+        """Restart children that exited; back off when one keeps dying."""
+        now = time.monotonic()
+        for child in self.children:
+            if child.process is None:
+                if now >= child.not_before:
+                    self._spawn(child)
+                continue
+            code = child.process.poll()
+            if code is None:
+                continue
+            lived = now - child.started_at
+            child.restarts = 0 if lived > 60 else child.restarts + 1
+            delay = min(30.0, 0.5 * 2 ** min(child.restarts, 6)) if child.restarts > 1 else 0.2
+            print(
+                f"gitstate: {child.name} exited with {code}; restarting in {delay:.1f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+            child.process = None
+            child.not_before = now + delay
+
+    def stop(self) -> None:
+        """Ask the supervisor loop to stop."""
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        """Stop every child: SIGTERM, then SIGKILL after the grace period."""
+        running = [
+            c.process for c in self.children if c.process is not None and c.process.poll() is None
+        ]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        until = time.monotonic() + self.grace
+        for process in running:
+            try:
+                process.wait(max(0.1, until - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def run(self, ready: threading.Event | None = None) -> int:
+        """Supervise until SIGTERM/SIGINT (or :meth:`stop`); return 0."""
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            self._stop.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            if ready is not None:
+                ready.set()
+            while not self._stop.wait(0.2):
+                self.poll()
+        finally:
+            self.shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+
+def serve_children(config_path: str, deploy_workers: int) -> list[Child]:
+    """Return the children of ``gitstate serve``: web server and deploy workers."""
+    children = [Child("web", gitstate_command("web", "--config", config_path))]
+    for slot in range(deploy_workers):
+        children.append(
+            Child(
+                f"deploy-worker-{slot}",
+                gitstate_command("deploy-worker", "--config", config_path, "--slot", str(slot)),
+            )
+        )
+    return children
