@@ -420,7 +420,6 @@ class Deployer:
                     module.path, f"{module.path}/{imported.link[0]}", imported.link[1]
                 )
             placements[module.path] = imported.oid
-        removals = _purge_plan(puppetfile)
         finished = datetime.now(UTC)
         record = {
             "name": source.name,
@@ -434,7 +433,7 @@ class Deployer:
             (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode()
         )
         try:
-            tree = self.storage.compose(base.oid, placements, {DEPLOY_RECORD: blob}, removals)
+            tree = self.storage.compose(base.oid, placements, {DEPLOY_RECORD: blob})
         except ValueError as ex:
             raise PuppetfileError(str(ex), environment=env) from ex
         message = (
@@ -494,7 +493,11 @@ class Deployer:
                 return kept
         if module.kind == "local":
             return _Resolved(
-                module, ModuleDeploy(module.name, "0.0.0", None), None, None, f"local:{module.path}"
+                module,
+                ModuleDeploy(module.name, "0.0.0 (local)", None),
+                None,
+                None,
+                f"local:{module.path}",
             )
         if module.kind == "forge":
             wanted = module.version
@@ -681,19 +684,6 @@ def _lookup(repo: pygit2.Repository, ref: str | None, kind: str | None) -> pygit
         except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
             continue
     return None
-
-
-def _purge_plan(puppetfile: Puppetfile) -> dict[str, set[str]]:
-    """Return directory → module names that may stay in it (r10k's puppetfile purge)."""
-    plan: dict[str, set[str]] = {}
-    for module in puppetfile.modules:
-        directory, _, name = module.path.rpartition("/")
-        if directory:
-            plan.setdefault(directory, set()).add(name)
-    moduledir = puppetfile.moduledir.strip("/")
-    if moduledir and moduledir != ".":
-        plan.setdefault(moduledir, set())
-    return plan
 
 
 def _ruby_time(moment: datetime) -> str:

@@ -267,40 +267,31 @@ class Storage:
         base: pygit2.Oid,
         placements: Mapping[str, pygit2.Oid],
         files: Mapping[str, pygit2.Oid],
-        removals: Mapping[str, set[str]] | None = None,
     ) -> pygit2.Oid:
         """Build a tree: ``base`` with trees placed and blobs added.
+
+        Only the trees on the paths to what is placed are rewritten; the
+        rest of ``base`` is shared as it is.
 
         Args:
             base: the control branch's tree (in storage).
             placements: path → tree id; replaces whatever is at the path.
             files: path → blob id, added as regular files.
-            removals: directory → names to keep; every other entry of that
-                directory of ``base`` is dropped (r10k's Puppetfile purge).
+
+        Raises:
+            ValueError: one placement would be inside another.
         """
         nested: dict[str, Any] = {}
         for path, oid in placements.items():
             _place(nested, path, (oid, FileMode.TREE))
         for path, oid in files.items():
             _place(nested, path, (oid, FileMode.BLOB))
-        keep: dict[str, Any] = {}
-        for directory, names in (removals or {}).items():
-            _place(keep, directory, ("keep", frozenset(names)))
-        return self._overlay(self.repo[base], nested, keep)
+        return self._overlay(self.repo[base], nested)
 
-    def _overlay(
-        self, base: pygit2.Tree | None, nested: Mapping[str, Any], keep: Any
-    ) -> pygit2.Oid:
+    def _overlay(self, base: pygit2.Tree | None, nested: Mapping[str, Any]) -> pygit2.Oid:
         repo = self.repo
         builder = repo.TreeBuilder(base) if base is not None else repo.TreeBuilder()
-        if isinstance(keep, tuple) and base is not None:
-            for entry in base:
-                if entry.name not in keep[1] and entry.name not in nested:
-                    builder.remove(entry.name)
-            keep = {}
-        names = set(nested) | (set(keep) if isinstance(keep, dict) else set())
-        for name in sorted(names):
-            value = nested.get(name)
+        for name, value in nested.items():
             if isinstance(value, tuple):
                 builder.insert(name, value[0], value[1])
                 continue
@@ -308,11 +299,7 @@ class Storage:
             sub_base = (
                 repo[existing.id] if existing is not None and existing.filemode == _TREE else None
             )
-            sub_keep = keep.get(name, {}) if isinstance(keep, dict) else {}
-            if value is None and sub_base is None:
-                continue
-            oid = self._overlay(sub_base, value or {}, sub_keep)
-            builder.insert(name, oid, FileMode.TREE)
+            builder.insert(name, self._overlay(sub_base, value), FileMode.TREE)
         return builder.write()
 
     # -- commits and refs ----------------------------------------------------------------

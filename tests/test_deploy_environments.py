@@ -145,9 +145,10 @@ def test_commit_ref_install_path_moduledir_local_and_exclude_spec(tmp_path, repo
     assert "thirdparty/apache/spec/classes/init_spec.rb" in files
     assert files["site/web/README.md"] == b"apache 1.0.0\n"
     assert files["thirdparty/kept/init.pp"] == b"local\n"  # :local is not purged
-    assert "thirdparty/stray/init.pp" not in files  # undeclared module content is
+    # committed content is kept, as r10k keeps tracked files (the conformance test checks it)
+    assert files["thirdparty/stray/init.pp"] == b"not in the Puppetfile\n"
     record = json.loads(files[".r10k-deploy.json"])
-    assert {"name": "kept", "version": "0.0.0", "sha": None} in record["module_deploys"]
+    assert {"name": "kept", "version": "0.0.0 (local)", "sha": None} in record["module_deploys"]
 
 
 def test_unknown_environment_and_name_correction(tmp_path, repos):
