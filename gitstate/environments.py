@@ -254,7 +254,7 @@ class Deployer:
             config.datadir,
             Sources.from_config(raw.get("sources")),
             forge_url=str(deploy.get("forge_url") or DEFAULT_FORGE),
-            fetch_timeout=float(deploy.get("fetch_timeout") or timeouts.get("fetch") or 30.0),
+            fetch_timeout=_seconds(deploy.get("fetch_timeout") or timeouts.get("fetch") or 30.0),
             default_ref=deploy.get("default_ref"),
             fetch_workers=int(deploy.get("fetch_workers") or 8),
         )
@@ -684,6 +684,18 @@ def _lookup(repo: pygit2.Repository, ref: str | None, kind: str | None) -> pygit
         except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
             continue
     return None
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _seconds(value: Any) -> float:
+    """Read ``30``, ``"30"``, ``"30s"``, ``"10m"`` as seconds (the deploy section's units)."""
+    text = str(value).strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?", text)
+    if isinstance(value, bool) or match is None:
+        raise SourceConfigError("deploy", f"not a duration: {value!r}", "timeouts.fetch")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
 def _ruby_time(moment: datetime) -> str:

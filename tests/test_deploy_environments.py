@@ -394,3 +394,20 @@ def test_concurrent_deploys_from_processes_all_land(tmp_path, repos):
     dep = deployer(datadir, control)
     assert set(dep.environments()) == {"production", *(f"env{i}" for i in range(6))}
     assert len(code_log(dep)) == 7  # production was deployed once, then skipped
+
+
+def test_from_config_reads_sources_and_deploy_section(tmp_path, repos):
+    from gitstate.config import Config
+
+    config = Config.from_mapping(
+        {
+            "datadir": str(tmp_path / "data"),
+            "sources": {"puppet": {"remote": repos["control"].url, "prefix": "qa"}},
+            "deploy": {"timeouts": {"fetch": "10s"}, "forge_url": "http://127.0.0.1:9/"},
+        }
+    )
+    dep = Deployer.from_config(config)
+    assert dep.mirrors.timeout == 10.0
+    assert dep.forge.base_url == "http://127.0.0.1:9"
+    assert dep.collect().names() == ["qa_production"]
+    assert dep.deploy("qa_production").environment == "qa_production"
