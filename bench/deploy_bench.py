@@ -98,8 +98,9 @@ def export_all(datadir: Path, target: Path) -> int:
     dep = Deployer(datadir, Sources.from_config({}))
     shutil.rmtree(target, ignore_errors=True)
     files = 0
+    links: dict = {}
     for env, commit in dep.environments().items():
-        files += dep.storage.export(commit, target / env)
+        files += dep.storage.export(commit, target / env, links)
     return files
 
 

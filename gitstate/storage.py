@@ -481,10 +481,24 @@ class Storage:
                     out[path] = repo[entry.id].data
         return out
 
-    def export(self, tree: str | pygit2.Oid, target: Path) -> int:
+    def export(
+        self,
+        tree: str | pygit2.Oid,
+        target: Path,
+        links: dict[tuple[pygit2.Oid, int], Path] | None = None,
+    ) -> int:
         """Write ``tree`` as files under ``target`` (like ``git archive | tar x``).
 
-        Returns the number of files written.
+        Args:
+            tree: a tree or commit id.
+            target: the directory to create.
+            links: pass the same dict to several calls to hard-link every
+                further copy of a blob to the first one written (g10k's trick
+                for modules shared by environments); the files must then be
+                treated as read-only.
+
+        Returns:
+            the number of files written.
         """
         repo = self.repo
         count = 0
@@ -494,16 +508,25 @@ class Storage:
             directory.mkdir(parents=True, exist_ok=True)
             for entry in node:
                 path = directory / entry.name
-                if entry.filemode == _TREE:
+                mode = entry.filemode
+                if mode == _TREE:
                     stack.append((path, repo[entry.id]))
-                elif entry.filemode == _LINK:
+                    continue
+                if mode == _COMMIT:
+                    continue
+                count += 1
+                if mode == _LINK:
                     os.symlink(repo[entry.id].data, path)
-                    count += 1
-                elif entry.filemode != _COMMIT:
-                    path.write_bytes(repo[entry.id].data)
-                    if entry.filemode == FileMode.BLOB_EXECUTABLE:
-                        path.chmod(0o755)
-                    count += 1
+                    continue
+                first = links.get((entry.id, mode)) if links is not None else None
+                if first is not None:
+                    os.link(first, path)
+                    continue
+                path.write_bytes(repo[entry.id].data)
+                if mode == FileMode.BLOB_EXECUTABLE:
+                    path.chmod(0o755)
+                if links is not None:
+                    links[(entry.id, mode)] = path
         return count
 
 

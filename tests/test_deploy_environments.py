@@ -411,3 +411,19 @@ def test_from_config_reads_sources_and_deploy_section(tmp_path, repos):
     assert dep.forge.base_url == "http://127.0.0.1:9"
     assert dep.collect().names() == ["qa_production"]
     assert dep.deploy("qa_production").environment == "qa_production"
+
+
+def test_export_writes_the_environment_and_links_shared_blobs(tmp_path, repos):
+    control = repos["control"]
+    control.commit("dev", {"data/link": Link("../manifests/site.pp")})
+    dep = deployer(tmp_path / "data", control)
+    for env in ("production", "dev"):
+        dep.deploy(env)
+    links: dict = {}
+    out = tmp_path / "out"
+    for env, commit in dep.environments().items():
+        assert dep.storage.export(commit, out / env, links) == len(dep.storage.files(commit))
+    site = out / "production" / "manifests" / "site.pp"
+    assert site.read_text() == "node default {}\n"
+    assert site.samefile(out / "dev" / "manifests" / "site.pp")
+    assert (out / "dev" / "data" / "link").read_text() == "node default {}\n"
