@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import pygit2
-from pygit2.enums import FileMode, ObjectType
+from pygit2.enums import FileMode
 
 from gitstate.errors import GitStateError
 
@@ -60,6 +60,7 @@ ENVIRONMENT_REF_PREFIX = "refs/environments/"
 ENVIRONMENTS_DIR = "environments"
 MANIFEST = "environments.json"
 SERVICE = "gitstate"
+PACK_THRESHOLD = 64  # copy this many objects or more as one pack
 OUTSIDE = 1 << 30  # the escape of an absolute symlink: outside at any depth
 _TREE = int(FileMode.TREE)
 _LINK = int(FileMode.LINK)
@@ -109,6 +110,13 @@ class Imported:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Scan:
+    escape: int
+    link: tuple[str, str] | None
+    changed: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class Published:
     """What the code-commit says about one environment."""
 
@@ -152,6 +160,7 @@ class Storage:
         init_storage(self.path)
         self._local = threading.local()
         self._memo: dict[tuple[bytes, bool], Imported] = {}
+        self._scans: dict[bytes, _Scan] = {}
         self._memo_lock = threading.Lock()
 
     @property
@@ -169,70 +178,124 @@ class Storage:
     ) -> Imported:
         """Copy a tree and everything under it from ``source`` into storage.
 
-        Gitlinks (submodules) are dropped, as are ``spec`` directories at
-        the root when ``exclude_spec``. Results are remembered by source
-        tree id, so a module shared by twenty environments is walked once.
+        Gitlinks (submodules) are dropped, as is the root's ``spec``
+        directory when ``exclude_spec``. Three steps: scan the source trees
+        for what storage lacks (and for symlinks), copy those objects (as
+        one pack when there are many, which costs a fraction of writing
+        loose objects one by one), then rebuild the few trees that lost an
+        entry. Scans are remembered by tree id, so a module shared by twenty
+        environments is walked once per process.
         """
         key = (tree_id.raw, exclude_spec)
         with self._memo_lock:
             found = self._memo.get(key)
         if found is not None:
             return found
-        result = self._import(source, tree_id, exclude_spec)
+        missing: list[pygit2.Oid] = []
+        scan = self._scan(source, tree_id, missing, set())
+        self._copy(source, missing)
+        tree = source[tree_id]
+        escape, link = scan.escape, scan.link
+        if exclude_spec and "spec" in tree:
+            escape, link = 0, None
+            for entry in tree:
+                if entry.name == "spec":
+                    continue
+                reach, where = self._entry_escape(source, entry)
+                if reach > escape:
+                    escape, link = reach, where
+        result = Imported(self._rebuild(source, tree_id, exclude_spec), escape, link)
         with self._memo_lock:
             if len(self._memo) > 200_000:
                 self._memo.clear()
             self._memo[key] = result
         return result
 
-    def _import(
-        self, source: pygit2.Repository, tree_id: pygit2.Oid, exclude_spec: bool
-    ) -> Imported:
-        dest = self.repo
-        odb = dest.odb
+    def _entry_escape(
+        self, source: pygit2.Repository, entry: pygit2.Object
+    ) -> tuple[int, tuple[str, str] | None]:
+        """Return how far above its tree one entry's symlinks reach."""
+        if entry.filemode == _TREE:
+            sub = self._scans[entry.id.raw]
+            if sub.link is None:
+                return 0, None
+            return sub.escape - 1, (f"{entry.name}/{sub.link[0]}", sub.link[1])
+        if entry.filemode == _LINK:
+            target = source.odb.read(entry.id)[1].decode("utf-8", "surrogateescape")
+            return link_escape("", target), (entry.name, target)
+        return 0, None
+
+    def _scan(
+        self,
+        source: pygit2.Repository,
+        tree_id: pygit2.Oid,
+        missing: list[pygit2.Oid],
+        seen: set[bytes],
+    ) -> _Scan:
+        """Walk a source tree: what storage lacks, its symlinks, its gitlinks."""
+        found = self._scans.get(tree_id.raw)
+        if found is not None and tree_id in self.repo.odb:
+            return found
+        odb = self.repo.odb
+        present = tree_id in odb
         tree = source[tree_id]
-        changed = exclude_spec and "spec" in tree
+        changed = False
         escape = 0
         link: tuple[str, str] | None = None
-        kept: list[tuple[str, pygit2.Oid, int]] = []
         for entry in tree:
             mode = entry.filemode
             if mode == _COMMIT:
                 changed = True
                 continue
-            if exclude_spec and entry.name == "spec":
+            if mode == _TREE:
+                sub = self._scan(source, entry.id, missing, seen)
+                changed = changed or sub.changed
+            elif not present and entry.id.raw not in seen and entry.id not in odb:
+                seen.add(entry.id.raw)
+                missing.append(entry.id)
+            reach, where = self._entry_escape(source, entry)
+            if reach > escape:
+                escape, link = reach, where
+        if not present and tree_id.raw not in seen:
+            seen.add(tree_id.raw)
+            missing.append(tree_id)
+        result = _Scan(escape, link, changed)
+        if len(self._scans) > 200_000:
+            self._scans.clear()
+        self._scans[tree_id.raw] = result
+        return result
+
+    def _copy(self, source: pygit2.Repository, missing: list[pygit2.Oid]) -> None:
+        """Copy objects into storage: children before the trees naming them."""
+        if not missing:
+            return
+        if len(missing) >= PACK_THRESHOLD:
+            packer = pygit2.PackBuilder(source)
+            for oid in missing:
+                packer.add(oid)
+            packer.write(self.path / "objects" / "pack")
+            return
+        odb = self.repo.odb
+        for oid in missing:
+            kind, data = source.odb.read(oid)
+            odb.write(kind, data)
+
+    def _rebuild(
+        self, source: pygit2.Repository, tree_id: pygit2.Oid, exclude_spec: bool
+    ) -> pygit2.Oid:
+        """Return the storage tree for a source tree, minus gitlinks (and spec)."""
+        tree = source[tree_id]
+        if not self._scans[tree_id.raw].changed and not (exclude_spec and "spec" in tree):
+            return tree_id
+        builder = self.repo.TreeBuilder()
+        for entry in tree:
+            if entry.filemode == _COMMIT or (exclude_spec and entry.name == "spec"):
                 continue
             oid = entry.id
-            if mode == _TREE:
-                sub = self.import_tree(source, oid)
-                if sub.oid != oid:
-                    changed = True
-                    oid = sub.oid
-                if sub.escape - 1 > escape:
-                    escape = sub.escape - 1
-                    assert sub.link is not None
-                    link = (f"{entry.name}/{sub.link[0]}", sub.link[1])
-            else:
-                data = None
-                if oid not in odb:
-                    data = source.odb.read(oid)[1]
-                    odb.write(ObjectType.BLOB, data)
-                if mode == _LINK:
-                    if data is None:
-                        data = odb.read(oid)[1]
-                    target = data.decode("utf-8", "surrogateescape")
-                    reach = link_escape("", target)
-                    if reach > escape:
-                        escape, link = reach, (entry.name, target)
-            kept.append((entry.name, oid, mode))
-        if not changed:
-            if tree_id not in odb:
-                odb.write(ObjectType.TREE, source.odb.read(tree_id)[1])
-            return Imported(tree_id, escape, link)
-        builder = dest.TreeBuilder()
-        for name, oid, mode in kept:
-            builder.insert(name, oid, mode)
-        return Imported(builder.write(), escape, link)
+            if entry.filemode == _TREE:
+                oid = self._rebuild(source, oid, False)
+            builder.insert(entry.name, oid, entry.filemode)
+        return builder.write()
 
     def write_blob(self, data: bytes) -> pygit2.Oid:
         """Store bytes as a blob and return its id."""
