@@ -1,0 +1,170 @@
+"""Gate test-and-set over HTTP against the raw pygit2 CAS loop, in one run.
+
+Run from the repository root::
+
+    python -m bench.gates_bench [--seconds 10] [--clients 16] [--workers 4]
+
+It measures the raw commit rate (:func:`bench.raw.raw_commits_per_second`),
+then starts ``gitstate serve`` (gunicorn, loopback, fsync off like the raw
+loop) and lets ``--clients`` threads each take a gate with ``PUT /api/gates``
+and release it with ``DELETE /api/tickets/<id>``, over keep-alive
+connections. Every request is one commit, so requests/s compares directly
+with raw commits/s. With ``--shared`` all clients fight over one gate
+(most answers are ``denied``, which commit nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.raw import raw_commits_per_second
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait(port: int, timeout: float = 60) -> None:
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/internal/health")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("server did not start")
+
+
+def call(conn: http.client.HTTPConnection, method: str, path: str, body: object = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json", "X-Gitstate-Actor": "bench"}
+    conn.request(method, path, body=data, headers=headers)
+    response = conn.getresponse()
+    payload = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"{method} {path}: {response.status} {payload[:200]!r}")
+    return json.loads(payload)
+
+
+def client(port: int, gate: str, until: float, latencies: list[float], counts: list[int]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    body = {"gates": {"bench": {gate: "live"}}}
+    mine: list[float] = []
+    denied = 0
+    while time.perf_counter() < until:
+        started = time.perf_counter()
+        answer = call(conn, "PUT", "/api/gates", body)
+        mine.append(time.perf_counter() - started)
+        if answer["status"] != "ok":
+            denied += 1
+            continue
+        started = time.perf_counter()
+        call(conn, "DELETE", f"/api/tickets/{answer['ticket']['id']}")
+        mine.append(time.perf_counter() - started)
+    latencies.extend(mine)
+    counts.append(denied)
+    conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--raw-seconds", type=float, default=5.0)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--shared", action="store_true", help="all clients on one gate")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="gates-bench-") as tmp:
+        root = Path(tmp)
+        # The raw rate is measured before and after the HTTP run and averaged:
+        # on a shared two-core machine it drifts by tens of percent.
+        raw_before = raw_commits_per_second(root / "raw-before.git", args.raw_seconds)
+        port = free_port()
+        config = root / "gitstate.yaml"
+        config.write_text(
+            f"datadir: {root / 'data'}\nlisten: 127.0.0.1:{port}\n"
+            f"workers: {args.workers}\nthreads: {args.threads}\n"
+            "state:\n  fsync: false\n  deadline: 30\n"
+        )
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gitstate", "serve", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=(root / "server.log").open("w"),
+        )
+        try:
+            try:
+                wait(port)
+            except SystemExit:
+                print((root / "server.log").read_text()[-3000:], file=sys.stderr)
+                raise
+            setup = http.client.HTTPConnection("127.0.0.1", port)
+            gates = ["shared"] if args.shared else [f"s{n:02d}" for n in range(args.clients)]
+            for gate in gates:
+                call(setup, "POST", f"/api/gates/bench/{gate}", {"environments": ["live"]})
+            latencies: list[float] = []
+            denied: list[int] = []
+            until = time.perf_counter() + args.seconds
+            started = time.perf_counter()
+            threads = [
+                threading.Thread(
+                    target=client,
+                    args=(port, gates[n % len(gates)], until, latencies, denied),
+                )
+                for n in range(args.clients)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            elapsed = time.perf_counter() - started
+        finally:
+            server.terminate()
+            server.wait(30)
+        raw_after = raw_commits_per_second(root / "raw-after.git", args.raw_seconds)
+    raw = (raw_before + raw_after) / 2
+    requests_done = len(latencies)
+    commits = requests_done - sum(denied)
+    rate = requests_done / elapsed
+    commit_rate = commits / elapsed
+    ordered = sorted(latencies)
+    p50 = statistics.median(ordered) * 1000
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    print(
+        f"raw pygit2 CAS:          {raw:8.0f} commits/s "
+        f"(before {raw_before:.0f}, after {raw_after:.0f})"
+    )
+    print(
+        f"HTTP test-and-set:       {rate:8.0f} requests/s "
+        f"({args.clients} clients, {args.workers} workers x {args.threads} threads, "
+        f"{'one shared gate' if args.shared else 'one gate each'})"
+    )
+    print(f"  of which commits:      {commit_rate:8.0f} commits/s ({sum(denied)} denied)")
+    print(f"  acquire+release pairs: {(commits / 2) / elapsed:8.0f} /s")
+    print(f"ratio to raw:            {commit_rate / raw:8.1%}")
+    print(f"latency p50 / p99:       {p50:6.1f} ms / {p99:6.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
