@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import os
 import random
@@ -43,6 +42,7 @@ from pygit2.enums import FileMode, SortMode
 
 from gitstate import codec
 from gitstate.errors import GitStateError
+from gitstate.hostlock import HostLock
 
 T = TypeVar("T")
 
@@ -399,7 +399,7 @@ class Store:
         self._writer = threading.Lock()
         self._latest: Snapshot | None = None
         self._parsed = _ParseCache(self._cache_size)
-        self._lock_fd: int | None = None
+        self._lock: HostLock | None = None
 
     @property
     def _repo(self) -> pygit2.Repository:
@@ -415,9 +415,9 @@ class Store:
             if self._repo_obj is not None:
                 self._repo_obj.free()
                 self._repo_obj = None
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
             self._latest = None
 
     # -- reads ---------------------------------------------------------------------
@@ -809,27 +809,16 @@ class Store:
     @contextlib.contextmanager
     def _host_lock(self, until: float, started: float) -> Iterator[None]:
         """Hold the per-host writer lock (``flock``, released if we die)."""
-        if self._lock_fd is None:
-            self._lock_fd = os.open(
-                self.path / "gitstate-writer.lock", os.O_RDWR | os.O_CREAT, 0o644
+        if self._lock is None:
+            self._lock = HostLock(self.path / "gitstate-writer.lock")
+        if not self._lock.acquire(max(0.0, until - time.monotonic())):
+            raise StoreBusy(
+                self.ref, time.monotonic() - started, 0, "other writers held the host lock"
             )
-        fd = self._lock_fd
-        delay = 0.0002
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= until:
-                    raise StoreBusy(
-                        self.ref, time.monotonic() - started, 0, "other writers held the host lock"
-                    ) from None
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 1.5, 0.005)
         try:
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            self._lock.release()
 
 
 def _call_if_alive(method: weakref.WeakMethod[Callable[[], None]]) -> None:

@@ -1,0 +1,94 @@
+"""A per-host writer lock: ``flock`` with a deadline and a prompt hand-over.
+
+Writers of one repository on one host queue on an ``flock`` of a sidecar
+file rather than racing for the ref's ``.lock`` (libgit2 does not wait for a
+held ref lock, so optimistic retries storm once writers outnumber cores).
+The kernel releases an ``flock`` when its holder dies, so a killed writer
+never blocks the others.
+
+``flock`` has no timeout. Polling with ``LOCK_NB`` gives one, but leaves the
+lock idle between the holder's release and the next poll, which with many
+waiters costs as much as the work. So an uncontended acquire is one
+non-blocking call, and a contended one hands the blocking call to a helper
+thread (``flock`` releases the GIL) that the caller waits on with a timeout:
+the kernel wakes the next waiter the moment the lock is free. If the caller
+gives up, the helper releases the lock as soon as it gets it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from pathlib import Path
+
+_IDLE, _WANTED, _HELD, _ABANDONED = "idle", "wanted", "held", "abandoned"
+
+
+class HostLock:
+    """An exclusive ``flock`` on ``path`` for one process.
+
+    Not re-entrant, and meant to be used by one thread at a time (callers
+    serialise their own threads first, since an ``flock`` is shared by all
+    threads of a process). Create it after ``fork``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._cond = threading.Condition()
+        self._state = _IDLE
+        self._helper: threading.Thread | None = None
+
+    def acquire(self, timeout: float) -> bool:
+        """Take the lock, waiting at most ``timeout`` seconds; return success."""
+        until = time.monotonic() + timeout
+        with self._cond:
+            # While a helper is still blocked in an abandoned flock call, the
+            # fd must not be locked again here: its late success would
+            # otherwise release our lock.
+            if not self._cond.wait_for(lambda: self._state == _IDLE, timeout):
+                return False
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._state = _HELD
+                return True
+            except BlockingIOError:
+                pass
+            self._state = _WANTED
+            if self._helper is None or not self._helper.is_alive():
+                self._helper = threading.Thread(
+                    target=self._wait_forever, name="hostlock", daemon=True
+                )
+                self._helper.start()
+            self._cond.notify_all()
+            remaining = max(0.0, until - time.monotonic())
+            if self._cond.wait_for(lambda: self._state == _HELD, remaining):
+                return True
+            self._state = _ABANDONED
+            return False
+
+    def release(self) -> None:
+        """Give the lock up."""
+        with self._cond:
+            self._state = _IDLE
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._cond.notify_all()
+
+    def _wait_forever(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._state == _WANTED)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            with self._cond:
+                if self._state == _ABANDONED:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                    self._state = _IDLE
+                else:
+                    self._state = _HELD
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Close the file (the helper thread, if any, is a daemon)."""
+        os.close(self._fd)
