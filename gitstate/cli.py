@@ -125,6 +125,61 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
 
 
+def _local_config(args: argparse.Namespace) -> Config:
+    """Find the config of a command that works on the datadir directly."""
+    import os
+
+    path = args.config or os.environ.get("GITSTATE_CONFIG") or "gitstate.yaml"
+    return Config.load(path)
+
+
+def _token(args: argparse.Namespace) -> int:
+    import getpass
+    import os
+
+    from gitstate.auth import Tokens
+    from gitstate.store import Store
+
+    config = _local_config(args)
+    tokens = Tokens(Store(config.state_repo))
+    actor = f"local:{getpass.getuser()}"
+    if args.token_command == "create":
+        issued = tokens.issue(
+            args.user,
+            permissions=args.permission or [],
+            lifetime=args.lifetime,
+            description=args.description,
+            actor=actor,
+        )
+        if args.out:
+            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as stream:
+                stream.write(issued.token + "\n")
+            print(
+                f"token {issued.token_id} for {issued.user} written to {args.out}", file=sys.stderr
+            )
+        else:
+            print(issued.token)
+        return EXIT_OK
+    if args.token_command == "revoke":
+        record = tokens.revoke(args.id, actor=actor)
+        print(f"revoked token {record['id']} of {record['user']}")
+        return EXIT_OK
+    records = tokens.list()
+    if args.format == "json":
+        _print_json(records)
+        return EXIT_OK
+    for record in records:
+        state = (
+            "revoked"
+            if record.get("revoked_at")
+            else f"expires {record.get('expires_at') or 'never'}"
+        )
+        rights = ",".join(record["permissions"]) or "-"
+        print(f"{record['id']}  {record['user']:<16} {rights:<30} {state}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -167,6 +222,28 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the deploy queue, like `puppet code status`")
     _add_client_options(status)
     status.set_defaults(func=_status)
+
+    token = sub.add_parser("token", help="issue, list and revoke API tokens (on the datadir)")
+    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = token_sub.add_parser("create", help="issue a token and print it (shown only once)")
+    create.add_argument("--user", required=True, help="who the token acts for")
+    create.add_argument("--lifetime", default="1h", help="e.g. 30m, 1h, 180d; 0 = never expires")
+    create.add_argument(
+        "--permission",
+        action="append",
+        help="admin, deploy:<env>, deploy:*, gates:<group> or gates:* (repeatable)",
+    )
+    create.add_argument("--description", default="", help="a note kept with the token")
+    create.add_argument("--out", help="write the token to this file (mode 0600) instead of stdout")
+    listing = token_sub.add_parser("list", help="list tokens (never their secrets)")
+    listing.add_argument("--format", choices=("text", "json"), default="text")
+    revoke = token_sub.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("id", help="the token id shown by create/list")
+    for action in (create, listing, revoke):
+        action.add_argument(
+            "--config", help="config file (default $GITSTATE_CONFIG or ./gitstate.yaml)"
+        )
+    token.set_defaults(func=_token)
     return parser
 
 
