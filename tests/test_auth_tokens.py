@@ -138,3 +138,37 @@ def test_permission_denied_names_what_was_refused() -> None:
     assert caught.value.kind == "puppetlabs.rbac/permission-denied"
     assert "deploy:production" in str(caught.value)
     assert Principal("root", frozenset({"admin"})).allows("gates:anything")
+
+
+def test_cli_issues_lists_and_revokes(tmp_path: Path) -> None:
+    import sys
+
+    config = tmp_path / "gitstate.yaml"
+    config.write_text("datadir: data\n")
+    out = tmp_path / "token"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gitstate", "token", *args, "--config", str(config)],
+            capture_output=True,
+            text=True,
+        )
+
+    created = cli(
+        "create", "--user", "ci", "--permission", "deploy:*", "--lifetime", "2h", "--out", str(out)
+    )
+    assert created.returncode == 0, created.stderr
+    assert out.stat().st_mode & 0o777 == 0o600
+    token = out.read_text().strip()
+    tokens = Tokens(Store(tmp_path / "data" / "state.git", create=False))
+    principal = tokens.verify(token)
+    assert (principal.user, principal.allows("deploy:production")) == ("ci", True)
+    listed = cli("list")
+    assert principal.token_id in listed.stdout
+    assert token not in listed.stdout
+    assert cli("revoke", principal.token_id).returncode == 0
+    with pytest.raises(TokenRevoked):
+        tokens.verify(token)
+    bad = cli("create", "--user", "x", "--permission", "root")
+    assert bad.returncode == 1
+    assert "unknown permission" in bad.stderr
