@@ -786,14 +786,15 @@ class Gates:
                 if env is None:
                     raise EnvironmentNotFound(name)
                 said += self._set_env(env, env_change, now, name)
-            dropped = self._prune(draft, doc, now)
+            moved = (new_group, new_name) != (group, service)
+            # Only a write that happens anyway drops dead tickets.
+            dropped = self._prune(draft, doc, now) if said or replace or moved else []
             if replace is not None:
                 for name, env in doc["environments"].items():
                     for ticket_id in env["queue"]:
                         self._unlink(draft, ticket_id, [f"{group}/{service}/{name}"])
                 doc["environments"] = {name: self._fresh_env(now) for name in replace}
                 said.append(f"replaces the environments with {_labels(replace)}")
-            moved = (new_group, new_name) != (group, service)
             if moved:
                 new_path = gate_path(new_group, new_name)
                 if draft.get(new_path) is not None:

@@ -176,3 +176,34 @@ def test_if_match_on_every_write(client: GateClient) -> None:
         client.simulate_post("/api/holidays/", json={"holidays": []}, headers=stale),
     ):
         assert result.status_code == 412, result.text
+
+
+def test_a_write_that_changes_nothing_does_not_commit_cleanup(client: GateClient) -> None:
+    client.tas({"shop": {"cart": "develop"}})
+    client.clock.advance(721 * 60)
+    before = len(log(client))
+    client.simulate_put("/api/gates/shop/cart", json={})
+    client.simulate_put("/api/gates/shop/cart", json={"environments": {"live": {"state": "open"}}})
+    client.simulate_put("/api/gates/shop/cart/develop", json={"state": "open"})
+    assert len(log(client)) == before
+    client.simulate_put("/api/gates/shop/cart/develop", json={"state": "closed"})
+    assert "(drops expired ticket" in log(client)[0].message.split("\n", 1)[0]
+
+
+def test_tickets_follow_a_moved_service(client: GateClient) -> None:
+    ticket = client.tas({"shop": {"cart": ["develop", "live"]}}).json["ticket"]["id"]
+    moved = client.simulate_put("/api/gates/shop/cart", json={"group": "store", "name": "basket"})
+    assert moved.status_code == 200
+    assert log(client)[0].message.startswith("anonymous updates gates shop/cart: moves it to")
+    assert client.env("store", "basket", "live")["queue"][0]["id"] == ticket
+    assert client.tas({"store": {"basket": "live"}}, ticket=ticket).json["status"] == "ok"
+    client.simulate_delete(f"/api/tickets/{ticket}")
+    for env in ("develop", "live"):
+        assert client.env("store", "basket", env)["queue"] == []
+        assert client.env("store", "basket", env)["state"] == "open"
+    taken = client.simulate_put("/api/gates/store/basket", json={"name": "basket"})
+    assert taken.status_code == 200
+    client.create("store", "other")
+    clash = client.simulate_put("/api/gates/store/other", json={"name": "basket"})
+    assert clash.status_code == 400
+    assert clash.json["reason"] == "Service with this name already exists"
