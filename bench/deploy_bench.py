@@ -10,6 +10,8 @@ Builds the fixture with ../shared/bench/make_control_repo.py, then times:
   environment, purge) with a fresh Deployer each run, so nothing is reused
   from memory: cold (empty datadir), no-op, and one environment changed;
   the changed environment alone, too;
+* the no-op deploy-all again in a new Python process, to show what
+  interpreter start-up and imports add when comparing with the peers' CLIs;
 * an export of every environment tree from storage to files, because g10k
   and r10k write files while gitstate writes git objects: "cold + export"
   is the fair comparison with files on disk.
@@ -79,8 +81,8 @@ def change_branch(out: Path, branch: str, serial: int) -> None:
             subprocess.run(["git", *args], cwd=work, check=True, env=ENV)
 
 
-def deploy_all(datadir: Path, remote: str) -> Deployer:
-    dep = Deployer(datadir, Sources.from_config({"main": {"remote": remote}}))
+def deploy_all(datadir: Path | str, remote: str) -> Deployer:
+    dep = Deployer(Path(datadir), Sources.from_config({"main": {"remote": remote}}))
     collection = dep.collect()
     dep.prefetch(collection)
     for env in collection.names():
@@ -148,13 +150,20 @@ def main() -> None:
         results[f"{tool} warm"] = median(warm)
         results[f"{tool} one change"] = median(changed)
 
-    cold, noop, changed, single, export = [], [], [], [], []
+    cold, noop, changed, single, export, process = [], [], [], [], [], []
     files = 0
     for _ in range(args.repeat):
         datadir = base / "gitstate"
         shutil.rmtree(datadir, ignore_errors=True)
         cold.append(timed(lambda datadir=datadir: deploy_all(datadir, remote)))
         noop.append(timed(lambda datadir=datadir: deploy_all(datadir, remote)))
+        script = (
+            f"from bench.deploy_bench import deploy_all; deploy_all({str(datadir)!r}, {remote!r})"
+        )
+        command = [sys.executable, "-c", script]
+        process.append(
+            timed(lambda command=command: subprocess.run(command, check=True, cwd=HERE.parent))
+        )
         serial += 1
         change_branch(out, "staging", serial)
         changed.append(timed(lambda datadir=datadir: deploy_all(datadir, remote)))
@@ -166,6 +175,7 @@ def main() -> None:
         export.append(time.perf_counter() - start)
     results["gitstate cold"] = median(cold)
     results["gitstate no-op"] = median(noop)
+    results["gitstate no-op (new process)"] = median(process)
     results["gitstate one change (deploy-all)"] = median(changed)
     results["gitstate one change (that env)"] = median(single)
     results["gitstate export all envs to files"] = median(export)
