@@ -13,6 +13,7 @@ from gitstate.code_manager import CodeManager
 from gitstate.config import Config
 from gitstate.gates import Gates, GateSettings
 from gitstate.store import Store
+from gitstate.webhooks import Webhooks, WebhookSettings
 
 
 class Services:
@@ -28,6 +29,9 @@ class Services:
         )
         self.gates = Gates(self.store, GateSettings.from_config(config.raw.get("gates")))
         self.code_manager = CodeManager(config, self.store)
+        self.webhooks = Webhooks(
+            self.code_manager, self.store, WebhookSettings.from_mapping(config.raw.get("webhooks"))
+        )
 
     def health(self) -> tuple[dict[str, Any], str | None]:
         """Report that the process can read the state branch.

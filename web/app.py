@@ -14,7 +14,7 @@ import falcon
 from gitstate.config import Config
 from gitstate.services import Services
 
-from . import deploys, errors, gates
+from . import deploys, errors, gates, webhooks
 from .health import HealthResource
 
 #: Environment variable through which ``gitstate serve`` hands workers the config.
@@ -42,4 +42,5 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.add_route("/internal/health", HealthResource(services))
     gates.add_routes(app, services)
     deploys.add_routes(app, services)
+    webhooks.add_routes(app, services)
     return app

@@ -1,0 +1,661 @@
+"""Webhooks: git hosts' push notifications turned into deploys and removals.
+
+A push notification names refs that changed. :func:`parse` reads one
+provider's payload into :class:`BranchEvent` items (tags, pings and other
+events yield none); :class:`Webhooks` then acts on them:
+
+* every pushed branch is queued for deploy (one deploy per branch, through
+  the deploy queue, so a closed gate or a busy environment is handled there);
+  with ``?prefix=P`` the environment is ``P_<branch>``, as Code Manager names
+  it for prefixed sources, then corrected as r10k does;
+* a deleted branch's environment is removed *at once*, not at the next
+  deploy's purge (a known Code Manager gap). Before removing, the sources are
+  fetched and the branch must really be gone: a delayed or replayed deletion
+  event must not take down an environment whose branch was pushed again.
+
+Providers and what is read (see docs/webhooks.md):
+
+========================  ==================================  ==================================
+type                      branch                              deletion
+========================  ==================================  ==================================
+github                    ``ref``                             ``deleted: true`` / ``after`` zeros
+gitlab                    ``ref`` (``object_kind: push``)     ``after`` zeros
+bitbucket (Cloud)         ``push.changes[].new.name``         ``new: null`` → ``old.name``
+bitbucket-server, stash   ``changes[].refId`` / ``refChanges``  ``type: DELETE``
+tfs-git (Azure DevOps)    ``resource.refUpdates[].name``      ``newObjectId`` zeros
+gitstate-hook             ``updates[].ref`` (post-receive)    ``new`` zeros
+========================  ==================================  ==================================
+
+Optional secrets (``webhooks`` config section) authenticate the provider
+itself: GitHub's ``X-Hub-Signature-256`` HMAC of the raw body and GitLab's
+``X-Gitlab-Token``, both compared in constant time. They add to, and do not
+replace, the RBAC token Code Manager expects in ``?token=``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import logging
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from gitstate.code_manager import CodeManager
+from gitstate.deploys import BAD_REQUEST, KIND_PREFIX, Requested, environment_path
+from gitstate.environments import CollectFailed
+from gitstate.errors import GitStateError
+from gitstate.sources import correct_name
+from gitstate.store import Draft, Identity, Store
+
+log = logging.getLogger(__name__)
+
+#: The provider types Code Manager accepts, in the order its error lists them.
+PROVIDERS = ("github", "gitlab", "bitbucket", "bitbucket-server", "stash", "tfs-git")
+#: gitstate's own type, posted by the control repository's post-receive hook.
+HOOK = "gitstate-hook"
+TYPES = (*PROVIDERS, HOOK)
+
+UNRECOGNIZED_TYPE = KIND_PREFIX + "unrecognized-webhook-type"
+INVALID_SIGNATURE = KIND_PREFIX + "invalid-webhook-signature"
+ZERO = "0" * 40
+_HEADS = "refs/heads/"
+_MAX_BRANCH = 255
+_MAX_PREFIX = 100
+
+
+class UnrecognizedWebhookType(GitStateError, ValueError):
+    """The ``type`` query parameter is missing or names no known provider."""
+
+    kind = UNRECOGNIZED_TYPE
+
+    def __init__(self, webhook_type: str | None) -> None:
+        self.webhook_type = webhook_type
+        super().__init__(f"Unrecognized webhook type: '{webhook_type or ''}'")
+
+    def to_json(self) -> dict[str, Any]:
+        """Return Code Manager's error object for this case."""
+        return {
+            "kind": self.kind,
+            "msg": str(self),
+            "details": "Currently supported valid webhook types include: " + " ".join(TYPES),
+        }
+
+
+class MalformedPayload(GitStateError, ValueError):
+    """A payload lacks what its provider's format requires.
+
+    Attributes:
+        provider: the webhook type.
+        missing: where the missing or bad value should be (``push.changes``).
+        expected: what should be there.
+    """
+
+    kind = BAD_REQUEST
+
+    def __init__(self, provider: str, missing: str, expected: str) -> None:
+        self.provider = provider
+        self.missing = missing
+        self.expected = expected
+        super().__init__(
+            f"{provider} webhook payload: '{missing}' is missing or invalid ({expected})"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Return a Code Manager-style error object naming what is missing."""
+        return {
+            "kind": self.kind,
+            "msg": str(self),
+            "details": {"type": self.provider, "missing": self.missing, "expected": self.expected},
+        }
+
+
+class InvalidSignature(GitStateError, PermissionError):
+    """A provider secret is configured and the request does not prove it.
+
+    Attributes:
+        provider: the webhook type.
+        header: the header that was checked.
+        reason: ``missing`` or ``mismatch``.
+    """
+
+    kind = INVALID_SIGNATURE
+
+    def __init__(self, provider: str, header: str, reason: str) -> None:
+        self.provider = provider
+        self.header = header
+        self.reason = reason
+        super().__init__(f"{provider} webhook refused: {header} is {reason}")
+
+    def to_json(self) -> dict[str, Any]:
+        """Return a Code Manager-style error object (no secret material)."""
+        return {
+            "kind": self.kind,
+            "msg": str(self),
+            "details": {"type": self.provider, "header": self.header, "reason": self.reason},
+        }
+
+
+class WebhookConfigError(GitStateError, ValueError):
+    """The ``webhooks`` section of the configuration has a bad value."""
+
+    def __init__(self, key: str, detail: str) -> None:
+        self.key = key
+        self.detail = detail
+        super().__init__(f"webhooks.{key}: {detail}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BranchEvent:
+    """One branch a push changed.
+
+    Attributes:
+        branch: the branch name, without ``refs/heads/``.
+        deleted: whether the push deleted it.
+    """
+
+    branch: str
+    deleted: bool = False
+
+
+# -- parsing ---------------------------------------------------------------------------
+
+
+def check_type(webhook_type: str | None) -> str:
+    """Return ``webhook_type`` if it is a known type.
+
+    Raises:
+        UnrecognizedWebhookType: it is missing or unknown.
+    """
+    if webhook_type not in TYPES:
+        raise UnrecognizedWebhookType(webhook_type)
+    return webhook_type
+
+
+def decode(provider: str, body: bytes, content_type: str | None = None) -> Any:
+    """Decode a payload: JSON, or GitHub's form encoding (``payload=<json>``).
+
+    Raises:
+        MalformedPayload: the body is not JSON.
+    """
+    if content_type and content_type.split(";")[0].strip().lower() == (
+        "application/x-www-form-urlencoded"
+    ):
+        fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+        if "payload" not in fields:
+            raise MalformedPayload(provider, "payload", "a form field holding the JSON payload")
+        body = fields["payload"][0].encode()
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as ex:
+        raise MalformedPayload(provider, "body", "a JSON object") from ex
+
+
+def parse(
+    provider: str, payload: Any, headers: Mapping[str, str] | None = None
+) -> list[BranchEvent]:
+    """Return the branch events of one provider's push payload.
+
+    Args:
+        provider: a type of :data:`TYPES`.
+        payload: the decoded JSON body.
+        headers: request headers, names in lower case (the event headers
+            tell pings and other events from pushes).
+
+    Returns:
+        the branches pushed or deleted, in payload order, each once (the
+        last change of a branch wins); empty for tags, pings and events
+        other than pushes.
+
+    Raises:
+        UnrecognizedWebhookType: ``provider`` is unknown.
+        MalformedPayload: a push payload lacks what the format requires.
+    """
+    parser = _PARSERS.get(provider)
+    if parser is None:
+        raise UnrecognizedWebhookType(provider)
+    if not isinstance(payload, Mapping):
+        raise MalformedPayload(provider, "body", "a JSON object")
+    events = parser(payload, {name.lower(): value for name, value in (headers or {}).items()})
+    latest: dict[str, BranchEvent] = {}
+    for event in events:
+        if not event.branch or len(event.branch) > _MAX_BRANCH:
+            raise MalformedPayload(
+                provider, "ref", f"a branch name of 1 to {_MAX_BRANCH} characters"
+            )
+        latest.pop(event.branch, None)
+        latest[event.branch] = event
+    return list(latest.values())
+
+
+def _field(provider: str, data: Mapping[str, Any], path: str, kind: type | tuple[type, ...]) -> Any:
+    """Return ``data[path]`` (dotted), which must be of ``kind``."""
+    value: Any = data
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, Mapping) else None
+    if not isinstance(value, kind) or (isinstance(value, str) and not value):
+        names = {str: "a string", list: "a list", dict: "an object"}
+        expected = names.get(kind, "a value") if isinstance(kind, type) else "a value"
+        raise MalformedPayload(provider, path, expected)
+    return value
+
+
+def _branch_of(ref: str) -> str | None:
+    """Return the branch a full ref names, or None for tags and other refs."""
+    return ref[len(_HEADS) :] if ref.startswith(_HEADS) else None
+
+
+def _github(payload: Mapping[str, Any], headers: Mapping[str, str]) -> list[BranchEvent]:
+    event = headers.get("x-github-event", "push")
+    if event != "push" or ("zen" in payload and "ref" not in payload):
+        return []  # ping, or an event that is not a push
+    branch = _branch_of(_field("github", payload, "ref", str))
+    if branch is None:
+        return []
+    deleted = payload.get("deleted") is True or payload.get("after") == ZERO
+    return [BranchEvent(branch, deleted)]
+
+
+def _gitlab(payload: Mapping[str, Any], headers: Mapping[str, str]) -> list[BranchEvent]:
+    kind = payload.get("object_kind", "push")
+    event = headers.get("x-gitlab-event", "Push Hook")
+    if kind != "push" or event not in ("Push Hook", "System Hook"):
+        return []  # tag_push, merge requests, pipelines…
+    branch = _branch_of(_field("gitlab", payload, "ref", str))
+    if branch is None:
+        return []
+    return [BranchEvent(branch, payload.get("after") == ZERO)]
+
+
+def _bitbucket(payload: Mapping[str, Any], headers: Mapping[str, str]) -> list[BranchEvent]:
+    if headers.get("x-event-key", "repo:push") != "repo:push":
+        return []
+    changes = _field("bitbucket", payload, "push.changes", list)
+    events = []
+    for index, change in enumerate(changes):
+        if not isinstance(change, Mapping):
+            raise MalformedPayload("bitbucket", f"push.changes[{index}]", "an object")
+        new, old = change.get("new"), change.get("old")
+        if isinstance(new, Mapping) and change.get("closed") is not True:
+            ref, where, deleted = new, "new", False
+        elif isinstance(old, Mapping):
+            ref, where, deleted = old, "old", True
+        else:
+            raise MalformedPayload(
+                "bitbucket", f"push.changes[{index}].new", "an object (or 'old' for a deletion)"
+            )
+        if ref.get("type") not in ("branch", "named_branch"):
+            continue  # tags and bookmarks
+        name = ref.get("name")
+        if not isinstance(name, str) or not name:
+            raise MalformedPayload("bitbucket", f"push.changes[{index}].{where}.name", "a string")
+        events.append(BranchEvent(name, deleted))
+    return events
+
+
+def _ref_changes(
+    provider: str,
+    changes: Sequence[Any],
+    path: str,
+    *,
+    deleted: Callable[[Mapping[str, Any]], bool],
+) -> list[BranchEvent]:
+    """Read Bitbucket Server's and Stash's ``refId``/``type`` change lists."""
+    events = []
+    for index, change in enumerate(changes):
+        if not isinstance(change, Mapping):
+            raise MalformedPayload(provider, f"{path}[{index}]", "an object")
+        ref_id = change.get("refId")
+        ref = change.get("ref") if isinstance(change.get("ref"), Mapping) else {}
+        if not isinstance(ref_id, str) or not ref_id:
+            ref_id = ref.get("id")
+        if isinstance(ref_id, str) and ref_id:
+            branch = _branch_of(ref_id)
+        elif ref.get("type") == "BRANCH" and isinstance(ref.get("displayId"), str):
+            branch = ref["displayId"]
+        else:
+            raise MalformedPayload(provider, f"{path}[{index}].refId", "a ref like refs/heads/dev")
+        if branch is None or ref.get("type", "BRANCH") != "BRANCH":
+            continue  # tags
+        events.append(BranchEvent(branch, deleted(change)))
+    return events
+
+
+def _is_delete(change: Mapping[str, Any]) -> bool:
+    return change.get("type") == "DELETE" or change.get("toHash") == ZERO
+
+
+def _bitbucket_server(payload: Mapping[str, Any], headers: Mapping[str, str]) -> list[BranchEvent]:
+    if headers.get("x-event-key", "repo:refs_changed") != "repo:refs_changed":
+        return []  # diagnostics:ping, pull requests…
+    changes = _field("bitbucket-server", payload, "changes", list)
+    return _ref_changes("bitbucket-server", changes, "changes", deleted=_is_delete)
+
+
+def _stash(payload: Mapping[str, Any], headers: Mapping[str, str]) -> list[BranchEvent]:
+    changes = _field("stash", payload, "refChanges", list)
+    return _ref_changes("stash", changes, "refChanges", deleted=_is_delete)
+
+
+def _tfs_git(payload: Mapping[str, Any], headers: Mapping[str, str]) -> list[BranchEvent]:
+    if payload.get("eventType", "git.push") != "git.push":
+        return []
+    updates = _field("tfs-git", payload, "resource.refUpdates", list)
+    events = []
+    for index, update in enumerate(updates):
+        where = f"resource.refUpdates[{index}]"
+        if not isinstance(update, Mapping):
+            raise MalformedPayload("tfs-git", where, "an object")
+        name = update.get("name")
+        if not isinstance(name, str) or not name:
+            raise MalformedPayload("tfs-git", f"{where}.name", "a ref like refs/heads/dev")
+        branch = _branch_of(name)
+        if branch is not None:
+            events.append(BranchEvent(branch, update.get("newObjectId") == ZERO))
+    return events
+
+
+def _hook(payload: Mapping[str, Any], headers: Mapping[str, str]) -> list[BranchEvent]:
+    updates = _field(HOOK, payload, "updates", list)
+    events = []
+    for index, update in enumerate(updates):
+        where = f"updates[{index}]"
+        if not isinstance(update, Mapping):
+            raise MalformedPayload(HOOK, where, "an object with ref, old and new")
+        ref = update.get("ref")
+        if not isinstance(ref, str) or not ref:
+            raise MalformedPayload(HOOK, f"{where}.ref", "a ref like refs/heads/dev")
+        branch = _branch_of(ref)
+        if branch is not None:
+            events.append(BranchEvent(branch, update.get("new") == ZERO))
+    return events
+
+
+_PARSERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, str]], list[BranchEvent]]] = {
+    "github": _github,
+    "gitlab": _gitlab,
+    "bitbucket": _bitbucket,
+    "bitbucket-server": _bitbucket_server,
+    "stash": _stash,
+    "tfs-git": _tfs_git,
+    HOOK: _hook,
+}
+
+
+# -- secrets ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class WebhookSettings:
+    """The ``webhooks`` config section: optional per-provider secrets.
+
+    ::
+
+        webhooks:
+          github: {secret: "…"}            # or secret_file: /etc/gitstate/github-secret
+          gitlab: {token: "…"}             # or token_file: …
+
+    Attributes:
+        github_secret: key of GitHub's ``X-Hub-Signature-256`` HMAC.
+        gitlab_token: the value GitLab sends in ``X-Gitlab-Token``.
+    """
+
+    github_secret: bytes | None = None
+    gitlab_token: bytes | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Any) -> WebhookSettings:
+        """Read the section; ``*_file`` keys name files holding the value.
+
+        Raises:
+            WebhookConfigError: a key has a bad value or a file is unreadable.
+        """
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise WebhookConfigError("webhooks", "must be a mapping of provider to settings")
+        return cls(
+            github_secret=_secret(data, "github", "secret"),
+            gitlab_token=_secret(data, "gitlab", "token"),
+        )
+
+    def __repr__(self) -> str:
+        # NOTE(webhooks): never show secret material in logs or tracebacks.
+        return (
+            f"WebhookSettings(github_secret={'set' if self.github_secret else None}, "
+            f"gitlab_token={'set' if self.gitlab_token else None})"
+        )
+
+
+def _secret(data: Mapping[str, Any], provider: str, key: str) -> bytes | None:
+    section = data.get(provider)
+    if section is None:
+        return None
+    if not isinstance(section, Mapping):
+        raise WebhookConfigError(provider, "must be a mapping")
+    value = section.get(key)
+    path = section.get(f"{key}_file")
+    if value is not None and path is not None:
+        raise WebhookConfigError(f"{provider}.{key}", f"give {key} or {key}_file, not both")
+    if path is not None:
+        try:
+            value = Path(str(path)).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as ex:
+            raise WebhookConfigError(f"{provider}.{key}_file", f"cannot read {path}: {ex}") from ex
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise WebhookConfigError(f"{provider}.{key}", "must be a non-empty string")
+    return value.encode()
+
+
+def verify(
+    provider: str, settings: WebhookSettings, headers: Mapping[str, str], body: bytes
+) -> None:
+    """Check the provider's secret, when one is configured for it.
+
+    Args:
+        provider: the webhook type.
+        settings: the configured secrets.
+        headers: request headers, names in lower case.
+        body: the raw request body, exactly as received.
+
+    Raises:
+        InvalidSignature: a secret is configured and the header is missing
+            or does not match.
+    """
+    if provider == "github" and settings.github_secret is not None:
+        header = "X-Hub-Signature-256"
+        given = headers.get(header.lower())
+        if not given:
+            raise InvalidSignature(provider, header, "missing")
+        digest = hmac.new(settings.github_secret, body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(given.strip().encode(), f"sha256={digest}".encode()):
+            raise InvalidSignature(provider, header, "mismatch")
+    elif provider == "gitlab" and settings.gitlab_token is not None:
+        header = "X-Gitlab-Token"
+        given = headers.get(header.lower())
+        if not given:
+            raise InvalidSignature(provider, header, "missing")
+        if not hmac.compare_digest(given.encode(), settings.gitlab_token):
+            raise InvalidSignature(provider, header, "mismatch")
+
+
+# -- acting ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class WebhookResult:
+    """What one webhook did.
+
+    Attributes:
+        provider: the webhook type.
+        deploys: the deploys queued (or joined), one per pushed branch.
+        removed: environments removed because their branch was deleted.
+        kept: environments of deleted branches that were not removed (the
+            branch still exists, or the sources could not be fetched).
+    """
+
+    provider: str
+    deploys: tuple[Requested, ...] = ()
+    removed: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the answer: Code Manager's ``{"status": "OK"}``.
+
+        The post-receive hook's own type also gets what was done, so the
+        pusher sees it in one line.
+        """
+        answer: dict[str, Any] = {"status": "OK"}
+        if self.provider == HOOK:
+            answer["deploys"] = [entry.to_json() for entry in self.deploys]
+            answer["removed"] = list(self.removed)
+            answer["kept"] = list(self.kept)
+        return answer
+
+
+def environment_name(branch: str, prefix: str | None) -> str:
+    """Return the environment a branch is requested as: ``<prefix>_<branch>``."""
+    return f"{prefix}_{branch}" if prefix else branch
+
+
+class Webhooks:
+    """Turn push notifications into deploys and removals."""
+
+    def __init__(self, code_manager: CodeManager, store: Store, settings: WebhookSettings) -> None:
+        self.code_manager = code_manager
+        self.store = store
+        self.settings = settings
+
+    def receive(
+        self,
+        webhook_type: str | None,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        prefix: str | None = None,
+        content_type: str | None = None,
+        request_id: str | None = None,
+    ) -> WebhookResult:
+        """Check, parse and act on one webhook request.
+
+        The secret is checked before anything is parsed, so a forged request
+        learns nothing and queues nothing.
+
+        Args:
+            webhook_type: the ``type`` query parameter.
+            body: the raw request body.
+            headers: request headers (any case).
+            prefix: the ``prefix`` query parameter.
+            content_type: the request's ``Content-Type``.
+            request_id: recorded in the commits this request makes.
+
+        Raises:
+            UnrecognizedWebhookType: the type is missing or unknown.
+            InvalidSignature: a configured secret is not proven.
+            MalformedPayload: the payload lacks what its format requires, or
+                the prefix is unusable.
+        """
+        provider = check_type(webhook_type)
+        lowered = {name.lower(): value for name, value in headers.items()}
+        verify(provider, self.settings, lowered, body)
+        if prefix is not None and (len(prefix) > _MAX_PREFIX or not prefix.strip()):
+            raise MalformedPayload(provider, "prefix", f"1 to {_MAX_PREFIX} characters")
+        events = parse(provider, decode(provider, body, content_type), lowered)
+        return self.act(provider, events, prefix=prefix, request_id=request_id)
+
+    def act(
+        self,
+        provider: str,
+        events: Sequence[BranchEvent],
+        *,
+        prefix: str | None = None,
+        request_id: str | None = None,
+    ) -> WebhookResult:
+        """Queue a deploy of every pushed branch; remove deleted ones' environments."""
+        actor = f"webhook:{provider}"
+        pushed = [
+            (name, correct_name(name))
+            for name in dict.fromkeys(
+                environment_name(event.branch, prefix) for event in events if not event.deleted
+            )
+        ]
+        gone = list(
+            dict.fromkeys(
+                correct_name(environment_name(event.branch, prefix))
+                for event in events
+                if event.deleted
+            )
+        )
+        deploys = self.code_manager.queue.request(
+            pushed, actor=actor, request_id=request_id, reason="webhook"
+        )
+        removed, kept = self.remove(gone, actor=actor, request_id=request_id) if gone else ([], [])
+        log.info(
+            "webhook %s: queued %s, removed %s, kept %s",
+            provider,
+            [entry.environment for entry in deploys],
+            removed,
+            kept,
+        )
+        return WebhookResult(provider, tuple(deploys), tuple(removed), tuple(kept))
+
+    def remove(
+        self, environments: Sequence[str], *, actor: str, request_id: str | None = None
+    ) -> tuple[list[str], list[str]]:
+        """Remove the environments of deleted branches, now.
+
+        The sources are fetched first; an environment whose branch still
+        exists (the deletion event is stale, or the branch was pushed again)
+        is kept, and so is every environment when the sources cannot be
+        fetched (the next deploy's purge removes them). The environment's
+        summary leaves the state branch in one commit naming the actor, so
+        the status endpoint stops listing it and ``git log`` tells who
+        removed it.
+
+        Returns:
+            the environments removed, and those kept.
+        """
+        engine = self.code_manager.engine
+        try:
+            collection = engine.collect()
+        except CollectFailed as ex:
+            log.warning(
+                "not removing %s now: the sources could not be fetched: %s", environments, ex
+            )
+            return [], list(environments)
+        removed, kept = [], []
+        for env in environments:
+            if env in collection.environments:
+                log.warning("not removing %s: its branch still exists", env)
+                kept.append(env)
+                continue
+            published = collection.published.get(env)
+            if published is not None:
+                engine.remove(env, if_commit=published)
+            if env in engine.environments():
+                kept.append(env)  # deployed again since the fetch: a newer push won
+            else:
+                removed.append(env)
+        if removed:
+            self._forget(removed, actor=actor, request_id=request_id)
+        return removed, kept
+
+    def _forget(self, environments: Sequence[str], *, actor: str, request_id: str | None) -> None:
+        """Drop the deployed summaries of removed environments from the state branch."""
+
+        def change(draft: Draft) -> None:
+            for env in environments:
+                draft.delete(environment_path(env))
+            draft.subject = f"{actor} removed {', '.join(environments)}: branch deleted"
+
+        self.store.transact(
+            change,
+            subject=f"{actor} removed environments",
+            operation="environment.remove",
+            identity=Identity(actor, request_id),
+        )
