@@ -427,3 +427,35 @@ def test_export_writes_the_environment_and_links_shared_blobs(tmp_path, repos):
     assert site.read_text() == "node default {}\n"
     assert site.samefile(out / "dev" / "manifests" / "site.pp")
     assert (out / "dev" / "data" / "link").read_text() == "node default {}\n"
+
+
+def test_collect_sees_new_branches_and_changes_nothing(tmp_path, repos):
+    control = repos["control"]
+    dep = deployer(tmp_path / "data", control)
+    assert dep.collect().names() == ["production"]
+    control.commit("b", {"README": "b\n"})
+    collection = dep.collect()  # a fresh fetch, never a stale list
+    assert collection.names() == ["b", "production"]
+    assert collection.environments["b"].sha == control.head("b")
+    assert dep.storage.code_commit() is None  # collecting (dry-run) publishes nothing
+    dep.prefetch(collection)
+    for env in collection.names():
+        dep.deploy(env, collection=collection)
+    assert set(dep.environments()) == {"b", "production"}
+
+
+def test_unreachable_module_remote_fails_the_environment_only(tmp_path, repos):
+    control, apache = repos["control"], repos["apache"]
+    control.commit("dev", {"README": "dev\n"})
+    dep = deployer(tmp_path / "data", control)
+    good = dep.deploy("production")
+    missing = (tmp_path / "missing.git").as_uri()
+    control.commit(
+        "production", {"Puppetfile": f"mod 'apache', :git => '{missing}', :branch => 'main'\n"}
+    )
+    collection = dep.collect()
+    with pytest.raises(DeployFailure, match="Unable to fetch"):
+        dep.deploy("production", collection=collection)
+    assert dep.deploy("dev", collection=collection).environment == "dev"
+    assert dep.environments()["production"] == good.environment_commit
+    assert apache.url  # the module's real remote was never needed
