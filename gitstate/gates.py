@@ -895,7 +895,9 @@ class Gates:
         ticket when some gate is held by another ticket and ``queue`` is
         true, and ``{"status": "denied"}`` otherwise. A denial writes
         nothing. A new ticket joins the queue of every gate asked for; a
-        known ticket joins those it is not in yet.
+        known ticket joins those it is not in yet only while they are free
+        (else it is denied), so no two tickets ever stand in opposite
+        orders on two gates (which would deadlock them).
 
         Raises:
             InvalidRequest: ``gates`` is missing or malformed.
@@ -934,6 +936,13 @@ class Gates:
                     return {"status": "denied"}
                 if live and live[0]["id"] != holder:
                     if not queue:
+                        return {"status": "denied"}
+                    if holder is not None and all(t["id"] != holder for t in live):
+                        # NOTE(gates): a known ticket may not join the tail of
+                        # a busy queue later: two tickets could then stand in
+                        # opposite orders on two gates and wait for each other
+                        # forever. New tickets join all their gates at once,
+                        # which keeps every pair in one order everywhere.
                         return {"status": "denied"}
                     status = QUEUED
             # Every gate is open and the caller may hold or wait: write.

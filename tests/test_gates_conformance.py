@@ -498,3 +498,23 @@ def test_38_parallel_test_and_set_in_threads(client: GateClient) -> None:
     order = [t["id"] for t in client.env()["queue"]]
     assert len(order) == 1 + statuses.count("queued")
     assert order[0] == next(a["ticket"]["id"] for a in answers if a["status"] == "ok")
+
+
+def test_38_no_opposite_orders_on_two_gates(client: GateClient) -> None:
+    # t1 holds develop and t2 holds live. If either could now queue for the
+    # other's gate, and then the other did the same, each would wait for the
+    # other forever; so a known ticket may only join gates that are free.
+    t1 = client.tas(DEV).json["ticket"]["id"]
+    t2 = client.tas({"g": {"s": "live"}}).json["ticket"]["id"]
+    both = {"g": {"s": ["develop", "live"]}}
+    assert client.tas(both, "?queue=true", ticket=t2).json == {"status": "denied"}
+    assert client.tas(both, "?queue=true", ticket=t1).json == {"status": "denied"}
+    assert [t["id"] for t in client.env()["queue"]] == [t1]
+    assert [t["id"] for t in client.env(env="live")["queue"]] == [t2]
+    # A new ticket joins every gate at once, so it may queue.
+    assert client.tas(both, "?queue=true").json["status"] == "queued"
+    # A known ticket may still join a gate that is free.
+    client.create("g2", "s2")
+    answer = client.tas({"g": {"s": "develop"}, "g2": {"s2": "live"}}, ticket=t1).json
+    assert answer["status"] == "ok"
+    assert client.env("g2", "s2", "live")["queue"][0]["id"] == t1

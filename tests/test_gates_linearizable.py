@@ -172,6 +172,19 @@ def replay(state_repo: Path) -> dict[str, dict[str, Any]]:
                 held[label] = live[0] if live and current else None
                 for ticket_id in live:
                     assert label in tickets[ticket_id]["gates"]
+        # FIFO is one order: two live tickets sharing gates stand in the same
+        # order in each of them, so waiters can never wait for each other.
+        rank: dict[tuple[str, str], str] = {}
+        for doc in records(commit.tree, "gates").values():
+            for env, state in doc["environments"].items():
+                live = [t for t in state["queue"] if alive(t)]
+                for first_at, first in enumerate(live):
+                    for second in live[first_at + 1 :]:
+                        label = f"{doc['group']}/{doc['name']}/{env}"
+                        assert rank.setdefault((second, first), "") == "", (
+                            f"{commit.id}: {first} and {second} in opposite orders at {label}"
+                        )
+                        rank[(first, second)] = label
         for ticket in tickets.values():
             if alive(ticket["id"]):
                 for label in ticket["gates"]:
