@@ -214,6 +214,7 @@ class Deployer:
         default_ref: ref for git modules that give none (r10k's
             ``git.default_ref``); None makes such modules fail, as r10k 4 does.
         fetch_workers: how many remotes are fetched at once.
+        private_key: ssh private key for ssh remotes (else the ssh agent).
     """
 
     def __init__(
@@ -225,11 +226,17 @@ class Deployer:
         fetch_timeout: float = 30.0,
         default_ref: str | None = None,
         fetch_workers: int = 8,
+        private_key: str | None = None,
     ) -> None:
         self.datadir = Path(datadir)
         self.sources = sources
         self.default_ref = default_ref
-        self.mirrors = Mirrors(self.datadir / "cache", timeout=fetch_timeout, workers=fetch_workers)
+        self.mirrors = Mirrors(
+            self.datadir / "cache",
+            timeout=fetch_timeout,
+            workers=fetch_workers,
+            private_key=private_key,
+        )
         self.storage = Storage(self.datadir / "storage.git")
         self.forge = Forge(forge_url, self.storage, timeout=fetch_timeout)
         self.lockdir = self.datadir / "locks"
@@ -239,8 +246,9 @@ class Deployer:
     def from_config(cls, config: Any) -> Deployer:
         """Build from a :class:`gitstate.config.Config` (``sources``, ``deploy``).
 
-        ``deploy`` may hold ``forge_url``, ``fetch_timeout``, ``default_ref``
-        and ``fetch_workers``.
+        ``deploy`` may hold ``forge_url``, ``timeouts.fetch`` (or
+        ``fetch_timeout``), ``default_ref``, ``fetch_workers`` and
+        ``private_key``.
 
         Raises:
             SourceConfigError: a source or a ``deploy`` key is malformed.
@@ -257,6 +265,7 @@ class Deployer:
             fetch_timeout=_seconds(deploy.get("fetch_timeout") or timeouts.get("fetch") or 30.0),
             default_ref=deploy.get("default_ref"),
             fetch_workers=int(deploy.get("fetch_workers") or 8),
+            private_key=deploy.get("private_key"),
         )
 
     # -- collecting ---------------------------------------------------------------------

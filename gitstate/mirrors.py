@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pygit2
-from pygit2.enums import FetchPrune
+from pygit2.enums import CredentialType, FetchPrune
 
 from gitstate.errors import GitStateError
 
@@ -116,12 +116,39 @@ def mirror_name(url: str) -> str:
     return f"{slug or 'remote'}-{digest}.git"
 
 
-class _Deadline(pygit2.RemoteCallbacks):
-    """Abort a fetch that runs past its deadline."""
+class _Callbacks(pygit2.RemoteCallbacks):
+    """Abort a fetch that runs past its deadline; answer ssh with a key.
 
-    def __init__(self, until: float) -> None:
+    Args:
+        until: the deadline (``time.monotonic()``).
+        private_key: ssh private key file; without one the ssh agent is
+            asked, as plain ``git`` would.
+    """
+
+    def __init__(self, until: float, private_key: str | None = None) -> None:
         super().__init__()
         self.until = until
+        self.private_key = private_key
+        self._asked = 0
+
+    def credentials(
+        self, url: str, username_from_url: str | None, allowed_types: CredentialType
+    ) -> pygit2.Keypair | pygit2.Username:
+        """Return ssh credentials: the configured key, else the agent."""
+        self._asked += 1
+        if self._asked > 3:
+            raise FetchFailed(url, "authentication failed")
+        username = username_from_url or "git"
+        if allowed_types & CredentialType.USERNAME:
+            return pygit2.Username(username)
+        if allowed_types & CredentialType.SSH_KEY:
+            if self.private_key:
+                public = self.private_key + ".pub"
+                return pygit2.Keypair(
+                    username, public if os.path.exists(public) else None, self.private_key, ""
+                )
+            return pygit2.KeypairFromAgent(username)
+        raise FetchFailed(url, "the remote asks for credentials gitstate does not have")
 
     def _check(self) -> None:
         if time.monotonic() > self.until:
@@ -139,15 +166,29 @@ class Mirrors:
 
     Args:
         cachedir: where mirrors live (``DATADIR/cache``).
-        timeout: seconds one fetch may take.
+        timeout: seconds one fetch may take. Also set as libgit2's
+            connect and read timeouts, which are process-wide, since a
+            silent server never reaches the progress callbacks.
         workers: how many fetches run at once in :meth:`fetch_all`.
+        private_key: ssh private key for ssh remotes (else the ssh agent).
     """
 
-    def __init__(self, cachedir: Path, *, timeout: float = 30.0, workers: int = 8) -> None:
+    def __init__(
+        self,
+        cachedir: Path,
+        *,
+        timeout: float = 30.0,
+        workers: int = 8,
+        private_key: str | None = None,
+    ) -> None:
         self.cachedir = Path(cachedir)
         self.timeout = timeout
         self.workers = workers
+        self.private_key = private_key
         self._local = threading.local()
+        milliseconds = max(1, int(timeout * 1000))
+        pygit2.settings.server_connect_timeout = milliseconds
+        pygit2.settings.server_timeout = milliseconds
 
     def path(self, url: str) -> Path:
         """Return where ``url``'s mirror is (whether or not it exists yet)."""
@@ -205,7 +246,7 @@ class Mirrors:
                     raise FetchFailed(url, f"mirror {path} belongs to {remote.url}")
                 remote.fetch(
                     list(FETCH_REFSPECS),
-                    callbacks=_Deadline(time.monotonic() + self.timeout),
+                    callbacks=_Callbacks(time.monotonic() + self.timeout, self.private_key),
                     prune=FetchPrune.PRUNE,
                     message="gitstate: fetch",
                 )

@@ -79,3 +79,54 @@ def test_fetch_all_reports_each_failure(tmp_path):
     assert isinstance(results["ext::sh -c x"], FetchFailed)
     assert "refusing remote URL" in str(results["ext::sh -c x"])
     assert not (tmp_path / "cache" / mirror_name("ext::sh -c x")).exists()
+
+
+def test_ssh_credentials_use_the_configured_key_or_the_agent(tmp_path):
+    import pygit2
+    from pygit2.enums import CredentialType
+
+    from gitstate.mirrors import _Callbacks
+
+    key = tmp_path / "id_ed25519"
+    key.write_text("not really a key\n")
+    (tmp_path / "id_ed25519.pub").write_text("ssh-ed25519 AAAA\n")
+    with_key = _Callbacks(0, str(key)).credentials("ssh://h/r", "deploy", CredentialType.SSH_KEY)
+    assert isinstance(with_key, pygit2.Keypair)
+    assert with_key.credential_tuple == ("deploy", str(key) + ".pub", str(key), "")
+    agent = _Callbacks(0).credentials("git@h:r", None, CredentialType.SSH_KEY)
+    assert isinstance(agent, pygit2.KeypairFromAgent)
+    callbacks = _Callbacks(0)
+    for _ in range(3):
+        callbacks.credentials("ssh://h/r", "git", CredentialType.SSH_KEY)
+    with pytest.raises(FetchFailed, match="authentication failed"):
+        callbacks.credentials("ssh://h/r", "git", CredentialType.SSH_KEY)
+
+
+def test_a_silent_server_times_out(tmp_path):
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)  # never answer
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/control.git"
+    try:
+        mirrors = Mirrors(tmp_path / "cache", timeout=1.0)
+        with pytest.raises(FetchFailed):
+            mirrors.fetch(url)  # without libgit2's read timeout this would hang
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+        Mirrors(tmp_path / "cache")  # restore the default process-wide timeouts
