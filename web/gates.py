@@ -105,7 +105,7 @@ class _Resource:
         return self._services.gates
 
 
-class TestAndSetResource(_Resource):
+class GateSetResource(_Resource):
     """``PUT /api/gates``: take or queue for several gates at once."""
 
     def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -214,7 +214,7 @@ class HolidaysResource(_Resource):
 
 def add_routes(app: falcon.App, services: Services) -> None:
     """Mount gatekeeper's API on ``app``."""
-    app.add_route("/api/gates", TestAndSetResource(services))
+    app.add_route("/api/gates", GateSetResource(services))
     app.add_route("/api/gates/{group}/{service}", ServiceResource(services))
     app.add_route("/api/gates/{group}/{service}/{environment}", EnvironmentResource(services))
     app.add_route("/api/gates/{group}/{service}/{environment}/history", HistoryResource(services))
