@@ -368,6 +368,9 @@ class Deployer:
             SymlinkEscape,
             PublishConflict,
             ValueError,
+            KeyError,
+            OSError,
+            pygit2.GitError,
         ) as ex:
             if isinstance(ex, PuppetfileError) and ex.environment is None:
                 ex.for_environment(corrected)
@@ -386,6 +389,12 @@ class Deployer:
         env = source.environment
         started = datetime.now(UTC)
         control = self.mirrors.open(source.remote)
+        # The mirror may have been fetched since this collection was made (by
+        # another worker's newer collection): deploy the newest commit known,
+        # so a worker holding an old list never puts an older version back.
+        current = control.references.get(f"refs/heads/{source.branch}")
+        if current is not None and str(current.target) != source.sha:
+            source = dataclasses.replace(source, sha=str(current.target))
         commit = control[pygit2.Oid(hex=source.sha)].peel(pygit2.Commit)
         puppetfile = self._puppetfile(control, commit.tree, env)
         published = self.storage.published().get(env)

@@ -459,3 +459,15 @@ def test_unreachable_module_remote_fails_the_environment_only(tmp_path, repos):
     assert dep.deploy("dev", collection=collection).environment == "dev"
     assert dep.environments()["production"] == good.environment_commit
     assert apache.url  # the module's real remote was never needed
+
+
+def test_an_old_collection_never_puts_an_older_version_back(tmp_path, repos):
+    control = repos["control"]
+    dep = deployer(tmp_path / "data", control)
+    old = dep.collect()
+    newer_sha = control.commit("production", {"manifests/site.pp": "node newer {}\n"})
+    newer = dep.collect()
+    assert dep.deploy("production", collection=newer).signature == newer_sha
+    late = dep.deploy("production", collection=old)
+    assert late.signature == newer_sha
+    assert late.skipped
