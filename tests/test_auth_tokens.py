@@ -95,8 +95,9 @@ def test_revoked_and_unknown_tokens_are_refused(tokens: Tokens, state_path: Path
     assert log.strip() == f"root revoked token {issued.token_id} of carol"
 
 
-def test_list_shows_records_without_secrets(tokens: Tokens) -> None:
+def test_list_shows_records_without_secrets(tokens: Tokens, clock: Clock) -> None:
     first = tokens.issue("alice", permissions=["admin"], actor="root")
+    clock.now += 1
     tokens.issue("bob", permissions=[], actor="root")
     listed = tokens.list()
     assert [record["user"] for record in listed] == ["alice", "bob"]
