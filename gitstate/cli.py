@@ -180,6 +180,24 @@ def _token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _install_hook(args: argparse.Namespace) -> int:
+    from gitstate.hooks.install import install_post_receive, install_state_guard
+
+    if args.state:
+        path = install_state_guard(Path(args.repo), force=args.force)
+        print(f"installed {path}: pushes may not rewrite or delete refs/heads/state")
+        return EXIT_OK
+    path = install_post_receive(
+        Path(args.repo),
+        url=args.url,
+        token_file=args.token_file,
+        prefix=args.prefix,
+        force=args.force,
+    )
+    print(f"installed {path}: pushes deploy through {args.url}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -244,6 +262,21 @@ def build_parser() -> argparse.ArgumentParser:
             "--config", help="config file (default $GITSTATE_CONFIG or ./gitstate.yaml)"
         )
     token.set_defaults(func=_token)
+
+    hook = sub.add_parser("install-hook", help="install gitstate's server-side git hook in REPO")
+    hook.add_argument("repo", metavar="REPO", help="the repository (bare or not)")
+    hook.add_argument(
+        "--state",
+        action="store_true",
+        help="REPO is DATADIR/state.git: refuse pushes rewriting or deleting the state branch",
+    )
+    hook.add_argument(
+        "--url", default=f"http://127.0.0.1:{DEFAULT_PORT}", help="the gitstate server's base URL"
+    )
+    hook.add_argument("--token-file", help="file holding the API token the hook sends")
+    hook.add_argument("--prefix", help="environment prefix to send (?prefix=)")
+    hook.add_argument("--force", action="store_true", help="replace a hook gitstate did not write")
+    hook.set_defaults(func=_install_hook)
     return parser
 
 
