@@ -143,6 +143,37 @@ ANONYMOUS = Principal("anonymous", frozenset({"admin"}))
 
 
 @dataclasses.dataclass(frozen=True)
+class AuthSettings:
+    """The ``auth`` config section.
+
+    Attributes:
+        enabled: require tokens at all (turn off only on a trusted network).
+        webhook_authentication: require a token on the webhook too (Code
+            Manager's ``authenticate_webhook``); providers that cannot send
+            one rely on their own secret instead.
+        read_requires_token: require a token on reads too.
+    """
+
+    enabled: bool = False
+    webhook_authentication: bool = True
+    read_requires_token: bool = False
+
+    @classmethod
+    def from_mapping(cls, data: Any) -> AuthSettings:
+        """Read the section; unknown keys are ignored."""
+        data = data or {}
+        if not isinstance(data, dict):
+            raise TokenRequestError("auth must be a mapping")
+        return cls(
+            enabled=bool(data.get("enabled", cls.enabled)),
+            webhook_authentication=bool(
+                data.get("webhook_authentication", cls.webhook_authentication)
+            ),
+            read_requires_token=bool(data.get("read_requires_token", cls.read_requires_token)),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class Issued:
     """A newly issued token: the secret is only ever available here."""
 
@@ -181,9 +212,33 @@ def check_permissions(permissions: Iterable[str]) -> tuple[str, ...]:
 class Tokens:
     """Issue, list, revoke and verify tokens."""
 
-    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: AuthSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
+        self.settings = settings or AuthSettings()
         self.clock = clock
+
+    def authenticate(self, token: str | None, *, required: bool = True) -> Principal:
+        """Return who a request acts for, as the settings demand.
+
+        With authentication off everyone is :data:`ANONYMOUS`. Otherwise a
+        presented token must be valid; a missing one is refused only when
+        ``required``.
+
+        Raises:
+            AuthError: the token is missing (and required), unknown,
+                revoked or expired.
+        """
+        if not self.settings.enabled:
+            return ANONYMOUS
+        if not token and not required:
+            return Principal("anonymous", frozenset())
+        return self.verify(token)
 
     def issue(
         self,

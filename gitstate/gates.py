@@ -1011,6 +1011,13 @@ class Gates:
         )
         return Answer(body, commit)
 
+    def ticket_groups(self, ticket_id: str) -> set[str]:
+        """Return the groups whose gates a ticket holds or waits for (for permissions)."""
+        ticket = self._ticket(self.store.snapshot(), ticket_id)
+        if ticket is None:
+            return set()
+        return {label.split("/", 1)[0] for label in ticket.get("gates", [])}
+
     def release(
         self,
         ticket_id: str,

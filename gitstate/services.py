@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gitstate.auth import AuthSettings, Tokens
 from gitstate.code_manager import CodeManager
 from gitstate.config import Config
 from gitstate.gates import Gates, GateSettings
@@ -27,6 +28,7 @@ class Services:
             deadline=config.state.deadline,
             stale_lock_after=config.state.stale_lock_after,
         )
+        self.tokens = Tokens(self.store, AuthSettings.from_mapping(config.raw.get("auth")))
         self.gates = Gates(self.store, GateSettings.from_config(config.raw.get("gates")))
         self.code_manager = CodeManager(config, self.store)
         self.webhooks = Webhooks(

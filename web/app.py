@@ -14,7 +14,7 @@ import falcon
 from gitstate.config import Config
 from gitstate.services import Services
 
-from . import deploys, errors, gates, webhooks
+from . import auth, deploys, errors, gates, webhooks
 from .health import HealthResource
 
 #: Environment variable through which ``gitstate serve`` hands workers the config.
@@ -36,9 +36,10 @@ def create_app(config: Config | None = None, services: Services | None = None) -
                 raise RuntimeError(f"set {CONFIG_ENV} to the config file")
             config = Config.load(path)
         services = Services(config)
-    app = falcon.App()
+    app = falcon.App(middleware=[auth.AuthMiddleware(services)])
     app.req_options.strip_url_path_trailing_slash = False
     errors.register(app)
+    auth.register(app)
     app.add_route("/internal/health", HealthResource(services))
     gates.add_routes(app, services)
     deploys.add_routes(app, services)

@@ -6,15 +6,19 @@ is what ``puppet code`` and pipeline plugins parse, not gatekeeper's.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import falcon
 
+from gitstate.auth import PermissionDenied
 from gitstate.code_manager import CodeManager, CollectError, DeployRequest
 from gitstate.deploys import BAD_REQUEST, DeployNotFound, DeployRequestError
 from gitstate.gates import InvalidRequest
 from gitstate.services import Services
+from gitstate.sources import correct_name
 
+from .auth import principal, require
 from .gates import actor, read_json, request_id
 
 PREFIX = "/code-manager/v1"
@@ -45,14 +49,40 @@ class DeploysResource:
         except (InvalidRequest, DeployRequestError) as ex:
             _error(resp, falcon.HTTP_400, BAD_REQUEST, str(ex))
             return
+        if request.deploy_all or request.dry_run:
+            require(req, "deploy:*", "deploy every environment")
+        who = principal(req)
+        denied: dict[str, dict[str, Any]] = {}
+        for name in request.environments:
+            corrected = correct_name(name)
+            if not who.allows(f"deploy:{corrected}"):
+                refusal = PermissionDenied(who.user, f"deploy:{corrected}", f"deploy {corrected!r}")
+                denied[name] = {
+                    "environment": name,
+                    "status": "failed",
+                    "error": {
+                        "kind": refusal.kind,
+                        "msg": str(refusal),
+                        "details": {"corrected-env-name": corrected},
+                    },
+                }
+        allowed = tuple(name for name in request.environments if name not in denied)
+        if not allowed and not request.deploy_all and not request.dry_run:
+            resp.media = list(denied.values())
+            return
+        request = dataclasses.replace(request, environments=allowed)
         try:
-            resp.media = self._code_manager.submit(
+            answer = self._code_manager.submit(
                 request, actor=actor(req), request_id=request_id(req)
             )
         except CollectError as ex:
             # The remote the environments come from failed us: a gateway error.
             resp.status = falcon.HTTP_502
             resp.media = ex.to_json()
+            return
+        # Refused environments keep their place in the answer, as Code
+        # Manager answers per environment.
+        resp.media = list(denied.values()) + answer
 
 
 class DeployStatusResource:

@@ -17,6 +17,8 @@ import falcon
 from gitstate.gates import Answer, Gates, InvalidRequest
 from gitstate.services import Services
 
+from .auth import principal, require
+
 #: Largest JSON body accepted, in bytes.
 MAX_BODY = 64 * 1024
 #: Header naming the acting user until authentication supplies one.
@@ -34,11 +36,15 @@ class BodyTooLarge(InvalidRequest):
 
 
 def actor(req: falcon.Request) -> str:
-    """Return who is acting: the ``X-Gitstate-Actor`` header or ``anonymous``.
+    """Return who is acting: the token's user.
 
-    This is the one place the actor is decided; authentication will replace
-    the header with the token's user.
+    With authentication turned off there is no user; the
+    ``X-Gitstate-Actor`` header names one for the audit trail, or
+    ``anonymous``. This is the one place the actor is decided.
     """
+    who = principal(req)
+    if who.token_id is not None:
+        return who.user
     value = req.get_header(ACTOR_HEADER) or ""
     value = "".join(ch for ch in value if ch.isprintable()).strip()[:_MAX_ACTOR]
     return value or ANONYMOUS
@@ -92,6 +98,10 @@ def respond(resp: falcon.Response, answer: Answer) -> None:
         resp.etag = answer.commit
 
 
+def _may_change(req: falcon.Request, group: str) -> None:
+    require(req, f"gates:{group}", f"change the gates of group {group!r}")
+
+
 def _writer(req: falcon.Request) -> dict[str, Any]:
     return {"actor": actor(req), "request_id": request_id(req), "expect": expected(req)}
 
@@ -113,6 +123,9 @@ class GateSetResource(_Resource):
         body = read_json(req)
         if not isinstance(body, dict):
             body = {}
+        if isinstance(body.get("gates"), dict):
+            for group in body["gates"]:
+                _may_change(req, str(group))
         queue = req.get_param_as_bool("queue", default=False)
         respond(
             resp,
@@ -127,6 +140,7 @@ class ServiceResource(_Resource):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, group: str, service: str) -> None:
         """Create the service's gates from ``{"environments": [...]}``."""
+        _may_change(req, group)
         body = read_json(req)
         envs = body.get("environments") if isinstance(body, dict) else None
         respond(resp, self.gates.create(group, service, envs, **_writer(req)))
@@ -137,12 +151,17 @@ class ServiceResource(_Resource):
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, group: str, service: str) -> None:
         """Move, rename, replace or set environments."""
-        respond(resp, self.gates.update(group, service, read_json(req), **_writer(req)))
+        _may_change(req, group)
+        body = read_json(req)
+        if isinstance(body, dict) and isinstance(body.get("group"), str):
+            _may_change(req, body["group"])
+        respond(resp, self.gates.update(group, service, body, **_writer(req)))
 
     def on_delete(
         self, req: falcon.Request, resp: falcon.Response, group: str, service: str
     ) -> None:
         """Delete the service's gates."""
+        _may_change(req, group)
         respond(resp, self.gates.delete(group, service, **_writer(req)))
 
 
@@ -170,6 +189,7 @@ class EnvironmentResource(_Resource):
         environment: str,
     ) -> None:
         """Set ``state`` and/or ``message`` by hand."""
+        _may_change(req, group)
         answer = self.gates.set_environment(
             group, service, environment, read_json(req), **_writer(req)
         )
@@ -197,6 +217,8 @@ class TicketResource(_Resource):
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, ticket_id: str) -> None:
         """Release the ticket; unknown tickets are fine."""
+        for group in sorted(self.gates.ticket_groups(ticket_id)):
+            _may_change(req, group)
         respond(resp, self.gates.release(ticket_id, **_writer(req)))
 
 
@@ -209,6 +231,7 @@ class HolidaysResource(_Resource):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Replace every API holiday."""
+        require(req, "gates:*", "set holidays (they apply to every group)")
         respond(resp, self.gates.set_holidays(read_json(req), **_writer(req)))
 
 

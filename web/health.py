@@ -10,6 +10,8 @@ from gitstate.services import Services
 class HealthResource:
     """Liveness probe for load balancers and ``gitstate demo``."""
 
+    auth_policy = "public"
+
     def __init__(self, services: Services) -> None:
         self._services = services
 

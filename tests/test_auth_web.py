@@ -1,0 +1,162 @@
+"""Tokens on the HTTP API: who may write what, and the errors when not."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import falcon.testing
+import pytest
+
+from gitstate.config import Config
+from gitstate.services import Services
+from gitstate.web.app import create_app
+
+CM = "/code-manager/v1"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_900_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _app(tmp_path: Path, **auth: object) -> tuple[falcon.testing.TestClient, Services, Clock]:
+    config = Config.from_mapping(
+        {
+            "datadir": str(tmp_path / "data"),
+            "state": {"fsync": False},
+            "auth": {"enabled": True, **auth},
+            "sources": {"puppet": {"remote": str(tmp_path / "nowhere.git")}},
+        }
+    )
+    services = Services(config)
+    clock = Clock()
+    services.tokens.clock = clock
+    return falcon.testing.TestClient(create_app(services=services)), services, clock
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> tuple[falcon.testing.TestClient, Services, Clock]:
+    return _app(tmp_path)
+
+
+def _token(services: Services, user: str, *permissions: str, lifetime: str = "1h") -> str:
+    return services.tokens.issue(
+        user, permissions=permissions, lifetime=lifetime, actor="root"
+    ).token
+
+
+def test_writes_without_token_are_refused_and_write_nothing(app) -> None:
+    client, services, _ = app
+    head = services.store.head()
+    result = client.simulate_post("/api/gates/shop/cart", json={"environments": ["live"]})
+    assert result.status_code == 401
+    assert result.json["kind"] == "puppetlabs.rbac/user-unauthenticated"
+    assert result.json["status"] == "error"
+    assert result.json["reason"] == "Route requires authentication"
+    assert services.store.head() == head
+    deploy = client.simulate_post(f"{CM}/deploys", json={"environments": ["production"]})
+    assert deploy.status_code == 401
+    assert deploy.json["kind"] == "puppetlabs.rbac/user-unauthenticated"
+
+
+def test_reads_are_open_unless_configured(app, tmp_path: Path) -> None:
+    client, _, _ = app
+    assert client.simulate_get(f"{CM}/deploys/status").status_code == 200
+    closed, _, _ = _app(tmp_path / "other", read_requires_token=True)
+    assert closed.simulate_get(f"{CM}/deploys/status").status_code == 401
+    assert closed.simulate_get("/internal/health").status_code == 200
+
+
+def test_token_user_is_the_actor_of_the_commit(app, tmp_path: Path) -> None:
+    client, services, _ = app
+    token = _token(services, "alice", "gates:shop")
+    created = client.simulate_post(
+        "/api/gates/shop/cart",
+        json={"environments": ["live"]},
+        headers={"X-Authentication": token, "X-Gitstate-Actor": "mallory"},
+    )
+    assert created.status_code == 200
+    author = subprocess.run(
+        ["git", "log", "-1", "--format=%an", "state"],
+        cwd=tmp_path / "data" / "state.git",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert author == "alice"
+    # ?token= works as well as the header.
+    closed = client.simulate_put(
+        "/api/gates/shop/cart/live", json={"state": "closed"}, params={"token": token}
+    )
+    assert closed.status_code == 200
+
+
+def test_permission_denied_names_the_permission(app) -> None:
+    client, services, _ = app
+    token = _token(services, "alice", "gates:shop")
+    head = services.store.head()
+    result = client.simulate_post(
+        "/api/gates/ops/db", json={"environments": ["live"]}, headers={"X-Authentication": token}
+    )
+    assert result.status_code == 403
+    assert result.json["kind"] == "puppetlabs.rbac/permission-denied"
+    assert "gates:ops" in result.json["msg"]
+    assert services.store.head() == head
+    tas = client.simulate_put(
+        "/api/gates", json={"gates": {"ops": {"db": "live"}}}, headers={"X-Authentication": token}
+    )
+    assert tas.status_code == 403
+    holidays = client.simulate_post(
+        "/api/holidays/", json={"holidays": []}, headers={"X-Authentication": token}
+    )
+    assert holidays.status_code == 403
+
+
+def test_expired_revoked_and_unknown_tokens(app) -> None:
+    client, services, clock = app
+    token = _token(services, "bob", "admin", lifetime="10m")
+    clock.now += 11 * 60
+    expired = client.simulate_post(
+        "/api/gates/shop/cart", json={"environments": ["live"]}, headers={"X-Authentication": token}
+    )
+    assert expired.status_code == 401
+    assert expired.json["kind"] == "puppetlabs.rbac/token-expired"
+    assert expired.json["msg"] == "The provided token has expired."
+    fresh = services.tokens.issue("bob", permissions=["admin"], actor="root")
+    services.tokens.revoke(fresh.token_id, actor="root")
+    revoked = client.simulate_post(
+        "/api/gates/shop/cart",
+        json={"environments": ["live"]},
+        headers={"X-Authentication": fresh.token},
+    )
+    assert revoked.status_code == 401
+    assert revoked.json["kind"] == "puppetlabs.rbac/token-revoked"
+    unknown = client.simulate_get(f"{CM}/deploys/status", headers={"X-Authentication": "gst_nope"})
+    assert unknown.status_code == 401
+    assert unknown.json["kind"] == "puppetlabs.rbac/invalid-token"
+
+
+def test_deploy_permission_per_environment(app) -> None:
+    client, services, _ = app
+    token = _token(services, "carol", "deploy:production")
+    result = client.simulate_post(
+        f"{CM}/deploys",
+        json={"environments": ["development", "production"]},
+        headers={"X-Authentication": token},
+    )
+    assert result.status_code == 200
+    by_env = {entry["environment"]: entry for entry in result.json}
+    assert by_env["development"]["status"] == "failed"
+    assert by_env["development"]["error"]["kind"] == "puppetlabs.rbac/permission-denied"
+    assert by_env["production"]["status"] == "queued"
+    queued = client.simulate_get(f"{CM}/deploys/status").json["deploys-status"]["queued"]
+    assert [entry["environment"] for entry in queued] == ["production"]
+    everything = client.simulate_post(
+        f"{CM}/deploys", json={"deploy-all": True}, headers={"X-Authentication": token}
+    )
+    assert everything.status_code == 403
+    assert "deploy:*" in everything.json["msg"]

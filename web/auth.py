@@ -1,0 +1,77 @@
+"""Who is asking: tokens checked once per request, before any resource runs.
+
+The token comes from ``X-Authentication`` or ``?token=`` (as Code Manager
+takes it). Writes always need one (when authentication is on); reads only
+when ``auth.read_requires_token`` is set. A resource may declare
+``auth_policy``: ``"public"`` (health) or ``"webhook"`` (token unless
+``auth.webhook_authentication`` is off; the provider's own secret is checked
+by the webhook service). The principal lands in ``req.context.principal``;
+the per-resource permission checks use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from gitstate.auth import ANONYMOUS, AuthError, Principal
+from gitstate.services import Services
+
+TOKEN_HEADER = "X-Authentication"
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def token_of(req: falcon.Request) -> str | None:
+    """Return the token a request presents, if any."""
+    return req.get_header(TOKEN_HEADER) or req.get_param("token") or None
+
+
+def principal(req: falcon.Request) -> Principal:
+    """Return the request's principal (anonymous admin when auth is off)."""
+    return getattr(req.context, "principal", ANONYMOUS)
+
+
+def require(req: falcon.Request, permission: str, what: str) -> Principal:
+    """Return the principal if it holds ``permission``; raise otherwise.
+
+    Raises:
+        PermissionDenied: it does not.
+    """
+    who = principal(req)
+    who.require(permission, what)
+    return who
+
+
+class AuthMiddleware:
+    """Authenticate every request routed to a resource."""
+
+    def __init__(self, services: Services) -> None:
+        self._tokens = services.tokens
+
+    def process_resource(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict[str, Any]
+    ) -> None:
+        """Set ``req.context.principal`` or refuse the request."""
+        policy = getattr(resource, "auth_policy", "default")
+        settings = self._tokens.settings
+        if policy == "public":
+            req.context.principal = (
+                ANONYMOUS if not settings.enabled else Principal("anonymous", frozenset())
+            )
+            return
+        if policy == "webhook":
+            required = settings.webhook_authentication
+        else:
+            required = req.method not in _READS or settings.read_requires_token
+        req.context.principal = self._tokens.authenticate(token_of(req), required=required)
+
+
+def register(app: falcon.App) -> None:
+    """Answer auth errors in a shape both Code Manager and gatekeeper clients read."""
+
+    def refused(req: falcon.Request, resp: falcon.Response, ex: AuthError, params: Any) -> None:
+        resp.status = falcon.code_to_http_status(ex.status)
+        resp.media = {"status": "error", "reason": str(ex), "kind": ex.kind, "msg": str(ex)}
+
+    app.add_error_handler(AuthError, refused)
