@@ -19,6 +19,7 @@ from ruamel.yaml import YAML
 
 from gitstate.client import Client, ClientError
 from gitstate.config import Config
+from gitstate.hooks.install import install_post_receive, install_state_guard
 from gitstate.sample import SampleRepos, build
 from gitstate.store import init_repository
 from gitstate.supervisor import Supervisor, serve_children
@@ -58,6 +59,12 @@ def prepare(directory: Path, port: int) -> tuple[Config, Path, SampleRepos]:
     with config_path.open("w", encoding="utf-8") as stream:
         yaml.dump(config.to_mapping(), stream)
     init_repository(config.state_repo)
+    # git push to the control repository deploys; pushes to the state
+    # repository may never rewrite its history.
+    install_post_receive(
+        repos.control, url=f"http://{config.listen}", token_file=str(directory / "token")
+    )
+    install_state_guard(config.state_repo)
     return config, config_path, repos
 
 
@@ -96,7 +103,8 @@ def _deploy_everything(
         f"  gitstate status --service-url {base}",
         f"  gitstate deploy production --wait --service-url {base}",
         f'  curl -X POST {base}/api/gates/code/puppet -d \'{{"environments": ["production"]}}\'',
-        f"  git clone {repos.control} control && cd control   # edit, commit, push, then deploy",
+        f"  git clone {repos.control} control && cd control   # edit, commit, git push: deployed",
+        "  git push origin --delete <branch>   # the post-receive hook removes its environment",
         f"  git --git-dir {config.state_repo} log --format='%h %an %s' state   # the audit trail",
         "Press Ctrl-C to stop.",
     ]

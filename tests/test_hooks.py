@@ -313,3 +313,15 @@ def test_fast_forward_push_to_the_state_branch_is_accepted(
     git("commit", "-qam", "count 3", cwd=work)
     git("push", "-q", "origin", "state", cwd=work)
     assert _state(state_repo) == git("rev-parse", "HEAD", cwd=work).strip()
+
+
+def test_demo_installs_both_hooks(tmp_path: Path) -> None:
+    from gitstate.demo import prepare
+
+    config, _, repos = prepare(tmp_path / "demo", 18170)
+    assert MARKER in (repos.control / "hooks" / "post-receive").read_text()
+    assert git("config", "gitstate.url", cwd=repos.control).strip() == "http://127.0.0.1:18170"
+    assert MARKER in (config.state_repo / "hooks" / "pre-receive").read_text()
+    # Preparing again (the demo reuses its folder) replaces gitstate's own hooks.
+    prepare(tmp_path / "demo", 18171)
+    assert git("config", "gitstate.url", cwd=repos.control).strip() == "http://127.0.0.1:18171"

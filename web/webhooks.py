@@ -30,6 +30,9 @@ class WebhookResource:
     authentication, never logged.
     """
 
+    #: Token required unless ``auth.webhook_authentication`` is off (see web/auth.py).
+    auth_policy = "webhook"
+
     def __init__(self, services: Services) -> None:
         self._services = services
 
