@@ -5,26 +5,27 @@ provider's payload into :class:`BranchEvent` items (tags, pings and other
 events yield none); :class:`Webhooks` then acts on them:
 
 * every pushed branch is queued for deploy (one deploy per branch, through
-  the deploy queue, so a closed gate or a busy environment is handled there);
-  with ``?prefix=P`` the environment is ``P_<branch>``, as Code Manager names
-  it for prefixed sources, then corrected as r10k does;
+  the same deploy queue as ``POST /deploys``, so what the queue enforces
+  applies to webhooks too); with ``?prefix=P`` the environment is
+  ``P_<branch>``, as Code Manager names it for prefixed sources, then
+  corrected as r10k does;
 * a deleted branch's environment is removed *at once*, not at the next
   deploy's purge (a known Code Manager gap). Before removing, the sources are
   fetched and the branch must really be gone: a delayed or replayed deletion
   event must not take down an environment whose branch was pushed again.
 
-Providers and what is read (see docs/webhooks.md):
+Providers and what is read (details in docs/webhooks.md):
 
-========================  ==================================  ==================================
-type                      branch                              deletion
-========================  ==================================  ==================================
-github                    ``ref``                             ``deleted: true`` / ``after`` zeros
-gitlab                    ``ref`` (``object_kind: push``)     ``after`` zeros
-bitbucket (Cloud)         ``push.changes[].new.name``         ``new: null`` → ``old.name``
-bitbucket-server, stash   ``changes[].refId`` / ``refChanges``  ``type: DELETE``
-tfs-git (Azure DevOps)    ``resource.refUpdates[].name``      ``newObjectId`` zeros
-gitstate-hook             ``updates[].ref`` (post-receive)    ``new`` zeros
-========================  ==================================  ==================================
+* ``github``: ``ref``; deleted when ``deleted: true`` or ``after`` is zeros;
+* ``gitlab``: ``ref`` of ``object_kind: push``; deleted when ``after`` is zeros;
+* ``bitbucket`` (Cloud): each ``push.changes[].new.name``; ``new: null`` (or
+  ``closed``) deletes ``old.name``;
+* ``bitbucket-server`` and ``stash``: each ``changes[].refId`` /
+  ``refChanges[].refId``; ``type: DELETE`` deletes;
+* ``tfs-git`` (Azure DevOps): each ``resource.refUpdates[].name``; deleted
+  when ``newObjectId`` is zeros;
+* ``gitstate-hook`` (the post-receive hook): each ``updates[].ref``; deleted
+  when ``new`` is zeros.
 
 Optional secrets (``webhooks`` config section) authenticate the provider
 itself: GitHub's ``X-Hub-Signature-256`` HMAC of the raw body and GitLab's
