@@ -121,26 +121,49 @@ def test_gitstate_deploys_what_r10k_deploys(fixture):
         "deploy:\n"
         "  exclude_spec: true\n"
     )
-    run = subprocess.run(
-        [R10K, "deploy", "environment", "--modules", "-c", str(config)],
+    dep = deployer(tmp_path / "data", control)
+
+    def deploy_both_and_compare() -> None:
+        run = subprocess.run(
+            [R10K, "deploy", "environment", "--modules", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stderr
+        collection = dep.collect()
+        for env in collection.names():
+            dep.deploy(env, collection=collection)
+        assert sorted(dep.environments()) == sorted(path.name for path in basedir.iterdir())
+        for env in collection.names():
+            ours = without_times(dep.storage.files(dep.environments()[env]))
+            theirs = without_times(r10k_files(basedir / env))
+            assert sorted(ours) == sorted(theirs), env
+            for path in theirs:
+                assert ours[path] == theirs[path], f"{env}: {path}"
+
+    deploy_both_and_compare()
+    # Second round: a branch deleted, a module branch moved, a Puppetfile
+    # changed. r10k updates its directories in place and purges; gitstate
+    # composes new versions and unpublishes; the results must still agree.
+    control.delete_branch("thirdparty")
+    beta_work = tmp_path / "remotes" / "beta-work"
+    (beta_work / "README.md").write_text("beta main moved\n")
+    for args in (["add", "-A"], ["commit", "-q", "-m", "move"], ["push", "-q", "origin", "main"]):
+        subprocess.run(["git", *args], cwd=beta_work, check=True, capture_output=True)
+    # Drop one module from the moduledir: r10k's Puppetfile purge removes it.
+    # (A module whose install_path is no longer named, or all modules of a
+    # deleted Puppetfile, r10k leaves behind; gitstate never has leftovers.)
+    puppetfile = subprocess.run(
+        ["git", "show", "development:Puppetfile"],
+        cwd=control.work,
+        check=True,
         capture_output=True,
         text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr
-
-    dep = deployer(tmp_path / "data", control)
-    collection = dep.collect()
-    assert collection.names() == sorted(path.name for path in basedir.iterdir())
-    for env in collection.names():
-        dep.deploy(env, collection=collection)
-
-    for env in collection.names():
-        ours = without_times(dep.storage.files(dep.environments()[env]))
-        theirs = without_times(r10k_files(basedir / env))
-        assert sorted(ours) == sorted(theirs), env
-        for path in theirs:
-            assert ours[path] == theirs[path], f"{env}: {path}"
+    ).stdout
+    kept = [line for line in puppetfile.splitlines(keepends=True) if "mod 'gamma'" not in line]
+    control.commit("development", {"Puppetfile": "".join(kept), "data/common.yaml": "x: 2\n"})
+    deploy_both_and_compare()
 
 
 MAKE_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "bench" / "make_control_repo.py"
