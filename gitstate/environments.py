@@ -145,6 +145,8 @@ class Collection:
     collected_at: float
     published: dict[str, str] = dataclasses.field(default_factory=dict)
     """Environment → environment-commit published when collecting began."""
+    fresh_after: float | None = None
+    """Mirrors fetched since this time are not fetched again (None: always fetch once)."""
     _fetched: dict[str, FetchFailed | None] = dataclasses.field(default_factory=dict, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
@@ -270,8 +272,15 @@ class Deployer:
 
     # -- collecting ---------------------------------------------------------------------
 
-    def collect(self) -> Collection:
+    def collect(self, *, fresh_after: float | None = None) -> Collection:
         """Fetch every source and list the environments its branches make.
+
+        Args:
+            fresh_after: a time (``time.time()``), usually when the deploy
+                was requested. Mirrors whose last fetch started at or after
+                it are not fetched again, by this collection nor by deploys
+                using it: they already hold what the remote had when the
+                request came. None fetches every remote once.
 
         Raises:
             CollectFailed: a source could not be fetched, or two branches
@@ -279,7 +288,9 @@ class Deployer:
         """
         started = time.time()
         published = self.environments()
-        results = self.mirrors.fetch_all(source.remote for source in self.sources)
+        results = self.mirrors.fetch_all(
+            (source.remote for source in self.sources), fresh_after=fresh_after
+        )
         errors = []
         for source in self.sources:
             error = results.get(source.remote)
@@ -306,7 +317,7 @@ class Deployer:
             )
             for env, branch in named.items()
         }
-        return Collection(environments, started, published)
+        return Collection(environments, started, published, fresh_after)
 
     # -- deploying ----------------------------------------------------------------------
 
@@ -317,6 +328,7 @@ class Deployer:
         collection: Collection | None = None,
         deploy_modules: bool = True,
         purge: bool = True,
+        fresh_after: float | None = None,
     ) -> DeployResult:
         """Build ``environment`` and publish it, unless nothing changed.
 
@@ -330,6 +342,10 @@ class Deployer:
                 ``deploy-modules``); a new environment gets them anyway.
             purge: also remove environments whose branches are gone
                 (r10k's deployment purge, run on every deploy).
+            fresh_after: when no collection is given, passed to
+                :meth:`collect`: the time the deploy was requested, so that
+                a deploy-all queued as one deploy per environment fetches
+                each remote once rather than once per environment.
 
         Raises:
             DeployFailure: the environment is unknown or cannot be built.
@@ -337,7 +353,7 @@ class Deployer:
         corrected = correct_name(environment)
         if collection is None:
             try:
-                collection = self.collect()
+                collection = self.collect(fresh_after=fresh_after)
             except CollectFailed as ex:
                 raise DeployFailure(environment, corrected, ex.details) from ex
         source = collection.environments.get(corrected)
@@ -580,7 +596,7 @@ class Deployer:
             error = collection._fetched.get(url)
         if not done:
             try:
-                self.mirrors.fetch(url)
+                self.mirrors.fetch(url, fresh_after=collection.fresh_after)
                 error = None
             except FetchFailed as ex:
                 error = ex
@@ -609,7 +625,7 @@ class Deployer:
             urls.update(m.url for m in puppetfile.modules if m.kind == "git" and m.url)
         with collection._lock:
             todo = [url for url in sorted(urls) if url not in collection._fetched]
-        results = self.mirrors.fetch_all(todo)
+        results = self.mirrors.fetch_all(todo, fresh_after=collection.fresh_after)
         with collection._lock:
             collection._fetched.update(results)
 

@@ -220,11 +220,21 @@ class Mirrors:
             self._local.handles = {}
         return self._local.handles
 
-    def fetch(self, url: str) -> Path:
+    def last_fetch(self, url: str) -> float | None:
+        """Return when the last successful fetch of ``url`` *started*, if any."""
+        try:
+            return float(self.path(url).with_suffix(".fetched").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def fetch(self, url: str, *, fresh_after: float | None = None) -> Path:
         """Create or update the mirror of ``url``, pruning deleted refs.
 
         One process at a time fetches a given mirror (an ``flock`` next to
-        it); the others wait and then find it fresh enough to fetch quickly.
+        it). With ``fresh_after``, a mirror whose last fetch started at or
+        after that time is left alone: it already holds everything the
+        remote had then. Checked under the lock, so when several workers
+        want the same remote at once only the first one fetches.
 
         Raises:
             UnsafeURL: the URL's transport is refused.
@@ -234,6 +244,11 @@ class Mirrors:
         path = self.path(url)
         self.cachedir.mkdir(parents=True, exist_ok=True)
         with _flock(path.with_suffix(".lock")):
+            if fresh_after is not None and (path / "HEAD").exists():
+                last = self.last_fetch(url)
+                if last is not None and last >= fresh_after:
+                    return path
+            started = time.time()
             try:
                 if not (path / "HEAD").exists():
                     repo = pygit2.init_repository(str(path), bare=True)
@@ -251,6 +266,10 @@ class Mirrors:
                     message="gitstate: fetch",
                 )
                 repo.free()
+                stamp = path.with_suffix(".fetched")
+                partial = stamp.with_suffix(f".fetched.{os.getpid()}.{threading.get_ident()}")
+                partial.write_text(repr(started))
+                os.replace(partial, stamp)
             except FetchFailed:
                 raise
             except (pygit2.GitError, OSError, TimeoutError) as ex:
@@ -258,18 +277,24 @@ class Mirrors:
         self._handles().pop(url, None)  # packs changed: reopen on next use
         return path
 
-    def fetch_all(self, urls: Iterable[str]) -> dict[str, FetchFailed | None]:
+    def fetch_all(
+        self, urls: Iterable[str], *, fresh_after: float | None = None
+    ) -> dict[str, FetchFailed | None]:
         """Fetch every URL once, several at a time.
 
+        Args:
+            urls: the remotes (duplicates are fetched once).
+            fresh_after: as for :meth:`fetch`.
+
         Returns:
-            URL → None when fetched, or the error that stopped it.
+            URL → None when fetched (or fresh enough), or the error.
         """
         unique = list(dict.fromkeys(urls))
         results: dict[str, FetchFailed | None] = {}
 
         def one(url: str) -> None:
             try:
-                self.fetch(url)
+                self.fetch(url, fresh_after=fresh_after)
                 results[url] = None
             except (FetchFailed, UnsafeURL) as ex:
                 results[url] = ex if isinstance(ex, FetchFailed) else FetchFailed(url, str(ex))

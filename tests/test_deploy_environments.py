@@ -471,3 +471,22 @@ def test_an_old_collection_never_puts_an_older_version_back(tmp_path, repos):
     late = dep.deploy("production", collection=old)
     assert late.signature == newer_sha
     assert late.skipped
+
+
+def test_fresh_after_reuses_fetches_made_since_the_request(tmp_path, repos):
+    import time
+
+    control, apache = repos["control"], repos["apache"]
+    control.commit(
+        "production", {"Puppetfile": f"mod 'apache', :git => '{apache.url}', :branch => 'main'\n"}
+    )
+    control.commit("dev", {"README": "dev\n"})
+    dep = deployer(tmp_path / "data", control)
+    requested = time.time()
+    dep.deploy("production", fresh_after=requested)
+    moved = apache.commit("main", {"README.md": "moved\n"})
+    # deploy-all queued as one deploy per environment: the remotes fetched
+    # for the first are not fetched again for the ones queued with it
+    assert dep.deploy("production", fresh_after=requested).skipped
+    later = dep.deploy("production", fresh_after=time.time())
+    assert later.module_deploys[0].sha == moved

@@ -130,3 +130,22 @@ def test_a_silent_server_times_out(tmp_path):
         for conn in held:
             conn.close()
         Mirrors(tmp_path / "cache")  # restore the default process-wide timeouts
+
+
+def test_fresh_after_skips_a_mirror_fetched_since(tmp_path):
+    import time
+
+    remote = Remote(tmp_path, "control")
+    first = remote.commit("production", {"a": "1\n"})
+    mirrors = Mirrors(tmp_path / "cache")
+    requested = time.time()
+    mirrors.fetch(remote.url)
+    fetched = mirrors.last_fetch(remote.url)
+    assert fetched is not None and fetched >= requested
+    remote.commit("production", {"a": "2\n"})
+    mirrors.fetch(remote.url, fresh_after=requested)  # fetched since: left alone
+    assert mirrors.branches(remote.url) == {"production": first}
+    assert mirrors.fetch_all([remote.url], fresh_after=requested) == {remote.url: None}
+    assert mirrors.branches(remote.url) == {"production": first}
+    mirrors.fetch(remote.url, fresh_after=time.time() + 1)  # requested later: fetch
+    assert mirrors.branches(remote.url) == {"production": remote.head("production")}
