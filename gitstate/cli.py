@@ -56,13 +56,16 @@ def _deploy_worker(args: argparse.Namespace) -> int:
     from gitstate.services import Services
 
     config = Config.load(args.config)
-    code_manager = Services(config).code_manager
+    services = Services(config)
+    code_manager = services.code_manager
     lockdir = config.datadir / "locks"
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
     with hold_slot(lockdir, args.slot):
-        DeployWorker(code_manager.queue, code_manager.engine, args.slot, lockdir).run(stop)
+        DeployWorker(
+            code_manager.queue, code_manager.engine, args.slot, lockdir, services.deploy_guard
+        ).run(stop)
     return EXIT_OK
 
 

@@ -197,13 +197,15 @@ class CodeManager:
             "failed": [],
         }
         for entry in self.queue.active():
-            sections.setdefault(entry["status"], []).append(
-                {
-                    "id": entry["id"],
-                    "environment": entry["environment"],
-                    "queued-at": entry["queued_at"],
-                }
-            )
+            item = {
+                "id": entry["id"],
+                "environment": entry["environment"],
+                "queued-at": entry["queued_at"],
+            }
+            if entry.get("blocked"):
+                # A deploy held back by a closed gate says why.
+                item["waiting-for"] = entry["blocked"]
+            sections.setdefault(entry["status"], []).append(item)
         for entry in self.queue.finished():
             if entry["status"] == "failed":
                 sections["failed"].append(

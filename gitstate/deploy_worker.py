@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gitstate.deploy_guard import DeployGuard, GateClosed
 from gitstate.deploys import (
     COLLECT_FAILED,
     DEPLOY_FAILURE,
@@ -81,12 +82,26 @@ def _slot_of(worker: str) -> int | None:
 class DeployWorker:
     """One deploy worker: a loop of claim → deploy → finish."""
 
-    def __init__(self, queue: DeployQueue, engine: Deployer, slot: int, lockdir: Path) -> None:
+    def __init__(
+        self,
+        queue: DeployQueue,
+        engine: Deployer,
+        slot: int,
+        lockdir: Path,
+        guard: DeployGuard | None = None,
+    ) -> None:
         self.queue = queue
         self.engine = engine
         self.slot = slot
         self.lockdir = lockdir
+        self.guard = guard
         self.name = worker_name(slot)
+
+    def _blocked(self, environment: str) -> str | None:
+        if self.guard is None:
+            return None
+        closed = self.guard.blocked(environment)
+        return str(closed) if closed is not None else None
 
     def recover(self) -> list[int]:
         """Requeue (or fail) deploys whose workers died; return their ids."""
@@ -100,15 +115,48 @@ class DeployWorker:
                 continue
             mine = slot == self.slot  # a previous process of this slot
             dead = mine or slot is None or slot_is_dead(self.lockdir, slot)
-            if dead and self.queue.requeue_or_fail(entry["id"], self.name) is not None:
+            if not dead:
+                continue
+            ticket = self.queue.get(entry["id"]).get("ticket")
+            if self.queue.requeue_or_fail(entry["id"], self.name) is not None:
                 recovered.append(entry["id"])
+                if self.guard is not None:
+                    self.guard.release(ticket, actor=self.name)
         return recovered
 
     def run_once(self) -> bool:
-        """Deploy one queued environment if there is one; return whether it did."""
-        record = self.queue.claim(self.name)
-        if record is None:
+        """Deploy one queued environment if there is one; return whether it did.
+
+        Environments whose gate is closed are skipped (their deploys wait,
+        with the reason in the status); the deploy holds a ticket on its
+        gate while it runs.
+        """
+        claimable = self.queue.refresh_blocked(self._blocked)
+        if not claimable:
             return False
+        candidate = claimable[0]
+        ticket = None
+        if self.guard is not None:
+            try:
+                ticket = self.guard.acquire(
+                    candidate["environment"],
+                    actor=self.name,
+                    link=f"gitstate deploy #{candidate['id']}",
+                )
+            except GateClosed:
+                return False  # closed since we looked; recorded on the next round
+        record = self.queue.claim(self.name, deploy_id=candidate["id"], ticket=ticket)
+        if record is None:
+            if self.guard is not None:
+                self.guard.release(ticket, actor=self.name)
+            return False
+        try:
+            return self._run(record)
+        finally:
+            if self.guard is not None:
+                self.guard.release(ticket, actor=self.name)
+
+    def _run(self, record: dict[str, Any]) -> bool:
         deploy_id = record["id"]
         outcome: dict[str, Any] = {}
         done = threading.Event()
@@ -137,6 +185,8 @@ class DeployWorker:
                 },
             )
             log.error("deploy #%s timed out; restarting worker", deploy_id)
+            if self.guard is not None:
+                self.guard.release(record.get("ticket"), actor=self.name)
             os._exit(3)
         self.queue.finish(deploy_id, self.name, **_outcome(record, outcome))
         return True

@@ -323,12 +323,61 @@ class DeployQueue:
 
     # -- workers -------------------------------------------------------------------
 
-    def claim(self, worker: str) -> dict[str, Any] | None:
-        """Mark the oldest claimable queued deploy ``deploying`` for ``worker``.
+    def refresh_blocked(self, blocked: Callable[[str], str | None]) -> list[dict[str, Any]]:
+        """Record why queued deploys wait (closed gates); return the claimable ones.
 
-        A deploy is claimable when no other deploy of its environment is
-        being deployed. Returns the claimed record, or None when there is no
-        work (without writing anything).
+        ``blocked(environment)`` says why an environment may not be deployed
+        now, or None. A reason is written only when it changes, so a deploy
+        waiting for hours on a closed gate costs two commits, not one per
+        poll.
+        """
+        active = _active_of(self.store.snapshot().get(ACTIVE))
+        reasons = {
+            key: blocked(entry["environment"])
+            for key, entry in active.items()
+            if entry["status"] == "queued"
+        }
+        if any(active[key].get("blocked") != reason for key, reason in reasons.items()):
+
+            def change(draft: Draft) -> None:
+                fresh = _active(draft)
+                notes = []
+                for key, reason in reasons.items():
+                    entry = fresh.get(key)
+                    if (
+                        entry is None
+                        or entry["status"] != "queued"
+                        or entry.get("blocked") == reason
+                    ):
+                        continue
+                    if reason is None:
+                        entry.pop("blocked", None)
+                        notes.append(f"#{entry['id']} of {entry['environment']} may run")
+                    else:
+                        entry["blocked"] = reason
+                        notes.append(f"#{entry['id']} of {entry['environment']} waits: {reason}")
+                _put_active(draft, fresh)
+                draft.subject = "deploy " + "; ".join(notes) if notes else "deploy waits"
+
+            self.store.transact(
+                change,
+                subject="deploys wait for gates",
+                operation="deploy.wait",
+                identity=Identity("gitstate"),
+            )
+            active = _active_of(self.store.snapshot().get(ACTIVE))
+        return [entry for entry in _claimable(active) if not entry.get("blocked")]
+
+    def claim(
+        self, worker: str, *, deploy_id: int | None = None, ticket: str | None = None
+    ) -> dict[str, Any] | None:
+        """Mark a queued deploy ``deploying`` for ``worker``.
+
+        Without ``deploy_id``, the oldest claimable one; with it, that one if
+        it is still claimable. A deploy is claimable when no other deploy of
+        its environment is being deployed. ``ticket`` is the gate ticket the
+        worker took for it. Returns the claimed record, or None when there is
+        no such work (without writing anything).
         """
         snapshot = self.store.snapshot()
         if not _claimable(_active_of(snapshot.get(ACTIVE))):
@@ -337,6 +386,8 @@ class DeployQueue:
         def change(draft: Draft) -> dict[str, Any] | None:
             active = _active(draft)
             candidates = _claimable(active)
+            if deploy_id is not None:
+                candidates = [entry for entry in candidates if entry["id"] == deploy_id]
             if not candidates:
                 return None
             entry = candidates[0]
@@ -351,9 +402,12 @@ class DeployQueue:
                 worker=worker,
                 attempts=int(record.get("attempts", 0)) + 1,
             )
+            if ticket is not None:
+                record["ticket"] = ticket
             draft.put(record_path(entry["id"]), record)
             entry["status"] = "deploying"
             entry["worker"] = worker
+            entry.pop("blocked", None)
             _put_active(draft, active)
             draft.subject = f"{worker} started deploying {record['environment']} (#{record['id']})"
             return record
@@ -435,6 +489,7 @@ class DeployQueue:
             record = draft.get(record_path(deploy_id))
             if record is None or record.get("status") != "deploying":
                 return None
+            record.pop("ticket", None)  # the recovering worker gives it back
             if int(record.get("attempts", 1)) < max_attempts:
                 record.update(status="queued")
                 record.pop("worker", None)

@@ -1011,6 +1011,23 @@ class Gates:
         )
         return Answer(body, commit)
 
+    def why_closed(
+        self, group: str, service: str, environment: str, *, holder: str | None = None
+    ) -> str | None:
+        """Say why one gate is closed to ``holder`` right now, or None if it is open.
+
+        Raises:
+            GateNotFound, EnvironmentNotFound, InvalidName.
+        """
+        check_name("environment", environment)
+        snap, now = self._snapshot(None)
+        doc = self._doc(snap, group, service)
+        env = doc["environments"].get(environment)
+        if env is None:
+            raise EnvironmentNotFound(environment)
+        queue = self._live_queue(snap, env["queue"], now)
+        return self._closed_reason(environment, env, queue, now, self._holidays(snap), holder)
+
     def ticket_groups(self, ticket_id: str) -> set[str]:
         """Return the groups whose gates a ticket holds or waits for (for permissions)."""
         ticket = self._ticket(self.store.snapshot(), ticket_id)

@@ -12,7 +12,9 @@ from typing import Any
 from gitstate.auth import AuthSettings, Tokens
 from gitstate.code_manager import CodeManager
 from gitstate.config import Config
+from gitstate.deploy_guard import DeployGuard, GuardSettings
 from gitstate.gates import Gates, GateSettings
+from gitstate.sources import Sources
 from gitstate.store import Store
 from gitstate.webhooks import Webhooks, WebhookSettings
 
@@ -31,6 +33,14 @@ class Services:
         self.tokens = Tokens(self.store, AuthSettings.from_mapping(config.raw.get("auth")))
         self.gates = Gates(self.store, GateSettings.from_config(config.raw.get("gates")))
         self.code_manager = CodeManager(config, self.store)
+        self.deploy_guard = DeployGuard(
+            self.gates,
+            GuardSettings.from_mapping((config.raw.get("deploy") or {}).get("gates")),
+            {
+                source.name: source.prefix_text
+                for source in Sources.from_config(config.raw.get("sources"))
+            },
+        )
         self.webhooks = Webhooks(
             self.code_manager, self.store, WebhookSettings.from_mapping(config.raw.get("webhooks"))
         )

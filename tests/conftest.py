@@ -7,10 +7,13 @@ depend on who runs them (dulwich's habit).
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from gitstate.sample import SampleRepos, build
 
 _GIT_ENV_SCRUB = (
     "GIT_DIR",
@@ -52,6 +55,23 @@ def clean_git_env(
     monkeypatch.setenv("GIT_COMMITTER_NAME", "Test Committer")
     monkeypatch.setenv("GIT_COMMITTER_EMAIL", "committer@example.test")
     yield
+
+
+@pytest.fixture(scope="session")
+def sample_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample control repo and its modules, built once per test session."""
+    return build(tmp_path_factory.mktemp("sample-template") / "repos").control.parent
+
+
+@pytest.fixture
+def sample(tmp_path: Path, sample_template: Path) -> SampleRepos:
+    """A private copy of the sample repositories (tests push to it).
+
+    Module URLs inside the Puppetfiles point at the template's modules,
+    which no test changes.
+    """
+    subprocess.run(["cp", "-a", str(sample_template), str(tmp_path / "repos")], check=True)
+    return build(tmp_path / "repos")
 
 
 @pytest.fixture

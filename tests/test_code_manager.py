@@ -3,79 +3,26 @@
 from __future__ import annotations
 
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import falcon.testing
 import pygit2
 import pytest
 
-from gitstate.config import Config
-from gitstate.deploy_worker import DeployWorker
-from gitstate.sample import SampleRepos, build, git
-from gitstate.services import Services
-from gitstate.web.app import create_app
-
-CM = "/code-manager/v1"
-
-
-@pytest.fixture(scope="session")
-def sample_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build(tmp_path_factory.mktemp("sample-template") / "repos").control.parent
-
-
-@pytest.fixture
-def sample(tmp_path: Path, sample_template: Path) -> SampleRepos:
-    # A private copy per test: tests push to it. Module URLs inside the
-    # Puppetfiles point at the template's modules, which no test changes.
-    subprocess.run(["cp", "-a", str(sample_template), str(tmp_path / "repos")], check=True)
-    return build(tmp_path / "repos")
-
-
-def _config(tmp_path: Path, sample: SampleRepos, **deploy: object) -> Config:
-    return Config.from_mapping(
-        {
-            "datadir": str(tmp_path / "data"),
-            "state": {"fsync": False},
-            "sources": {"puppet": {"remote": sample.control_url, "invalid_branches": "correct"}},
-            "deploy": {"timeouts": {"wait": 60}, **deploy},
-        }
-    )
-
-
-class Running:
-    """An app with one deploy worker thread, as a test harness."""
-
-    def __init__(self, config: Config) -> None:
-        self.services = Services(config)
-        self.client = falcon.testing.TestClient(create_app(services=self.services))
-        code_manager = self.services.code_manager
-        self.worker = DeployWorker(
-            code_manager.queue, code_manager.engine, 0, config.datadir / "locks"
-        )
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.worker.run, args=(self.stop,), daemon=True)
-
-    def __enter__(self) -> Running:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(30)
+from gitstate.sample import SampleRepos, git
+from tests.deploy_harness import CM, Running, deploy_config
 
 
 @pytest.fixture
 def running(tmp_path: Path, sample: SampleRepos) -> Iterator[Running]:
-    with Running(_config(tmp_path, sample)) as harness:
+    with Running(deploy_config(tmp_path, sample)) as harness:
         yield harness
 
 
 @pytest.fixture
 def idle(tmp_path: Path, sample: SampleRepos) -> Running:
     """The app without a worker: deploys stay queued."""
-    return Running(_config(tmp_path, sample))
+    return Running(deploy_config(tmp_path, sample))
 
 
 def test_request_without_wait_answers_queued_with_increasing_ids(idle: Running) -> None:

@@ -66,6 +66,23 @@ class DeploysResource:
                         "details": {"corrected-env-name": corrected},
                     },
                 }
+        guard = self._services.deploy_guard
+        for name in request.environments:
+            closed = None if name in denied else guard.blocked(correct_name(name))
+            if closed is not None:
+                denied[name] = {
+                    "environment": name,
+                    "status": "failed",
+                    "error": {
+                        "kind": closed.kind,
+                        "msg": str(closed),
+                        "details": {
+                            "corrected-env-name": closed.environment,
+                            "gate": closed.gate,
+                            "reason": closed.reason,
+                        },
+                    },
+                }
         allowed = tuple(name for name in request.environments if name not in denied)
         if not allowed and not request.deploy_all and not request.dry_run:
             resp.media = list(denied.values())
@@ -80,8 +97,8 @@ class DeploysResource:
             resp.status = falcon.HTTP_502
             resp.media = ex.to_json()
             return
-        # Refused environments keep their place in the answer, as Code
-        # Manager answers per environment.
+        # Refused environments (no permission, gate closed) are answered
+        # with the others, as Code Manager answers per environment.
         resp.media = list(denied.values()) + answer
 
 
