@@ -539,7 +539,8 @@ class Deployer:
                 # No version: the latest when first installed, then kept (r10k).
                 entry = previous.modules.get(module.name, {})
                 wanted = entry.get("version") if entry.get("sha") is None else None
-            version, tree = self.forge.install(module.forge_name, wanted)
+            since = collection.fresh_after or collection.collected_at
+            version, tree = self.forge.install(module.forge_name, wanted, since=since)
             key = f"forge:{module.path}:{module.forge_name}:{version}:{tree}:{module.exclude_spec}"
             return _Resolved(module, ModuleDeploy(module.name, version, None), tree, None, key)
         assert module.url is not None

@@ -20,6 +20,7 @@ import posixpath
 import re
 import tarfile
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -67,7 +68,7 @@ class Forge:
         self.base_url = base_url.rstrip("/")
         self.storage = storage
         self.timeout = timeout
-        self._latest: dict[str, str] = {}
+        self._latest: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
     def _get(self, module: str, version: str | None, url: str) -> bytes:
@@ -93,37 +94,43 @@ class Forge:
             raise ForgeError(module, version, f"{path} did not answer an object")
         return parsed
 
-    def latest(self, module: str) -> str:
-        """Return the current release's version (asked once per process run)."""
+    def latest(self, module: str, *, since: float | None = None) -> str:
+        """Return the current release's version.
+
+        Args:
+            module: ``author-name``.
+            since: an answer asked for at or after this time is reused
+                (one question per deploy run, not one per environment);
+                None always asks.
+        """
         with self._lock:
             cached = self._latest.get(module)
-        if cached:
-            return cached
+        if cached is not None and since is not None and cached[1] >= since:
+            return cached[0]
+        asked = time.time()
         data = self._json(module, None, f"/v3/modules/{urllib.parse.quote(module)}")
         version = (data.get("current_release") or {}).get("version")
         if not isinstance(version, str) or not _VERSION.match(version):
             raise ForgeError(module, None, "the Forge has no current release")
         with self._lock:
-            self._latest[module] = version
+            self._latest[module] = (version, asked)
         return version
 
-    def forget_latest(self) -> None:
-        """Ask the Forge again for ``:latest`` versions from now on."""
-        with self._lock:
-            self._latest.clear()
-
-    def install(self, module: str, version: str | None) -> tuple[str, pygit2.Oid]:
+    def install(
+        self, module: str, version: str | None, *, since: float | None = None
+    ) -> tuple[str, pygit2.Oid]:
         """Return ``(version, tree id in storage)`` of a release, fetching it once.
 
         Args:
             module: ``author-name``.
             version: a version, ``:latest`` or None (both mean the latest).
+            since: passed to :meth:`latest`.
 
         Raises:
             ForgeError: the release cannot be found, fetched or unpacked.
         """
         if version in (None, ":latest"):
-            version = self.latest(module)
+            version = self.latest(module, since=since)
         assert version is not None
         if not _VERSION.match(version):
             raise ForgeError(module, version, "not a valid version")

@@ -177,7 +177,21 @@ def test_forge_module_without_version_is_installed_once_then_kept(tmp_path, forg
     dep = deployer(tmp_path / "data", control, forge_url=forge.url)
     assert dep.deploy("production").module_deploys[0].version == "1.0.0"
     forge.add("acme-keep", "1.1.0", {"v": "2\n"})
-    dep.forge.forget_latest()
     again = dep.deploy("production")
     assert again.skipped
     assert again.module_deploys[0].version == "1.0.0"
+
+
+def test_latest_is_asked_once_per_collection(tmp_path, forge):
+    forge.add("acme-new", "1.0.0", {"v": "1\n"})
+    control = control_with(
+        tmp_path,
+        {"production": "mod 'acme-new', :latest\n", "dev": "mod 'acme-new', :latest\n"},
+    )
+    dep = deployer(tmp_path / "data", control, forge_url=forge.url)
+    collection = dep.collect()
+    for env in collection.names():
+        dep.deploy(env, collection=collection)
+    assert forge.requests.count("/v3/modules/acme-new") == 1
+    forge.add("acme-new", "2.0.0", {"v": "2\n"})
+    assert dep.deploy("production").module_deploys[0].version == "2.0.0"
