@@ -120,6 +120,60 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _sync(args: argparse.Namespace) -> int:
+    import dataclasses
+    import logging
+    import os
+    import signal
+    import threading
+    from types import FrameType
+
+    from gitstate.filesync import FileSyncSettings
+    from gitstate.filesync_client import run_client
+
+    raw = Config.load(args.config).raw if args.config else {}
+    settings = FileSyncSettings.from_config(raw)
+    token = settings.token or os.environ.get("GITSTATE_FILE_SYNC_TOKEN")
+    if args.token_file:
+        token = Path(args.token_file).expanduser().read_text(encoding="utf-8").strip()
+    settings = dataclasses.replace(
+        settings, token=token, keep_versions=args.keep_versions or settings.keep_versions
+    )
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s gitstate sync {args.name}: %(message)s"
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Every step of a sync is safe to interrupt (see gitstate.filesync).
+        stop.set()
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    run_client(args.storage, Path(args.live), args.name, settings, stop)
+    return EXIT_OK
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"environment": args.environment, "wait": bool(args.wait)}
+    if args.to:
+        body["to"] = args.to
+    answer = _client(args).request("POST", "/code-manager/v1/rollbacks", body)
+    if args.format == "json":
+        _print_json(answer)
+    else:
+        print(
+            f"{answer['environment']} rolled back to {answer['deploy-signature']} "
+            f"(was {answer['rolled-back-from']})"
+            if answer.get("changed")
+            else f"{answer['environment']} is already at {answer['deploy-signature']}"
+        )
+        if "error" in answer:
+            print(answer["error"].get("msg"), file=sys.stderr)
+    return EXIT_DEPLOY_FAILED if "error" in answer else EXIT_OK
+
+
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     from gitstate.client import DEFAULT_SERVICE_URL, DEFAULT_TOKEN_FILE
 
@@ -243,6 +297,28 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the deploy queue, like `puppet code status`")
     _add_client_options(status)
     status.set_defaults(func=_status)
+
+    sync = sub.add_parser("sync", help="run a file-sync client keeping a live code dir current")
+    sync.add_argument(
+        "--storage",
+        required=True,
+        help="DATADIR/storage.git (path or file:// URL) or the server's http(s):// base URL",
+    )
+    sync.add_argument(
+        "--live", required=True, help="live code dir (environmentpath: LIVE/environments)"
+    )
+    sync.add_argument("--name", required=True, help="the client's name in check-ins and status")
+    sync.add_argument("--config", help="config file to read file_sync settings and token from")
+    sync.add_argument("--token-file", help="file holding the file-sync token (remote storage)")
+    sync.add_argument("--keep-versions", type=int, help="versions of each environment to keep")
+    sync.set_defaults(func=_sync)
+
+    rollback = sub.add_parser("rollback", help="republish an earlier version of an environment")
+    rollback.add_argument("environment", metavar="ENV", help="the environment to roll back")
+    rollback.add_argument("--to", help="deploy signature to roll back to (default: previous)")
+    rollback.add_argument("--wait", "-w", action="store_true", help="wait until clients synced")
+    _add_client_options(rollback)
+    rollback.set_defaults(func=_rollback)
 
     token = sub.add_parser("token", help="issue, list and revoke API tokens (on the datadir)")
     token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")

@@ -23,6 +23,7 @@ from gitstate.deploys import (
     Requested,
 )
 from gitstate.environments import CollectFailed, Deployer
+from gitstate.filesync_server import FileSyncService
 from gitstate.sources import correct_name
 from gitstate.store import Store
 
@@ -107,6 +108,7 @@ class CodeManager:
     def __init__(self, config: Config, store: Store, *, engine: Deployer | None = None) -> None:
         self.settings = DeploySettings.from_mapping(config.raw.get("deploy"))
         self.queue = DeployQueue(store, self.settings)
+        self.file_sync = FileSyncService(config, store)
         self._config = config
         self._engine = engine
 
@@ -159,7 +161,23 @@ class CodeManager:
                 sorted({entry.deploy_id for entry in queued}), self.settings.wait_timeout
             )
         }
-        return [self._waited(entry, records.get(entry.deploy_id)) for entry in queued]
+        answers = [self._waited(entry, records.get(entry.deploy_id)) for entry in queued]
+        return self._wait_for_file_sync(answers)
+
+    def _wait_for_file_sync(self, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Hold a ``wait`` answer until every configured client has the new code.
+
+        Code Manager's ``wait`` returns once the code is live on every
+        server. Clients that lack a deployed code-commit (or a later one)
+        after ``deploy.timeouts.sync`` add a ``timeout`` error to the
+        environments they lack.
+        """
+        complete = [answer for answer in answers if answer.get("status") == "complete"]
+        commits = [answer["file-sync"]["code-commit"] for answer in complete]
+        late = self.file_sync.wait_for_clients(commits, self.file_sync.settings.sync_timeout)
+        for answer in complete if late else ():
+            answer["error"] = self.file_sync.sync_timeout_error(late, answer["environment"])
+        return answers
 
     def _waited(self, entry: Requested, record: Mapping[str, Any] | None) -> dict[str, Any]:
         answer: dict[str, Any] = {"environment": entry.environment, "id": entry.deploy_id}
@@ -227,7 +245,7 @@ class CodeManager:
         return {
             "deploys-status": sections,
             "file-sync-storage-status": {"deployed": deployed},
-            "file-sync-client-status": {"all-synced": True, "file-sync-clients": {}},
+            "file-sync-client-status": self.file_sync.client_status(),
         }
 
     def deploy_status(self, deploy_id: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ branch and its history survive restarts.
 
 from __future__ import annotations
 
+import secrets
 import sys
 import threading
 import time
@@ -51,6 +52,19 @@ def prepare(directory: Path, port: int) -> tuple[Config, Path, SampleRepos]:
                 }
             },
             "deploy": {"pool_size": DEPLOY_WORKERS},
+            # Two file-sync clients, as on a primary and a compiler: the
+            # primary reads storage directly, the compiler over HTTP.
+            "file_sync": {
+                "token": _file_sync_token(config_path),
+                "clients": [
+                    {"name": "primary", "live": str(directory / "live" / "primary")},
+                    {
+                        "name": "compiler",
+                        "live": str(directory / "live" / "compiler"),
+                        "storage": f"http://127.0.0.1:{port}",
+                    },
+                ],
+            },
         },
         str(config_path),
     )
@@ -66,6 +80,16 @@ def prepare(directory: Path, port: int) -> tuple[Config, Path, SampleRepos]:
     )
     install_state_guard(config.state_repo)
     return config, config_path, repos
+
+
+def _file_sync_token(config_path: Path) -> str:
+    """Return the file-sync token of an earlier run of the demo, or a new one."""
+    if config_path.exists():
+        old = YAML(typ="safe").load(config_path.read_text(encoding="utf-8")) or {}
+        token = (old.get("file_sync") or {}).get("token")
+        if token:
+            return str(token)
+    return secrets.token_urlsafe(24)
 
 
 def _deploy_everything(
@@ -102,6 +126,8 @@ def _deploy_everything(
         f"  curl {base}/code-manager/v1/deploys/status",
         f"  gitstate status --service-url {base}",
         f"  gitstate deploy production --wait --service-url {base}",
+        f"  ls -l {config.datadir.parent / 'live' / 'compiler' / 'environments'}   # file sync",
+        f"  gitstate rollback production --service-url {base}",
         f'  curl -X POST {base}/api/gates/code/puppet -d \'{{"environments": ["production"]}}\'',
         f"  git clone {repos.control} control && cd control   # edit, commit, git push: deployed",
         "  git push origin --delete <branch>   # the post-receive hook removes its environment",

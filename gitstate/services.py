@@ -41,6 +41,7 @@ class Services:
                 for source in Sources.from_config(config.raw.get("sources"))
             },
         )
+        self.file_sync = self.code_manager.file_sync
         self.webhooks = Webhooks(
             self.code_manager, self.store, WebhookSettings.from_mapping(config.raw.get("webhooks"))
         )

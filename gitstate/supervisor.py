@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -128,13 +129,47 @@ class Supervisor:
 
 
 def serve_children(config_path: str, deploy_workers: int) -> list[Child]:
-    """Return the children of ``gitstate serve``: web server and deploy workers."""
+    """Return the children of ``gitstate serve``: web server, deploy workers, sync clients."""
     children = [Child("web", gitstate_command("web", "--config", config_path))]
     for slot in range(deploy_workers):
         children.append(
             Child(
                 f"deploy-worker-{slot}",
                 gitstate_command("deploy-worker", "--config", config_path, "--slot", str(slot)),
+            )
+        )
+    return children + sync_children(config_path)
+
+
+def sync_children(config_path: str) -> list[Child]:
+    """Return one ``gitstate sync`` child per client in ``file_sync.clients``.
+
+    A client without ``storage`` reads this server's storage repository
+    directly; one with ``storage: http://...`` uses the network transport.
+    """
+    from gitstate.config import Config
+    from gitstate.filesync import FileSyncSettings
+
+    config = Config.load(config_path)
+    settings = FileSyncSettings.from_config(config.raw)
+    children = []
+    for client in settings.clients:
+        storage = client.storage or str(config.datadir / "storage.git")
+        live = client.live if client.live.is_absolute() else Path(config_path).parent / client.live
+        children.append(
+            Child(
+                f"sync-{client.name}",
+                gitstate_command(
+                    "sync",
+                    "--storage",
+                    storage,
+                    "--live",
+                    str(live),
+                    "--name",
+                    client.name,
+                    "--config",
+                    config_path,
+                ),
             )
         )
     return children

@@ -14,7 +14,7 @@ import falcon
 from gitstate.config import Config
 from gitstate.services import Services
 
-from . import auth, deploys, errors, gates, webhooks
+from . import auth, deploys, errors, filesync, gates, webhooks
 from .health import HealthResource
 
 #: Environment variable through which ``gitstate serve`` hands workers the config.
@@ -44,4 +44,5 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     gates.add_routes(app, services)
     deploys.add_routes(app, services)
     webhooks.add_routes(app, services)
+    filesync.add_routes(app, services)
     return app

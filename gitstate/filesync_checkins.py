@@ -1,0 +1,139 @@
+"""File-sync clients' check-ins: liveness data kept out of the audited history.
+
+A client checks in after every sync and every ``check_in_interval`` while
+idle. Committing that to the state branch would bury the deploy and gate
+history under heartbeats, so each client's last check-in is one JSON file,
+``DATADIR/clients/<name>.json``, replaced atomically (write a temporary file,
+``os.replace``). Only the latest check-in matters; nothing is appended, so
+the directory's size is bounded by the number of clients. What the clients
+*did* is in the state branch already: the deploys they received.
+
+Local clients (same host as the server) write their file directly; remote
+ones post it to ``/file-sync/v1/check-ins`` and the server writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gitstate.deploys import now_iso
+from gitstate.errors import GitStateError
+from gitstate.filesync import CLIENT_NAME
+
+SCHEMA_VERSION = 1
+#: Largest check-in accepted, in bytes of JSON.
+MAX_CHECK_IN = 256 * 1024
+_SHA = frozenset("0123456789abcdef")
+
+
+class InvalidCheckIn(GitStateError, ValueError):
+    """A check-in is malformed (bad name, commit or shape)."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+
+def _is_sha(value: Any) -> bool:
+    return isinstance(value, str) and len(value) in (40, 64) and set(value) <= _SHA
+
+
+class CheckIns:
+    """The latest check-in of each client, one file each.
+
+    Args:
+        directory: ``DATADIR/clients``.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def record(self, name: str, report: Mapping[str, Any]) -> dict[str, Any]:
+        """Store a client's check-in, stamped with the server's time.
+
+        Args:
+            name: the client's name.
+            report: what the client says: ``code_commit``, ``environments``
+                (env → environment-commit, deploy-signature, ...),
+                ``local_edits`` and its own ``time``.
+
+        Raises:
+            InvalidCheckIn: the name or the report is malformed.
+        """
+        if not isinstance(name, str) or not CLIENT_NAME.match(name):
+            raise InvalidCheckIn(f"client name {name!r} is not valid")
+        if not isinstance(report, Mapping):
+            raise InvalidCheckIn("a check-in must be a JSON object")
+        commit = report.get("code_commit")
+        if commit is not None and not _is_sha(commit):
+            raise InvalidCheckIn("code_commit must be a commit id")
+        environments = report.get("environments") or {}
+        edits = report.get("local_edits") or []
+        if not isinstance(environments, Mapping) or not isinstance(edits, list):
+            raise InvalidCheckIn("environments must be an object and local_edits a list")
+        record = {
+            "schema_version": SCHEMA_VERSION,
+            "name": name,
+            "last_check_in_time": now_iso(),
+            "client_time": report.get("time"),
+            "code_commit": commit,
+            "synced_at": report.get("synced_at"),
+            "environments": {
+                str(env): {
+                    key: str(value)
+                    for key, value in (item.items() if isinstance(item, Mapping) else ())
+                    if key in ("environment-commit", "deploy-signature", "tree", "version")
+                }
+                for env, item in environments.items()
+            },
+            "local_edits": [edit for edit in edits[:100] if isinstance(edit, Mapping)],
+            "local_edits_at": report.get("local_edits_at"),
+        }
+        data = json.dumps(record, indent=1, sort_keys=True).encode()
+        if len(data) > MAX_CHECK_IN:
+            raise InvalidCheckIn(f"check-in larger than {MAX_CHECK_IN} bytes")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        temporary = self.directory / f".{name}.{os.getpid()}.tmp"
+        temporary.write_bytes(data)
+        os.replace(temporary, self.directory / f"{name}.json")
+        return record
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        """Return one client's last check-in, if it ever checked in."""
+        if not CLIENT_NAME.match(name):
+            return None
+        try:
+            return dict(json.loads((self.directory / f"{name}.json").read_bytes()))
+        except (OSError, ValueError):
+            return None
+
+    def all(self) -> dict[str, dict[str, Any]]:
+        """Return every client's last check-in, by name."""
+        found: dict[str, dict[str, Any]] = {}
+        try:
+            names = sorted(os.listdir(self.directory))
+        except FileNotFoundError:
+            return found
+        for file_name in names:
+            if file_name.endswith(".json") and not file_name.startswith("."):
+                record = self.get(file_name.removesuffix(".json"))
+                if record is not None:
+                    found[record.get("name", file_name[:-5])] = record
+        return found
+
+    def stamp(self) -> tuple[tuple[str, int], ...]:
+        """Return a cheap fingerprint that changes whenever a check-in is written."""
+        try:
+            return tuple(
+                sorted(
+                    (item.name, item.stat().st_mtime_ns)
+                    for item in os.scandir(self.directory)
+                    if item.name.endswith(".json")
+                )
+            )
+        except FileNotFoundError:
+            return ()

@@ -1,0 +1,387 @@
+"""File sync, server side: the storage repository served to remote clients.
+
+Three things, all behind one token check (:meth:`FileSyncService.authorize`):
+
+* the **git smart-HTTP transport**, read-only: ``info/refs`` and
+  ``git-upload-pack`` are answered by ``git upload-pack --stateless-rpc``
+  (protocol v0 and v2, gzip request bodies); receive-pack is refused;
+* a **long poll**, :meth:`FileSyncService.latest_commit`: the current
+  code-commit as soon as it differs from the one the client has, or the
+  same one after a bounded wait. The wait is woken by inotify on the
+  storage refs (one watcher per server process, started on first use);
+* **check-ins**, kept as files (:mod:`gitstate.filesync_checkins`), from
+  which the ``file-sync-client-status`` of ``/deploys/status`` is built and
+  for which ``wait: true`` deploys wait.
+
+Nothing here knows HTTP: :mod:`gitstate.web.filesync` translates.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+import subprocess
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import IO, Any
+
+import pygit2
+
+from gitstate.config import Config
+from gitstate.deploys import TIMEOUT, now_iso
+from gitstate.errors import GitStateError
+from gitstate.filesync import FileSyncSettings
+from gitstate.filesync_checkins import CheckIns, InvalidCheckIn
+from gitstate.filesync_rollback import RollbackRequest, Rollbacks
+from gitstate.filesync_watch import RefWatch
+from gitstate.storage import CODE_REF, Storage, init_storage
+from gitstate.store import Store
+
+#: Largest (decompressed) upload-pack request accepted.
+MAX_NEGOTIATION = 32 * 1024 * 1024
+_CHUNK = 64 * 1024
+_PROTOCOL = re.compile(r"^[A-Za-z0-9=:.-]{1,64}$")
+
+
+class Unauthorized(GitStateError, PermissionError):
+    """The request carries no valid file-sync token."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class ServiceRefused(GitStateError, PermissionError):
+    """A git service other than upload-pack was asked for (the transport is read-only)."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        super().__init__(f"{service} is not offered: file-sync storage is read-only")
+
+
+class RequestTooLarge(GitStateError, ValueError):
+    """An upload-pack request body is larger than :data:`MAX_NEGOTIATION`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"request body larger than {limit} bytes")
+
+
+def pkt_line(text: str) -> bytes:
+    """Encode one git pkt-line."""
+    data = text.encode()
+    return f"{len(data) + 4:04x}".encode() + data
+
+
+class FileSyncService:
+    """The server's side of file sync for one data directory.
+
+    Args:
+        config: the service config (``datadir``, ``file_sync``, ``deploy``).
+        store: the state branch (rollbacks are recorded there).
+    """
+
+    def __init__(self, config: Config, store: Store) -> None:
+        self.settings = FileSyncSettings.from_config(config.raw)
+        self.storage_path = config.datadir / "storage.git"
+        self._store = store
+        self._lockdir = config.datadir / "locks"
+        self._rollbacks: Rollbacks | None = None
+        self.check_ins = CheckIns(config.datadir / "clients")
+        self._local = threading.local()
+        self._changed = threading.Condition()
+        self._watch: RefWatch | None = None
+        self._watch_lock = threading.Lock()
+
+    # -- the one token check ----------------------------------------------------------
+
+    def authorize(self, token: str | None) -> None:
+        """Check a presented token; the only place file-sync access is decided.
+
+        Raises:
+            Unauthorized: no token is configured, none was presented or it is
+                wrong (compared in constant time).
+        """
+        expected = self.settings.token
+        if not expected:
+            raise Unauthorized("file sync is not enabled: set file_sync.token")
+        if not token:
+            raise Unauthorized("a file-sync token is required (X-Authentication or ?token=)")
+        if not hmac.compare_digest(token.encode(), expected.encode()):
+            raise Unauthorized("the file-sync token is not valid")
+
+    # -- the code ref ------------------------------------------------------------------
+
+    def _repo(self) -> pygit2.Repository:
+        repo = getattr(self._local, "repo", None)
+        if repo is None:
+            init_storage(self.storage_path)
+            repo = self._local.repo = pygit2.Repository(str(self.storage_path))
+        return repo
+
+    def code_commit(self) -> str | None:
+        """Return the current code-commit (None before the first deploy)."""
+        ref = self._repo().references.get(CODE_REF)
+        return str(ref.target) if ref is not None else None
+
+    def latest_commit(self, known: str | None, timeout: float) -> tuple[str | None, bool]:
+        """Return the code-commit once it differs from ``known``, or at the timeout.
+
+        Args:
+            known: the code-commit the client has (None or "" for none).
+            timeout: seconds to hold the request, capped by
+                ``file_sync.long_poll_timeout``.
+
+        Returns:
+            the current code-commit and whether it differs from ``known``.
+        """
+        self._start_watch()
+        timeout = min(max(0.0, timeout), self.settings.long_poll_timeout)
+        until = time.monotonic() + timeout
+        known = known or None
+        with self._changed:
+            while True:
+                tip = self.code_commit()
+                remaining = until - time.monotonic()
+                if tip != known or remaining <= 0:
+                    return tip, tip != known
+                # NOTE(filesync): the 1 s cap is a safety net for a lost event.
+                self._changed.wait(min(remaining, 1.0))
+
+    def _start_watch(self) -> None:
+        with self._watch_lock:
+            if self._watch is None:
+                init_storage(self.storage_path)
+                self._watch = RefWatch(self.storage_path, self._notify).start()
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    # -- the git transport --------------------------------------------------------------
+
+    def _git_env(self, protocol: str | None) -> dict[str, str]:
+        env = {"GIT_CONFIG_NOSYSTEM": "1", "HOME": str(self.storage_path), "PATH": _path()}
+        if protocol and _PROTOCOL.match(protocol):
+            env["GIT_PROTOCOL"] = protocol
+        return env
+
+    def advertise(self, service: str, protocol: str | None) -> bytes:
+        """Answer ``GET info/refs?service=...``: upload-pack's ref advertisement.
+
+        Raises:
+            ServiceRefused: the service is not ``git-upload-pack``.
+        """
+        if service != "git-upload-pack":
+            raise ServiceRefused(service or "dumb HTTP")
+        init_storage(self.storage_path)
+        result = subprocess.run(
+            ["git", "upload-pack", "--stateless-rpc", "--advertise-refs", str(self.storage_path)],
+            env=self._git_env(protocol),
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        if protocol and "version=2" in protocol:
+            return result.stdout
+        return pkt_line("# service=git-upload-pack\n") + b"0000" + result.stdout
+
+    def upload_pack(
+        self, body: IO[bytes], *, gzipped: bool, protocol: str | None
+    ) -> Iterator[bytes]:
+        """Answer ``POST git-upload-pack``: stream upload-pack's response.
+
+        Raises:
+            RequestTooLarge: the (decompressed) body is too large.
+        """
+        data = body.read(MAX_NEGOTIATION + 1)
+        if gzipped:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            data = inflater.decompress(data, MAX_NEGOTIATION + 1)
+        if len(data) > MAX_NEGOTIATION:
+            raise RequestTooLarge(MAX_NEGOTIATION)
+        process = subprocess.Popen(
+            ["git", "upload-pack", "--stateless-rpc", str(self.storage_path)],
+            env=self._git_env(protocol),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def feed() -> None:
+            assert process.stdin is not None
+            try:
+                process.stdin.write(data)
+            except OSError:
+                pass
+            finally:
+                process.stdin.close()
+
+        threading.Thread(target=feed, daemon=True).start()
+        return _stream(process)
+
+    # -- rollbacks --------------------------------------------------------------------
+
+    def rollback(self, body: Any, *, actor: str, request_id: str | None = None) -> dict[str, Any]:
+        """Roll an environment back (``{"environment", "to"?, "wait"?}``).
+
+        With ``wait``, answer once every configured client has the new
+        code-commit, or with a ``timeout`` error after ``deploy.timeouts.sync``.
+
+        Raises:
+            InvalidRollback: the body is malformed.
+            RollbackTargetNotFound: nothing to roll back to.
+        """
+        request = RollbackRequest.from_json(body)
+        wait = isinstance(body, Mapping) and body.get("wait") is True
+        if self._rollbacks is None:
+            self._rollbacks = Rollbacks(Storage(self.storage_path), self._store, self._lockdir)
+        answer = self._rollbacks.rollback(request, actor=actor, request_id=request_id)
+        code = answer["file-sync"]["code-commit"]
+        if wait and code:
+            late = self.wait_for_clients([code], self.settings.sync_timeout)
+            if late:
+                answer["error"] = self.sync_timeout_error(late, request.environment)
+        return answer
+
+    def sync_timeout_error(self, late: Sequence[str], environment: str) -> dict[str, Any]:
+        """Return the ``timeout`` error of clients that did not sync in time."""
+        return {
+            "kind": TIMEOUT,
+            "msg": (
+                f"file-sync clients {', '.join(late)} did not sync {environment} within "
+                f"{self.settings.sync_timeout:g}s"
+            ),
+            "details": {"corrected-env-name": environment, "unsynced-clients": list(late)},
+        }
+
+    # -- check-ins and status ----------------------------------------------------------
+
+    def check_in(self, body: Any) -> dict[str, Any]:
+        """Record a remote client's check-in (``{"name", "code_commit", ...}``).
+
+        Raises:
+            InvalidCheckIn: the body is malformed.
+        """
+        if not isinstance(body, Mapping):
+            raise InvalidCheckIn("a check-in must be a JSON object")
+        return self.check_ins.record(body.get("name"), body)
+
+    def client_status(self) -> dict[str, Any]:
+        """Return Code Manager's ``file-sync-client-status`` section.
+
+        Every configured client is listed (``last_check_in_time`` null until
+        it checks in), and so is any other client that has checked in.
+        """
+        tip = self.code_commit()
+        check_ins = self.check_ins.all()
+        names = [client.name for client in self.settings.clients]
+        names += [name for name in sorted(check_ins) if name not in names]
+        clients = {}
+        for name in names:
+            record = check_ins.get(name) or {}
+            commit = record.get("code_commit")
+            synced = bool(record) and commit == tip
+            synced_at = record.get("synced_at")
+            clients[name] = {
+                "last_check_in_time": record.get("last_check_in_time"),
+                "synced-with-file-sync-storage": synced,
+                "code-commit": commit,
+                "deployed": [
+                    {
+                        "environment": env,
+                        "date": _iso(synced_at),
+                        "deploy-signature": item.get("deploy-signature"),
+                        "environment-commit": item.get("environment-commit"),
+                    }
+                    for env, item in sorted(record.get("environments", {}).items())
+                ],
+                "local-edits": record.get("local_edits", []),
+                "local-edits-at": _iso(record.get("local_edits_at")),
+            }
+        return {
+            "all-synced": all(item["synced-with-file-sync-storage"] for item in clients.values()),
+            "file-sync-clients": clients,
+        }
+
+    def behind(self, commits: Sequence[str]) -> list[str]:
+        """Return the configured clients that lack any of ``commits``.
+
+        A client has a code-commit when it synced that one or a later one
+        (a descendant in the code ref's history).
+        """
+        wanted = [commit for commit in dict.fromkeys(commits) if commit]
+        if not wanted:
+            return []
+        repo = self._repo()
+        late = []
+        for client in self.settings.clients:
+            record = self.check_ins.get(client.name) or {}
+            have = record.get("code_commit")
+            if not have or not all(_contains(repo, have, commit) for commit in wanted):
+                late.append(client.name)
+        return late
+
+    def wait_for_clients(self, commits: Sequence[str], timeout: float) -> list[str]:
+        """Wait until every configured client has ``commits``; return those still behind."""
+        until = time.monotonic() + timeout
+        stamp: tuple[tuple[str, int], ...] | None = None
+        late: list[str] = []
+        while True:
+            current = self.check_ins.stamp()
+            if current != stamp:
+                stamp = current
+                late = self.behind(commits)
+                if not late:
+                    return []
+            if time.monotonic() >= until:
+                return late
+            time.sleep(0.02)
+
+
+def _contains(repo: pygit2.Repository, have: str, commit: str) -> bool:
+    if have == commit:
+        return True
+    try:
+        return bool(repo.descendant_of(pygit2.Oid(hex=have), pygit2.Oid(hex=commit)))
+    except (KeyError, ValueError, pygit2.GitError):
+        return False
+
+
+def _iso(stamp: Any) -> str | None:
+    if not isinstance(stamp, int | float):
+        return None
+    return now_iso(lambda: float(stamp))
+
+
+def _path() -> str:
+    return os.environ.get("PATH", "/usr/bin:/bin")
+
+
+def _stream(process: subprocess.Popen[bytes]) -> Iterator[bytes]:
+    """Yield a process's stdout in chunks; kill it if the reader goes away."""
+    assert process.stdout is not None
+    try:
+        while True:
+            chunk = process.stdout.read1(_CHUNK)
+            if not chunk:
+                break
+            yield chunk
+        process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+
+
+__all__ = [
+    "FileSyncService",
+    "InvalidCheckIn",
+    "RequestTooLarge",
+    "ServiceRefused",
+    "Unauthorized",
+]
