@@ -538,7 +538,9 @@ class Deployer:
             if wanted is None and previous is not None:
                 # No version: the latest when first installed, then kept (r10k).
                 entry = previous.modules.get(module.name, {})
-                wanted = entry.get("version") if entry.get("sha") is None else None
+                kept = entry.get("version")
+                if entry.get("sha") is None and isinstance(kept, str) and " " not in kept:
+                    wanted = kept
             since = collection.fresh_after or collection.collected_at
             version, tree = self.forge.install(module.forge_name, wanted, since=since)
             key = f"forge:{module.path}:{module.forge_name}:{version}:{tree}:{module.exclude_spec}"
