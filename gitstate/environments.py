@@ -49,7 +49,14 @@ from gitstate.puppetfile import (
     parse,
 )
 from gitstate.sources import EnvironmentCollision, SourceConfigError, Sources, correct_name
-from gitstate.storage import OUTSIDE, PublishConflict, Published, Storage, SymlinkEscape
+from gitstate.storage import (
+    OUTSIDE,
+    PublishConflict,
+    Published,
+    Storage,
+    SymlinkEscape,
+    UnsafeEntry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +389,7 @@ class Deployer:
             UnsafeURL,
             ForgeError,
             SymlinkEscape,
+            UnsafeEntry,
             PublishConflict,
             ValueError,
             KeyError,

@@ -181,7 +181,7 @@ class Forge:
             raise ForgeError(module, version, f"bad tarball: {ex}") from ex
         try:
             return self.storage.write_tree(files)
-        except ValueError as ex:
+        except (ValueError, pygit2.GitError) as ex:
             raise ForgeError(module, version, f"bad tarball: {ex}") from ex
 
 

@@ -83,6 +83,22 @@ class SymlinkEscape(GitStateError, ValueError):
         super().__init__(f"symlink {link} -> {target} points outside the environment")
 
 
+class UnsafeEntry(GitStateError, ValueError):
+    """A tree holds a name no checkout may write (``..``, ``.git``, ``a/b``).
+
+    git itself never makes such trees, but a hostile remote can; copied raw
+    into storage they would let a file-sync client write outside its
+    directory.
+
+    Attributes:
+        name: the entry's name as stored.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"tree entry {name!r} cannot be deployed")
+
+
 class PublishConflict(GitStateError, TimeoutError):
     """The code ref could not be advanced before the deadline."""
 
@@ -247,6 +263,7 @@ class Storage:
             if mode == _COMMIT:
                 changed = True
                 continue
+            _check_name(entry.name)
             if mode == _TREE:
                 sub = self._scan(source, entry.id, missing, seen)
                 changed = changed or sub.changed
@@ -591,6 +608,12 @@ class Storage:
                 if links is not None:
                     links[(entry.id, mode)] = path
         return count
+
+
+def _check_name(name: str | None) -> None:
+    """Refuse entry names a checkout must never write."""
+    if not name or name in (".", "..") or name.lower() == ".git" or "/" in name or "\0" in name:
+        raise UnsafeEntry(str(name))
 
 
 def _place(nested: dict[str, Any], path: str, value: Any) -> None:

@@ -490,3 +490,50 @@ def test_fresh_after_reuses_fetches_made_since_the_request(tmp_path, repos):
     assert dep.deploy("production", fresh_after=requested).skipped
     later = dep.deploy("production", fresh_after=time.time())
     assert later.module_deploys[0].sha == moved
+
+
+@pytest.mark.parametrize("name", ["..", ".git", ".GIT"])
+def test_hostile_tree_entry_names_fail_the_environment(tmp_path, repos, name):
+    control = repos["control"]
+    bare = control.bare
+    blob = (
+        subprocess.run(
+            ["git", "hash-object", "-w", "--stdin"],
+            cwd=bare,
+            input=b"evil\n",
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    inner = b"100644 passwd\0" + bytes.fromhex(blob)
+    inner_id = (
+        subprocess.run(
+            ["git", "hash-object", "-w", "-t", "tree", "--literally", "--stdin"],
+            cwd=bare,
+            input=inner,
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    outer = f"40000 {name}\0".encode() + bytes.fromhex(inner_id)
+    outer_id = (
+        subprocess.run(
+            ["git", "hash-object", "-w", "-t", "tree", "--literally", "--stdin"],
+            cwd=bare,
+            input=outer,
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    commit = git("commit-tree", outer_id, "-m", "evil", cwd=bare).strip()
+    git("update-ref", "refs/heads/evil", commit, cwd=bare)
+    dep = deployer(tmp_path / "data", control)
+    with pytest.raises(DeployFailure, match="cannot be deployed"):
+        dep.deploy("evil")
+    assert "evil" not in dep.environments()

@@ -195,3 +195,11 @@ def test_latest_is_asked_once_per_collection(tmp_path, forge):
     assert forge.requests.count("/v3/modules/acme-new") == 1
     forge.add("acme-new", "2.0.0", {"v": "2\n"})
     assert dep.deploy("production").module_deploys[0].version == "2.0.0"
+
+
+def test_forge_tarball_with_a_git_directory_fails(tmp_path, forge):
+    forge.add("acme-sneaky", "1.0.0", {"a": "b", ".git/hooks/post-checkout": "#!/bin/sh\n"})
+    control = control_with(tmp_path, {"production": "mod 'acme-sneaky', '1.0.0'\n"})
+    dep = deployer(tmp_path / "data", control, forge_url=forge.url)
+    with pytest.raises(DeployFailure, match="bad tarball"):
+        dep.deploy("production")
