@@ -378,17 +378,34 @@ class Gates:
         ``holder`` is the caller's ticket: a queue headed by it does not close
         the gate to it.
         """
+        reasons = self._closures(environment, env, queue, now, holidays, holder)
+        return reasons[0]["detail"] if reasons else None
+
+    def _closures(
+        self,
+        environment: str,
+        env: Mapping[str, Any],
+        queue: list[dict[str, Any]],
+        now: float,
+        holidays: list[Holiday],
+        holder: str | None = None,
+    ) -> list[dict[str, str]]:
+        """List every reason the gate is closed, strongest first.
+
+        Each reason is ``{"kind": manual|holiday|rule|ticket, "detail": text}``.
+        """
+        reasons = []
         if env["state"] == CLOSED:
-            return "closed manually"
+            reasons.append({"kind": "manual", "detail": "closed manually"})
         schedule = self.settings.schedule
         holiday = schedule.holiday(environment, now, holidays)
         if holiday is not None:
-            return f"holiday: {holiday.reason}"
+            reasons.append({"kind": "holiday", "detail": f"holiday: {holiday.reason}"})
         if not schedule.open_by_rules(environment, now):
-            return "outside the time rules"
+            reasons.append({"kind": "rule", "detail": "outside the time rules"})
         if queue and queue[0]["id"] != holder:
-            return f"held by ticket {queue[0]['id']}"
-        return None
+            reasons.append({"kind": "ticket", "detail": f"held by ticket {queue[0]['id']}"})
+        return reasons
 
     def _env_view(
         self,
@@ -569,6 +586,32 @@ class Gates:
         snap, now = self._snapshot(at)
         doc = self._doc(snap, group, service)
         return Answer(self._doc_view(snap, doc, now, derived=True), snap.commit)
+
+    def list_all(self) -> Answer:
+        """Return every service's document with derived states, for the web page.
+
+        The answer is ``{"commit", "services": [...]}``, the documents sorted
+        by group and service. Each environment adds
+        to gatekeeper's object ``manual_state`` (the stored state the toggle
+        flips) and ``closed_by``: every reason it is closed (``manual``,
+        ``holiday``, ``rule``, ``ticket``), empty when it is open.
+        """
+        snap, now = self._snapshot(None)
+        holidays = self._holidays(snap)
+        services = []
+        for _path, doc in snap.records(GATES_DIR):
+            view = self._doc_view(snap, doc, now, derived=True)
+            for name, env in view["environments"].items():
+                stored = doc["environments"][name]
+                env["manual_state"] = stored["state"]
+                env["closed_by"] = self._closures(name, stored, env["queue"], now, holidays)
+            services.append(view)
+        services.sort(key=lambda view: (view["group"], view["name"]))
+        return Answer({"commit": snap.commit, "services": services}, snap.commit)
+
+    def head(self) -> str | None:
+        """Return the state commit now at the branch tip (None before the first)."""
+        return self.store.head()
 
     def get_environment(
         self, group: str, service: str, environment: str, at: str | None = None

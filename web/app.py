@@ -14,7 +14,7 @@ import falcon
 from gitstate.config import Config
 from gitstate.services import Services
 
-from . import auth, deploys, errors, filesync, gates, webhooks
+from . import auth, deploys, errors, filesync, gates, ui, watch, webhooks
 from .health import HealthResource
 
 #: Environment variable through which ``gitstate serve`` hands workers the config.
@@ -45,4 +45,6 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     deploys.add_routes(app, services)
     webhooks.add_routes(app, services)
     filesync.add_routes(app, services)
+    watch.add_routes(app, services)
+    ui.add_routes(app)
     return app

@@ -116,7 +116,11 @@ class _Resource:
 
 
 class GateSetResource(_Resource):
-    """``PUT /api/gates``: take or queue for several gates at once."""
+    """``/api/gates``: list every service, or take or queue for several gates at once."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """List every service's document with derived states and closure reasons."""
+        respond(resp, self.gates.list_all())
 
     def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Test-and-set; ``?queue=true`` queues instead of being denied."""
