@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,24 +17,13 @@ from gitstate.config import Config
 from gitstate.deploy_worker import DeployWorker
 from gitstate.filesync import FileSyncSettings, LiveDir
 from gitstate.filesync_client import LocalSource, SyncClient
-from gitstate.sample import SampleRepos, build
+from gitstate.sample import SampleRepos
 from gitstate.services import Services
 from gitstate.storage import CODE_REF, Storage
 from gitstate.web.app import create_app
 from tests.helpers import git
 
 CM = "/code-manager/v1"
-
-
-@pytest.fixture(scope="session")
-def filesync_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build(tmp_path_factory.mktemp("filesync-template") / "repos").control.parent
-
-
-@pytest.fixture
-def sample(tmp_path: Path, filesync_template: Path) -> SampleRepos:
-    subprocess.run(["cp", "-a", str(filesync_template), str(tmp_path / "repos")], check=True)
-    return build(tmp_path / "repos")
 
 
 def make_config(tmp_path: Path, sample: SampleRepos, **file_sync: Any) -> Config:
