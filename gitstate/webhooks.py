@@ -45,6 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gitstate.auth import Principal
 from gitstate.code_manager import CodeManager
 from gitstate.deploys import BAD_REQUEST, KIND_PREFIX, Requested, environment_path
 from gitstate.environments import CollectFailed
@@ -541,6 +542,7 @@ class Webhooks:
         prefix: str | None = None,
         content_type: str | None = None,
         request_id: str | None = None,
+        principal: Principal | None = None,
     ) -> WebhookResult:
         """Check, parse and act on one webhook request.
 
@@ -554,6 +556,8 @@ class Webhooks:
             prefix: the ``prefix`` query parameter.
             content_type: the request's ``Content-Type``.
             request_id: recorded in the commits this request makes.
+            principal: who the request's token acts for; its user becomes
+                the actor and its deploy permissions limit what is done.
 
         Raises:
             UnrecognizedWebhookType: the type is missing or unknown.
@@ -567,7 +571,7 @@ class Webhooks:
         if prefix is not None and (len(prefix) > _MAX_PREFIX or not prefix.strip()):
             raise MalformedPayload(provider, "prefix", f"1 to {_MAX_PREFIX} characters")
         events = parse(provider, decode(provider, body, content_type), lowered)
-        return self.act(provider, events, prefix=prefix, request_id=request_id)
+        return self.act(provider, events, prefix=prefix, request_id=request_id, principal=principal)
 
     def act(
         self,
@@ -576,20 +580,32 @@ class Webhooks:
         *,
         prefix: str | None = None,
         request_id: str | None = None,
+        principal: Principal | None = None,
     ) -> WebhookResult:
-        """Queue a deploy of every pushed branch; remove deleted ones' environments."""
-        actor = f"webhook:{provider}"
+        """Queue a deploy of every pushed branch; remove deleted ones' environments.
+
+        With a token (``principal`` authenticated), its user is the actor and
+        only environments it may deploy are acted on; without one (webhook
+        authentication off), the provider's secret is the protection.
+        """
+        token_user = principal if principal is not None and principal.token_id else None
+        actor = token_user.user if token_user is not None else f"webhook:{provider}"
+
+        def allowed(environment: str) -> bool:
+            return token_user is None or token_user.allows(f"deploy:{environment}")
+
         pushed = [
             (name, correct_name(name))
             for name in dict.fromkeys(
                 environment_name(event.branch, prefix) for event in events if not event.deleted
             )
+            if allowed(correct_name(name))
         ]
         gone = list(
             dict.fromkeys(
                 correct_name(environment_name(event.branch, prefix))
                 for event in events
-                if event.deleted
+                if event.deleted and allowed(correct_name(environment_name(event.branch, prefix)))
             )
         )
         deploys = self.code_manager.queue.request(

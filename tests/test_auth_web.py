@@ -160,3 +160,56 @@ def test_deploy_permission_per_environment(app) -> None:
     )
     assert everything.status_code == 403
     assert "deploy:*" in everything.json["msg"]
+
+
+def test_webhook_token_user_is_actor_and_permissions_apply(app, tmp_path: Path) -> None:
+    client, services, _ = app
+    token = _token(services, "ci-bot", "deploy:dev")
+    payload = {
+        "ref": "refs/heads/dev",
+        "before": "1" * 40,
+        "after": "2" * 40,
+        "deleted": False,
+        "repository": {"name": "control"},
+    }
+    missing = client.simulate_post(f"{CM}/webhook", params={"type": "github"}, json=payload)
+    assert missing.status_code == 401
+    ok = client.simulate_post(
+        f"{CM}/webhook",
+        params={"type": "github", "token": token},
+        json=payload,
+        headers={"X-GitHub-Event": "push"},
+    )
+    assert ok.status_code == 200
+    queued = client.simulate_get(f"{CM}/deploys/status").json["deploys-status"]["queued"]
+    assert [entry["environment"] for entry in queued] == ["dev"]
+    author = subprocess.run(
+        ["git", "log", "-1", "--format=%an", "state"],
+        cwd=tmp_path / "data" / "state.git",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert author == "ci-bot"
+    # A branch the token may not deploy is not queued.
+    other = dict(payload, ref="refs/heads/production")
+    client.simulate_post(
+        f"{CM}/webhook",
+        params={"type": "github", "token": token},
+        json=other,
+        headers={"X-GitHub-Event": "push"},
+    )
+    queued = client.simulate_get(f"{CM}/deploys/status").json["deploys-status"]["queued"]
+    assert [entry["environment"] for entry in queued] == ["dev"]
+
+
+def test_webhook_without_authentication_when_configured(tmp_path: Path) -> None:
+    client, _, _ = _app(tmp_path, webhook_authentication=False)
+    payload = {"ref": "refs/heads/dev", "after": "2" * 40, "deleted": False}
+    result = client.simulate_post(
+        f"{CM}/webhook", params={"type": "github"}, json=payload, headers={"X-GitHub-Event": "push"}
+    )
+    assert result.status_code == 200
+    assert result.json == {"status": "OK"}
+    # Other writes still need a token.
+    assert client.simulate_post(f"{CM}/deploys", json={"environments": ["dev"]}).status_code == 401

@@ -31,7 +31,7 @@ def _stop(proc: subprocess.Popen[str]) -> str:
     return out
 
 
-def _deployed(base: str, count: int, timeout: float = 120.0) -> list[dict]:
+def _deployed(base: str, count: int, timeout: float = 300.0) -> list[dict]:
     """Wait (bounded) until ``count`` environments are deployed; return them."""
     until = time.monotonic() + timeout
     while True:

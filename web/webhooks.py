@@ -14,6 +14,7 @@ from gitstate.deploys import BAD_REQUEST
 from gitstate.services import Services
 from gitstate.webhooks import InvalidSignature, MalformedPayload, UnrecognizedWebhookType
 
+from .auth import principal
 from .deploys import PREFIX
 from .gates import request_id
 
@@ -57,6 +58,7 @@ class WebhookResource:
                 prefix=req.get_param("prefix"),
                 content_type=req.content_type,
                 request_id=request_id(req),
+                principal=principal(req),
             )
         except (UnrecognizedWebhookType, MalformedPayload) as ex:
             resp.status = falcon.HTTP_400
