@@ -36,8 +36,21 @@ def _serve(args: argparse.Namespace) -> int:
     from gitstate.supervisor import Supervisor, serve_children
 
     config = Config.load(args.config)
+    _protect_state_repo(config)
     workers = DeploySettings.from_mapping(config.raw.get("deploy")).pool_size
     return Supervisor(serve_children(str(Path(args.config).absolute()), workers)).run()
+
+
+def _protect_state_repo(config: Config) -> None:
+    """Create the state repo and its pre-receive guard (pushed history can't be rewritten)."""
+    from gitstate.hooks.install import HookExists, install_state_guard
+    from gitstate.store import init_repository
+
+    init_repository(config.state_repo)
+    try:
+        install_state_guard(config.state_repo)
+    except HookExists as ex:
+        print(f"gitstate: not replacing the state repo's own hook: {ex}", file=sys.stderr)
 
 
 def _web(args: argparse.Namespace) -> int:

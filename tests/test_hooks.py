@@ -245,6 +245,12 @@ def test_git_push_deploys_and_push_delete_removes(server: tuple[str, Remote]) ->
     assert _until(lambda: "feature_hooked" not in _deployed(base))
 
 
+def test_serve_guards_its_state_repo(server: tuple[str, Remote], tmp_path: Path) -> None:
+    hook = tmp_path / "data" / "state.git" / "hooks" / "pre-receive"
+    assert hook.exists()
+    assert "gitstate.hooks" in hook.read_text()
+
+
 # -- the state repository's guard ------------------------------------------------------
 
 
