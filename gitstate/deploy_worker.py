@@ -30,6 +30,7 @@ from gitstate.deploys import (
     DEPLOY_FAILURE,
     TIMEOUT,
     DeployQueue,
+    parse_iso,
     worker_name,
 )
 from gitstate.environments import CollectFailed, Deployer, DeployFailure
@@ -192,9 +193,15 @@ class DeployWorker:
         return True
 
     def _deploy(self, record: dict[str, Any]) -> dict[str, Any]:
+        # A remote fetched after the last request for this deploy already
+        # holds what the request was about: deploys queued together
+        # (deploy-all, a push of several branches) fetch each remote once.
+        stamp = record.get("requested_at") or record.get("queued_at")
+        requested_at = parse_iso(stamp).timestamp() if stamp else None
         result = self.engine.deploy(
             record.get("requested_as") or record["environment"],
             deploy_modules=bool(record.get("deploy_modules", True)),
+            fresh_after=requested_at,
         )
         return {
             "signature": result.signature,

@@ -229,9 +229,11 @@ class DeployQueue:
                 if waiting:
                     entry = waiting[0]
                     record = draft.get(record_path(entry["id"])) or {}
-                    if deploy_modules and not record.get("deploy_modules", True):
+                    if deploy_modules:
                         record["deploy_modules"] = True
-                        draft.put(record_path(entry["id"]), record)
+                    # The newest request decides how fresh the fetch must be.
+                    record["requested_at"] = stamp
+                    draft.put(record_path(entry["id"]), record)
                     answers.append(Requested(requested, entry["id"], "queued", True))
                     continue
                 deploy_id = int(counter["next_id"])
@@ -245,6 +247,7 @@ class DeployQueue:
                         "requested_as": requested,
                         "status": "queued",
                         "queued_at": stamp,
+                        "requested_at": stamp,
                         "requested_by": actor,
                         "reason": reason,
                         "deploy_modules": deploy_modules,

@@ -69,6 +69,10 @@ def test_queued_deploy_waits_visibly_and_latest_commit_wins(
     )
     assert waiting[0]["id"] == entry.deploy_id
     assert "code/puppet/production is closed (closed manually)" in waiting[0]["waiting-for"]
+    fetched = guarded.client.simulate_post(
+        f"{CM}/deploys", json={"environments": ["development"], "wait": True}
+    ).json
+    assert fetched[0]["status"] == "complete"
     # While it waits, the branch moves on; the deploy must take the new tip.
     work = Path(str(sample.control) + "-work")
     git("clone", "-q", "--branch", "production", str(sample.control), str(work))
@@ -76,7 +80,15 @@ def test_queued_deploy_waits_visibly_and_latest_commit_wins(
     git("commit", "-qam", "newer motd", cwd=work)
     git("push", "-q", "origin", "production", cwd=work)
     latest = git("rev-parse", "HEAD", cwd=work)
-    assert _status(guarded)["file-sync-storage-status"]["deployed"] == []
+    deployed = _status(guarded)["file-sync-storage-status"]["deployed"]
+    assert [d["environment"] for d in deployed] == ["development"]
+    # Another deploy fetches the control repo in between (before the push
+    # above reaches the queue), and the push's webhook joins the waiting
+    # deploy: the deploy must still fetch again and take the new tip.
+    (again,) = guarded.services.code_manager.queue.request(
+        [("production", "production")], actor="webhook:github", reason="webhook"
+    )
+    assert again.deploy_id == entry.deploy_id
 
     guarded.client.simulate_put(f"{GATE}/production", json={"state": "open"})
     done = guarded.services.code_manager.queue.wait([entry.deploy_id], 60)
