@@ -213,3 +213,21 @@ def test_webhook_without_authentication_when_configured(tmp_path: Path) -> None:
     assert result.json == {"status": "OK"}
     # Other writes still need a token.
     assert client.simulate_post(f"{CM}/deploys", json={"environments": ["dev"]}).status_code == 401
+
+
+def test_rollback_needs_deploy_permission(app) -> None:
+    client, services, _ = app
+    body = {"environment": "production"}
+    assert client.simulate_post(f"{CM}/rollbacks", json=body).status_code == 401
+    token = _token(services, "dave", "deploy:development")
+    refused = client.simulate_post(
+        f"{CM}/rollbacks", json=body, headers={"X-Authentication": token}
+    )
+    assert refused.status_code == 403
+    assert "deploy:production" in refused.json["msg"]
+    allowed = _token(services, "erin", "deploy:production")
+    # Permitted: it gets past auth (and finds nothing to roll back to).
+    missing = client.simulate_post(
+        f"{CM}/rollbacks", json=body, headers={"X-Authentication": allowed}
+    )
+    assert missing.status_code == 404

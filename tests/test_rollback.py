@@ -73,3 +73,26 @@ def test_rollback_errors(harness: Harness, body: dict, code: int) -> None:
     answer = harness.client.simulate_post(ROLLBACKS, json=body)
     assert answer.status_code == code, answer.text
     assert answer.json["kind"].startswith("puppetlabs.code-manager/")
+
+
+def test_rollback_is_refused_while_the_gate_is_closed(
+    harness: Harness, sample: SampleRepos, tmp_path: Path
+) -> None:
+    harness.deploy("production")
+    push(sample, tmp_path / "work", "production", {"data/common.yaml": "v: 2\n"})
+    current = harness.deploy("production")[0]["deploy-signature"]
+    gate = "/api/gates/code/puppet"
+    assert (
+        harness.client.simulate_post(gate, json={"environments": ["production"]}).status_code == 200
+    )
+    harness.client.simulate_put(f"{gate}/production", json={"state": "closed"})
+    refused = harness.client.simulate_post(ROLLBACKS, json={"environment": "production"})
+    assert refused.status_code == 409
+    assert refused.json["kind"] == "puppetlabs.code-manager/gate-closed"
+    assert refused.json["details"]["gate"] == "code/puppet/production"
+    assert Storage(harness.storage_path).published()["production"].signature == current
+    harness.client.simulate_put(f"{gate}/production", json={"state": "open"})
+    assert (
+        harness.client.simulate_post(ROLLBACKS, json={"environment": "production"}).status_code
+        == 200
+    )

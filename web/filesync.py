@@ -28,7 +28,9 @@ from gitstate.filesync_server import (
 )
 from gitstate.gates import InvalidRequest
 from gitstate.services import Services
+from gitstate.sources import correct_name
 
+from .auth import require
 from .gates import actor, read_json, request_id
 
 PREFIX = "/file-sync/v1"
@@ -45,6 +47,10 @@ def _error(resp: falcon.Response, status: str, kind: str, msg: str, details: Any
 
 
 class _Resource:
+    #: The file-sync transport checks its own token (``file_sync.token``,
+    #: :meth:`FileSyncService.authorize`), not a user's.
+    auth_policy = "public"
+
     def __init__(self, services: Services) -> None:
         self._services = services
 
@@ -145,14 +151,37 @@ class CheckInResource(_Resource):
 
 
 class RollbacksResource(_Resource):
-    """``POST /code-manager/v1/rollbacks``: republish an earlier version."""
+    """``POST /code-manager/v1/rollbacks``: republish an earlier version.
+
+    A rollback is a deploy: it needs the user's ``deploy:<env>`` permission
+    and is refused while the environment's gate is closed.
+    """
+
+    auth_policy = "default"
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Roll the environment back; answer like a waited deploy entry."""
         try:
-            resp.media = self.file_sync.rollback(
-                read_json(req), actor=actor(req), request_id=request_id(req)
-            )
+            body = read_json(req)
+        except InvalidRequest as ex:
+            _error(resp, falcon.HTTP_400, BAD_REQUEST, str(ex))
+            return
+        environment = body.get("environment") if isinstance(body, dict) else None
+        if isinstance(environment, str):
+            corrected = correct_name(environment)
+            require(req, f"deploy:{corrected}", f"roll back {corrected!r}")
+            closed = self._services.deploy_guard.blocked(corrected)
+            if closed is not None:
+                _error(
+                    resp,
+                    falcon.HTTP_409,
+                    closed.kind,
+                    str(closed),
+                    {"gate": closed.gate, "reason": closed.reason},
+                )
+                return
+        try:
+            resp.media = self.file_sync.rollback(body, actor=actor(req), request_id=request_id(req))
         except (InvalidRollback, InvalidRequest) as ex:
             _error(resp, falcon.HTTP_400, BAD_REQUEST, str(ex))
         except RollbackTargetNotFound as ex:
