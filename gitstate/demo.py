@@ -10,6 +10,7 @@ branch and its history survive restarts.
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 import threading
@@ -18,11 +19,12 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from gitstate.auth import AuthError, Tokens
 from gitstate.client import Client, ClientError
 from gitstate.config import Config
 from gitstate.hooks.install import install_post_receive, install_state_guard
 from gitstate.sample import SampleRepos, build
-from gitstate.store import init_repository
+from gitstate.store import Store, init_repository
 from gitstate.supervisor import Supervisor, serve_children
 
 DEFAULT_DIR = "gitstate-demo"
@@ -52,6 +54,9 @@ def prepare(directory: Path, port: int) -> tuple[Config, Path, SampleRepos]:
                 }
             },
             "deploy": {"pool_size": DEPLOY_WORKERS},
+            # Writes need a token, as in production; the demo's admin token
+            # is in DIR/token.
+            "auth": {"enabled": True},
             # Two file-sync clients, as on a primary and a compiler: the
             # primary reads storage directly, the compiler over HTTP.
             "file_sync": {
@@ -73,6 +78,7 @@ def prepare(directory: Path, port: int) -> tuple[Config, Path, SampleRepos]:
     with config_path.open("w", encoding="utf-8") as stream:
         yaml.dump(config.to_mapping(), stream)
     init_repository(config.state_repo)
+    _admin_token(config, directory / "token")
     # git push to the control repository deploys; pushes to the state
     # repository may never rewrite its history.
     install_post_receive(
@@ -80,6 +86,27 @@ def prepare(directory: Path, port: int) -> tuple[Config, Path, SampleRepos]:
     )
     install_state_guard(config.state_repo)
     return config, config_path, repos
+
+
+def _admin_token(config: Config, path: Path) -> None:
+    """Issue the demo's admin token into ``path`` unless a valid one is there."""
+    tokens = Tokens(Store(config.state_repo, fsync=False))
+    if path.exists():
+        try:
+            tokens.verify(path.read_text(encoding="utf-8").strip())
+            return
+        except AuthError:
+            pass
+    issued = tokens.issue(
+        "admin",
+        permissions=["admin"],
+        lifetime=0,
+        description="gitstate demo",
+        actor="gitstate-demo",
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as stream:
+        stream.write(issued.token + "\n")
 
 
 def _file_sync_token(config_path: Path) -> str:
@@ -97,7 +124,8 @@ def _deploy_everything(
 ) -> None:
     """Once the server answers, deploy all environments and print what to try."""
     ready.wait()
-    client = Client(base, token_file=None, timeout=600)
+    token_file = config.datadir.parent / "token"
+    client = Client(base, token_file=str(token_file), timeout=600)
     until = time.monotonic() + 60
     while True:
         try:
@@ -121,14 +149,16 @@ def _deploy_everything(
         print(f"  {entry['environment']:<24} {entry['status']:<9} {signature}", flush=True)
     lines = [
         "",
+        f"Writes need a token; the demo's admin token is in {token_file}.",
         "Try:",
         f"  curl {base}/internal/health",
         f"  curl {base}/code-manager/v1/deploys/status",
         f"  gitstate status --service-url {base}",
-        f"  gitstate deploy production --wait --service-url {base}",
+        f"  gitstate deploy production --wait --service-url {base} --token-file {token_file}",
         f"  ls -l {config.datadir.parent / 'live' / 'compiler' / 'environments'}   # file sync",
-        f"  gitstate rollback production --service-url {base}",
-        f'  curl -X POST {base}/api/gates/code/puppet -d \'{{"environments": ["production"]}}\'',
+        f"  gitstate rollback production --service-url {base} --token-file {token_file}",
+        f'  curl -X POST -H "X-Authentication: $(cat {token_file})" {base}/api/gates/code/puppet'
+        + ' -d \'{"environments": ["production"]}\'   # now production\'s deploys obey this gate',
         f"  git clone {repos.control} control && cd control   # edit, commit, git push: deployed",
         "  git push origin --delete <branch>   # the post-receive hook removes its environment",
         f"  git --git-dir {config.state_repo} log --format='%h %an %s' state   # the audit trail",

@@ -66,7 +66,13 @@ def test_demo_deploys_every_environment_and_the_cli_drives_it(tmp_path: Path) ->
         production = next(d for d in deployed if d["environment"] == "production")
         assert production["deploy-signature"] == str(control.branches["production"].target)
 
-        out = _cli("deploy", "production", "--wait", "--service-url", base)
+        token = ["--token-file", str(directory / "token")]
+        refused = _cli(
+            "deploy", "production", "--service-url", base, "--token-file", "/nonexistent"
+        )
+        assert refused.returncode == 1
+        assert "Route requires authentication" in refused.stderr
+        out = _cli("deploy", "production", "--wait", "--service-url", base, *token)
         assert out.returncode == 0, out.stderr
         first, rest = out.stdout.split("\n", 1)
         assert first == "Found 1 environments."
@@ -74,7 +80,7 @@ def test_demo_deploys_every_environment_and_the_cli_drives_it(tmp_path: Path) ->
         assert entry["status"] == "complete"
         assert entry["deploy-signature"] == production["deploy-signature"]
 
-        dry = _cli("deploy", "--dry-run", "--service-url", base, "--format", "json")
+        dry = _cli("deploy", "--dry-run", "--service-url", base, "--format", "json", *token)
         assert json.loads(dry.stdout) == [
             {"environment": "development"},
             {"environment": "feature_login_banner"},
@@ -82,7 +88,7 @@ def test_demo_deploys_every_environment_and_the_cli_drives_it(tmp_path: Path) ->
         ]
         status = _cli("status", "--service-url", base)
         assert "deployed: 3" in status.stdout
-        unknown = _cli("deploy", "nosuch", "--wait", "--service-url", base)
+        unknown = _cli("deploy", "nosuch", "--wait", "--service-url", base, *token)
         assert unknown.returncode == 3
         assert "cannot be found in any source" in unknown.stdout
     finally:
