@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gitstate import __version__
+from gitstate import __version__, logs
 from gitstate.config import DEFAULT_PORT, Config
 from gitstate.errors import GitStateError
 
@@ -37,8 +37,19 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = Config.load(args.config)
     _protect_state_repo(config)
+    _prepare_metrics(config)
+    logs.configure(config.raw)
     workers = DeploySettings.from_mapping(config.raw.get("deploy")).pool_size
     return Supervisor(serve_children(str(Path(args.config).absolute()), workers)).run()
+
+
+def _prepare_metrics(config: Config) -> None:
+    """Give every child a fresh shared metrics directory (before any of them starts)."""
+    from gitstate import metrics
+
+    directory = metrics.configured_directory(config.raw, config.datadir)
+    if directory is not None:
+        metrics.prepare_directory(directory)
 
 
 def _protect_state_repo(config: Config) -> None:
@@ -69,6 +80,7 @@ def _deploy_worker(args: argparse.Namespace) -> int:
     from gitstate.services import Services
 
     config = Config.load(args.config)
+    logs.configure(config.raw)
     services = Services(config)
     code_manager = services.code_manager
     lockdir = config.datadir / "locks"

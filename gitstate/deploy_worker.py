@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gitstate import metrics
 from gitstate.deploy_guard import DeployGuard, GateClosed
 from gitstate.deploys import (
     COLLECT_FAILED,
@@ -171,8 +172,10 @@ class DeployWorker:
                 done.set()
 
         thread = threading.Thread(target=work, name=f"deploy-{deploy_id}", daemon=True)
+        started = time.monotonic()
         thread.start()
         if not done.wait(self.queue.settings.deploy_timeout):
+            metrics.deploy_finished("failed", time.monotonic() - started)
             self.queue.finish(
                 deploy_id,
                 self.name,
@@ -190,6 +193,9 @@ class DeployWorker:
                 self.guard.release(record.get("ticket"), actor=self.name)
             os._exit(3)
         self.queue.finish(deploy_id, self.name, **_outcome(record, outcome))
+        metrics.deploy_finished(
+            "failed" if "error" in outcome else "complete", time.monotonic() - started
+        )
         return True
 
     def _deploy(self, record: dict[str, Any]) -> dict[str, Any]:

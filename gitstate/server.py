@@ -2,6 +2,11 @@
 
 No preloading: each worker imports the app and opens its repositories after
 the fork, as libgit2 handles must not be shared between processes.
+
+Metrics: the workers record into ``PROMETHEUS_MULTIPROC_DIR``, which must be
+set before gunicorn forks them (``gitstate serve`` sets it for all its
+children; ``gitstate web`` on its own sets it here), and gunicorn's
+``child_exit`` hook tells prometheus-client when a worker is gone.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from gitstate import logs, metrics
 from gitstate.config import Config
 
 CONFIG_ENV = "GITSTATE_CONFIG"
@@ -37,6 +43,11 @@ class GitstateServer(BaseApplication):  # type: ignore[misc]
             "graceful_timeout": 10,
             "timeout": 60,
             "proc_name": "gitstate",
+            "child_exit": _child_exit,
+            # gunicorn's own lines in the same format as the app's (JSON by default).
+            "logconfig_dict": logs.dict_config(
+                logs.LogSettings.from_mapping(self._gitstate_config.raw.get("logging"))
+            ),
         }
         if "control_socket_disable" in self.cfg.settings:
             # gunicorn >= 27 opens a control socket in $HOME by default; two
@@ -54,7 +65,17 @@ class GitstateServer(BaseApplication):  # type: ignore[misc]
         return create_app(Config.load(self._config_path))
 
 
+def _child_exit(server: Any, worker: Any) -> None:
+    """Gunicorn hook: forget the live gauges of a worker that exited."""
+    metrics.mark_process_dead(worker.pid)
+
+
 def serve(config: Config, config_path: str, **overrides: Any) -> None:
     """Run gunicorn in the foreground until it is told to stop."""
     os.environ[CONFIG_ENV] = config_path
+    if not metrics.multiprocess():
+        # Run on its own, not under ``gitstate serve``: start with a clean slate.
+        directory = metrics.configured_directory(config.raw, config.datadir)
+        if directory is not None:
+            metrics.prepare_directory(directory)
     GitstateServer(config, config_path, **overrides).run()

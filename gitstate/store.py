@@ -40,7 +40,7 @@ from typing import Any, Generic, TypeVar
 import pygit2
 from pygit2.enums import FileMode, SortMode
 
-from gitstate import codec
+from gitstate import codec, metrics
 from gitstate.errors import GitStateError
 from gitstate.hostlock import HostLock
 
@@ -669,7 +669,9 @@ class Store:
                 parents,
             )
         if not self._advance(base, ref, commit_id, draft.subject, until):
+            metrics.cas_conflict()
             return None
+        metrics.state_committed(operation)
         with self._mutex:
             delta = {path: oid for path, (oid, _record) in blobs.items()}
             base_link = base if base._commit is not None else None

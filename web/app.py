@@ -14,7 +14,7 @@ import falcon
 from gitstate.config import Config
 from gitstate.services import Services
 
-from . import auth, deploys, errors, filesync, gates, ui, watch, webhooks
+from . import auth, deploys, errors, filesync, gates, metrics, requestlog, ui, watch, webhooks
 from .health import HealthResource
 
 #: Environment variable through which ``gitstate serve`` hands workers the config.
@@ -36,7 +36,13 @@ def create_app(config: Config | None = None, services: Services | None = None) -
                 raise RuntimeError(f"set {CONFIG_ENV} to the config file")
             config = Config.load(path)
         services = Services(config)
-    app = falcon.App(middleware=[auth.AuthMiddleware(services)])
+    app = falcon.App(
+        middleware=[
+            requestlog.RequestLogMiddleware(),
+            metrics.MetricsMiddleware(),
+            auth.AuthMiddleware(services),
+        ]
+    )
     app.req_options.strip_url_path_trailing_slash = False
     errors.register(app)
     auth.register(app)
@@ -46,5 +52,6 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     webhooks.add_routes(app, services)
     filesync.add_routes(app, services)
     watch.add_routes(app, services)
+    metrics.add_routes(app, services)
     ui.add_routes(app)
     return app

@@ -1,0 +1,54 @@
+"""``GET /metrics`` for Prometheus, and the middleware that times every request.
+
+The endpoint is a read like any other: open unless
+``auth.read_requires_token`` is set, in which case the scraper presents a
+token (``?token=`` in the scrape config's ``params``, or the
+``X-Authentication`` header).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import falcon
+
+from gitstate import metrics, metrics_gauges
+from gitstate.services import Services
+
+#: Route label of requests that matched no route (a label per path would be unbounded).
+UNROUTED = "unrouted"
+
+
+class MetricsMiddleware:
+    """Count and time every request by method, route template and status."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Note when the request started."""
+        req.context.started = time.perf_counter()
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
+    ) -> None:
+        """Record the answered request."""
+        started = getattr(req.context, "started", None)
+        elapsed = time.perf_counter() - started if started is not None else 0.0
+        metrics.http_request(req.method, req.uri_template or UNROUTED, resp.status_code, elapsed)
+
+
+class MetricsResource:
+    """Every gitstate process's counters and histograms, plus scrape-time gauges."""
+
+    def __init__(self, services: Services) -> None:
+        self._collectors = metrics_gauges.for_services(services)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Answer in Prometheus text format (OpenMetrics when asked for)."""
+        body, content_type = metrics.exposition(self._collectors, req.get_header("Accept"))
+        resp.data = body
+        resp.content_type = content_type
+
+
+def add_routes(app: falcon.App, services: Services) -> None:
+    """Serve ``/metrics``."""
+    app.add_route("/metrics", MetricsResource(services))
