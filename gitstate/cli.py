@@ -280,6 +280,32 @@ def _install_hook(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _maintenance(args: argparse.Namespace) -> int:
+    import threading
+
+    from gitstate.maintenance import MaintenanceSettings, maintain_all
+
+    config = Config.load(args.config)
+    settings = MaintenanceSettings.from_mapping(config.raw.get("maintenance"))
+    if args.strategy:
+        settings = MaintenanceSettings(args.strategy, settings.interval)
+    stop = threading.Event()
+    while True:
+        for report in maintain_all(config.datadir, settings):
+            if args.format == "json":
+                print(json.dumps(report.to_json()), flush=True)
+            else:
+                before, after = report.before, report.after
+                print(
+                    f"{report.repo}: {before.loose} loose objects, {before.total_bytes} bytes"
+                    f" -> {after.loose} loose, {after.total_bytes} bytes"
+                    f" in {after.packs} pack(s) ({report.seconds:.1f}s)",
+                    flush=True,
+                )
+        if args.every is None or stop.wait(args.every or settings.interval):
+            return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -366,6 +392,21 @@ def build_parser() -> argparse.ArgumentParser:
             "--config", help="config file (default $GITSTATE_CONFIG or ./gitstate.yaml)"
         )
     token.set_defaults(func=_token)
+
+    maintenance = sub.add_parser(
+        "maintenance", help="pack and index the state and storage repositories (safe while live)"
+    )
+    maintenance.add_argument("--config", required=True, help="YAML config file")
+    maintenance.add_argument("--strategy", choices=("incremental", "gc"), help="override config")
+    maintenance.add_argument(
+        "--every",
+        type=float,
+        nargs="?",
+        const=0,
+        help="repeat every N seconds (no N: maintenance.interval, default 3600)",
+    )
+    maintenance.add_argument("--format", choices=("text", "json"), default="text")
+    maintenance.set_defaults(func=_maintenance)
 
     hook = sub.add_parser("install-hook", help="install gitstate's server-side git hook in REPO")
     hook.add_argument("repo", metavar="REPO", help="the repository (bare or not)")

@@ -1,0 +1,200 @@
+"""Scheduled git maintenance of the state and storage repositories.
+
+Every state write and every deploy adds loose objects (a commit, a few
+trees, the changed blobs: about 20 KiB per state commit on disk). Left
+alone, the object directories grow by hundreds of MiB per 100,000 writes
+and reading history slows down. Maintenance packs them, writes a
+commit-graph (with changed-path Bloom filters, which ``git log -- PATH``
+and :meth:`gitstate.store.Store.history` benefit from) and packs the refs.
+
+It is safe while gitstate writes: git never deletes an object that is not
+in a pack unless it is older than the prune grace period (two weeks), so an
+object a writer has just made but not yet committed to a ref survives; and
+packing refs takes each ref's ``.lock`` just like a writer does, which the
+state store waits out and retries.
+
+Two strategies (``maintenance.strategy``):
+
+``incremental`` (default)
+    ``git maintenance run`` with the ``loose-objects``,
+    ``incremental-repack`` and ``commit-graph`` tasks, then
+    ``git prune-packed`` and ``git pack-refs --all``. Work is bounded by what
+    is new, so it suits large, long-lived repositories.
+``gc``
+    ``git gc`` (a full repack: smallest result, work grows with the
+    repository), then a commit-graph with changed paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from gitstate.errors import GitStateError
+
+STRATEGIES = ("incremental", "gc")
+DEFAULT_INTERVAL = 3600.0
+
+
+class MaintenanceError(GitStateError, RuntimeError):
+    """A git maintenance command failed."""
+
+    def __init__(self, repo: Path, command: Sequence[str], detail: str) -> None:
+        self.repo = repo
+        self.command = list(command)
+        self.detail = detail
+        super().__init__(f"{repo}: git {' '.join(command)} failed: {detail}")
+
+
+class MaintenanceConfigError(GitStateError, ValueError):
+    """The ``maintenance`` config section has a bad value."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(f"maintenance: {detail}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MaintenanceSettings:
+    """The ``maintenance`` config section.
+
+    Attributes:
+        strategy: ``incremental`` or ``gc`` (see the module docs).
+        interval: seconds between runs of ``gitstate maintenance --every``
+            when no number is given on the command line (the systemd timer
+            in deploy/systemd is the other way to schedule it).
+    """
+
+    strategy: str = "incremental"
+    interval: float = DEFAULT_INTERVAL
+
+    @classmethod
+    def from_mapping(cls, data: Any) -> MaintenanceSettings:
+        """Read the section.
+
+        Raises:
+            MaintenanceConfigError: a value is not one of those documented.
+        """
+        data = data or {}
+        if not isinstance(data, Mapping):
+            raise MaintenanceConfigError("must be a mapping")
+        strategy = str(data.get("strategy", cls.strategy))
+        if strategy not in STRATEGIES:
+            raise MaintenanceConfigError(f"strategy must be one of {', '.join(STRATEGIES)}")
+        interval = data.get("interval", cls.interval)
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+            raise MaintenanceConfigError("interval must be a positive number of seconds")
+        return cls(strategy=strategy, interval=float(interval))
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectCounts:
+    """What ``git count-objects -v`` says, in bytes."""
+
+    loose: int
+    loose_bytes: int
+    packed: int
+    pack_bytes: int
+    packs: int
+
+    @property
+    def total_bytes(self) -> int:
+        """Loose plus packed bytes."""
+        return self.loose_bytes + self.pack_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """One repository's maintenance: sizes before and after."""
+
+    repo: Path
+    before: ObjectCounts
+    after: ObjectCounts
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the report as JSON-ready data."""
+        return {
+            "repo": str(self.repo),
+            "before": dataclasses.asdict(self.before),
+            "after": dataclasses.asdict(self.after),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_DIR": str(repo)}
+    try:
+        result = subprocess.run(
+            ["git", *args], env=env, capture_output=True, text=True, check=True, timeout=3600
+        )
+    except subprocess.CalledProcessError as ex:
+        raise MaintenanceError(repo, args, (ex.stderr or "").strip() or str(ex)) from ex
+    except (OSError, subprocess.TimeoutExpired) as ex:
+        raise MaintenanceError(repo, args, str(ex)) from ex
+    return result.stdout
+
+
+def count_objects(repo: Path) -> ObjectCounts:
+    """Return the repository's object counts and sizes.
+
+    Raises:
+        MaintenanceError: git could not read the repository.
+    """
+    fields: dict[str, int] = {}
+    for line in _git(repo, "count-objects", "-v").splitlines():
+        key, _, value = line.partition(":")
+        if value.strip().isdigit():
+            fields[key.strip()] = int(value)
+    return ObjectCounts(
+        loose=fields.get("count", 0),
+        loose_bytes=fields.get("size", 0) * 1024,
+        packed=fields.get("in-pack", 0),
+        pack_bytes=fields.get("size-pack", 0) * 1024,
+        packs=fields.get("packs", 0),
+    )
+
+
+def maintain(repo: Path, strategy: str = "incremental") -> Report:
+    """Pack objects and refs and write the commit-graph of one bare repository.
+
+    Raises:
+        MaintenanceError: a git command failed (the repository is left as
+            git leaves it: every step is safe to interrupt).
+    """
+    if strategy not in STRATEGIES:
+        raise MaintenanceConfigError(f"strategy must be one of {', '.join(STRATEGIES)}")
+    started = time.monotonic()
+    before = count_objects(repo)
+    if strategy == "gc":
+        _git(repo, "gc", "--quiet")
+    else:
+        _git(repo, "maintenance", "run", "--quiet", "--task=loose-objects")
+        # loose-objects packs the loose objects but deletes them only on its
+        # next run; drop the copies that are in a pack now.
+        _git(repo, "prune-packed")
+        if count_objects(repo).packs:  # the task fails on a repository without packs
+            _git(repo, "maintenance", "run", "--quiet", "--task=incremental-repack")
+        _git(repo, "pack-refs", "--all")
+    _git(repo, "commit-graph", "write", "--reachable", "--changed-paths")
+    return Report(repo, before, count_objects(repo), time.monotonic() - started)
+
+
+def repositories(datadir: Path) -> list[Path]:
+    """Return the data directory's repositories that exist: state, then storage."""
+    found = []
+    for name in ("state.git", "storage.git"):
+        path = datadir / name
+        if (path / "HEAD").exists():
+            found.append(path)
+    return found
+
+
+def maintain_all(datadir: Path, settings: MaintenanceSettings) -> list[Report]:
+    """Maintain every repository of the data directory."""
+    return [maintain(repo, settings.strategy) for repo in repositories(datadir)]
