@@ -6,6 +6,8 @@ state branch is replayed: no commit may show two live ``current`` tickets
 in one gate's queue, a current ticket must be the first live one, a live
 ticket must be linked from every gate it names, and every ``ok`` answer's
 ticket must hold all its gates in the commit named by the answer's ETag.
+The replay itself is in ``tests/gate_replay.py``, shared with the soak
+harness.
 """
 
 from __future__ import annotations
@@ -18,11 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pygit2
 import pytest
 import requests
 
-from gitstate.codec import decode
+from tests.gate_replay import labels, replay
 from tests.helpers import free_port, wait_for_http
 
 CLIENTS = 32
@@ -36,15 +37,6 @@ GATE_SETS = [
     {"grp": {"c": ["develop"], "b": "develop"}},
     {"grp": {"c": ["develop", "live"]}},
 ]
-
-
-def labels(gates: dict[str, Any]) -> list[str]:
-    out = []
-    for group, services in gates.items():
-        for service, envs in services.items():
-            for env in [envs] if isinstance(envs, str) else envs:
-                out.append(f"{group}/{service}/{env}")
-    return out
 
 
 @pytest.fixture
@@ -124,80 +116,6 @@ def client(base: str, number: int, oks: list, errors: list, lock: threading.Lock
                     errors.append((response.status_code, response.text))
 
 
-def replay(state_repo: Path) -> dict[str, dict[str, Any]]:
-    """Check every commit; return, per commit id, the holders of every gate."""
-    repo = pygit2.Repository(str(state_repo))
-    parsed: dict[pygit2.Oid, dict[str, Any]] = {}
-
-    def records(tree: pygit2.Tree, prefix: str) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        if prefix not in tree:
-            return out
-        stack = [(prefix + "/", repo[tree[prefix].id])]
-        while stack:
-            where, node = stack.pop()
-            for entry in node:
-                if entry.type_str == "tree":
-                    stack.append((where + entry.name + "/", repo[entry.id]))
-                else:
-                    if entry.id not in parsed:
-                        parsed[entry.id] = decode(repo[entry.id].data, where + entry.name)
-                    out[where + entry.name] = parsed[entry.id]
-        return out
-
-    holders: dict[str, dict[str, Any]] = {}
-    tip = repo.references["refs/heads/state"].target
-    commits = 0
-    for commit in repo.walk(tip):
-        assert len(commit.parents) <= 1, "state history must be linear"
-        commits += 1
-        when = commit.commit_time
-        tickets = {rec["id"]: rec for rec in records(commit.tree, "tickets").values()}
-
-        def alive(ticket_id: str, when: int = when, tickets: dict = tickets) -> bool:
-            ticket = tickets.get(ticket_id)
-            return ticket is not None and (
-                not ticket["expiration_date"] or when < ticket["expiration_date"]
-            )
-
-        held: dict[str, Any] = {}
-        for doc in records(commit.tree, "gates").values():
-            for env, state in doc["environments"].items():
-                label = f"{doc['group']}/{doc['name']}/{env}"
-                live = [t for t in state["queue"] if alive(t)]
-                current = [t for t in live if tickets[t]["status"] == "current"]
-                assert len(current) <= 1, f"{commit.id}: {label} held by {current}"
-                if current:
-                    assert live[0] == current[0], f"{commit.id}: {label} holder not first"
-                held[label] = live[0] if live and current else None
-                for ticket_id in live:
-                    assert label in tickets[ticket_id]["gates"]
-        # FIFO is one order: two live tickets sharing gates stand in the same
-        # order in each of them, so waiters can never wait for each other.
-        rank: dict[tuple[str, str], str] = {}
-        for doc in records(commit.tree, "gates").values():
-            for env, state in doc["environments"].items():
-                live = [t for t in state["queue"] if alive(t)]
-                for first_at, first in enumerate(live):
-                    for second in live[first_at + 1 :]:
-                        label = f"{doc['group']}/{doc['name']}/{env}"
-                        assert rank.setdefault((second, first), "") == "", (
-                            f"{commit.id}: {first} and {second} in opposite orders at {label}"
-                        )
-                        rank[(first, second)] = label
-        for ticket in tickets.values():
-            if alive(ticket["id"]):
-                for label in ticket["gates"]:
-                    group, service, env = label.split("/")
-                    doc = records(commit.tree, "gates").get(f"gates/{group}/{service}.yaml")
-                    assert doc is not None and ticket["id"] in doc["environments"][env]["queue"], (
-                        f"{commit.id}: ticket {ticket['id']} not linked from {label}"
-                    )
-        holders[str(commit.id)] = held
-    assert commits > 1
-    return holders
-
-
 def test_no_gate_ever_has_two_holders(server) -> None:
     base, state_repo = server
     for service in SERVICES:
@@ -219,7 +137,10 @@ def test_no_gate_ever_has_two_holders(server) -> None:
         thread.join()
     assert errors == []
     assert len(oks) >= CLIENTS  # the clients did get work done
-    holders = replay(state_repo)
+    replayed = replay(state_repo, keep_queues=False)
+    assert replayed.violations == []
+    assert replayed.commits > 1
+    holders = replayed.holders
     print(f"{len(oks)} ok answers, {len(holders)} commits")
     for ticket, gate_labels, etag in oks:
         commit = etag.strip('"')
