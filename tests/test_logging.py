@@ -101,9 +101,7 @@ def test_a_request_without_an_id_gets_one_used_everywhere(app, captured) -> None
 
 def test_hostile_request_ids_are_cleaned(app) -> None:
     client, _services = app
-    answer = client.simulate_get(
-        "/internal/health", headers={"X-Request-Id": "a b\tc" + "x" * 500}
-    )
+    answer = client.simulate_get("/internal/health", headers={"X-Request-Id": "a b\tc" + "x" * 500})
     value = answer.headers["x-request-id"]
     assert value.startswith("abc") and len(value) <= 100
 
@@ -149,7 +147,9 @@ def test_gunicorn_and_app_lines_are_json(tmp_path: Path) -> None:
         process.wait(30)
         err.close()
     records = [json.loads(line) for line in (tmp_path / "web.log").read_text().splitlines()]
-    assert any(r["logger"] == "gunicorn.error" and "Booting worker" in r["message"] for r in records)
+    assert any(
+        r["logger"] == "gunicorn.error" and "Booting worker" in r["message"] for r in records
+    )
     access = [r for r in records if r.get("request_id") == "from-the-proxy"]
     assert [(r["logger"], r["path"], r["status"]) for r in access] == [
         ("gitstate.access", "/api/gates", 200)
