@@ -14,7 +14,19 @@ import falcon
 from gitstate.config import Config
 from gitstate.services import Services
 
-from . import auth, deploys, errors, filesync, gates, metrics, requestlog, ui, watch, webhooks
+from . import (
+    auth,
+    deploys,
+    errors,
+    filesync,
+    gates,
+    metrics,
+    openapi,
+    requestlog,
+    ui,
+    watch,
+    webhooks,
+)
 from .health import HealthResource
 
 #: Environment variable through which ``gitstate serve`` hands workers the config.
@@ -54,4 +66,5 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     watch.add_routes(app, services)
     metrics.add_routes(app, services)
     ui.add_routes(app)
+    openapi.add_routes(app)
     return app
