@@ -22,6 +22,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ from gitstate.store import Draft, Identity, Store
 
 DEPLOY_RECORD = ".r10k-deploy.json"
 _MAX_HISTORY = 1000
+#: Names the deployer can publish (see gitstate.environments): anything else
+#: names no environment, and must never reach the lock file's path.
+_ENV_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 
 
 class InvalidRollback(GitStateError, ValueError):
@@ -76,7 +80,11 @@ class RollbackRequest:
         if not isinstance(body, Mapping):
             raise InvalidRollback("the request body must be a JSON object")
         environment = body.get("environment")
-        if not isinstance(environment, str) or not environment or len(environment) > 255:
+        if (
+            not isinstance(environment, str)
+            or not _ENV_NAME.fullmatch(environment)
+            or ".." in environment
+        ):
             raise InvalidRollback("'environment' must name an environment")
         to = body.get("to")
         if to is not None and (

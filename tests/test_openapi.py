@@ -363,3 +363,20 @@ def test_webhook_signature_refusal_is_a_documented_401(tmp_path: Path, sample: S
     )
     assert result.status_code == 401, result.text
     assert not checker.problems, "\n".join(checker.problems)
+
+
+# -- found by schemathesis ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("environment", ["0" * 255, "../../outside", "a/b", ".hidden", "x..y"])
+def test_rollback_refuses_names_no_deploy_could_publish(
+    tmp_path: Path, sample: SampleRepos, environment: str
+) -> None:
+    # A 255-character name made the lock file's name too long (500), and a
+    # name with a slash put the lock file outside DATADIR/locks.
+    test, checker = client(create_app(sample_config(tmp_path, sample)))
+    result = test.simulate_post(f"{CM}/rollbacks", json={"environment": environment})
+    assert result.status_code == 400, result.text
+    assert result.json["kind"] == "puppetlabs.code-manager/bad-request"
+    assert not list(tmp_path.rglob("outside.lock"))
+    assert all("request" in problem for problem in checker.problems)
