@@ -23,6 +23,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_DEPLOY_FAILED = 3
+# 4 (gate closed or ticket denied) and 5 (ticket queued): see gitstate.gate_cli.
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -370,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--wait", "-w", action="store_true", help="wait until clients synced")
     _add_client_options(rollback)
     rollback.set_defaults(func=_rollback)
+
+    from gitstate import gate_cli
+
+    gate_cli.add_parsers(sub, _add_client_options)
 
     token = sub.add_parser("token", help="issue, list and revoke API tokens (on the datadir)")
     token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
