@@ -39,6 +39,8 @@ def test_wheel_maps_web_and_hooks_under_gitstate(tmp_path: Path) -> None:
     assert "gitstate/web/app.py" in names
     assert "gitstate/hooks/__init__.py" in names
     assert "gitstate/py.typed" in names
+    assert "gitstate/web/static/index.html" in names
+    assert "gitstate/sample_control_repo/branches.yaml" in names
     top_level = {name.split("/", 1)[0] for name in names}
     assert "web" not in top_level
     assert "hooks" not in top_level
