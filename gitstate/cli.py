@@ -34,35 +34,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from gitstate.deploys import DeploySettings
-    from gitstate.supervisor import Supervisor, serve_children
+    from gitstate.supervisor import Supervisor, prepare, serve_children
 
     config = Config.load(args.config)
-    _protect_state_repo(config)
-    _prepare_metrics(config)
-    logs.configure(config.raw)
+    prepare(config)
     workers = DeploySettings.from_mapping(config.raw.get("deploy")).pool_size
     return Supervisor(serve_children(str(Path(args.config).absolute()), workers)).run()
-
-
-def _prepare_metrics(config: Config) -> None:
-    """Give every child a fresh shared metrics directory (before any of them starts)."""
-    from gitstate import metrics
-
-    directory = metrics.configured_directory(config.raw, config.datadir)
-    if directory is not None:
-        metrics.prepare_directory(directory)
-
-
-def _protect_state_repo(config: Config) -> None:
-    """Create the state repo and its pre-receive guard (pushed history can't be rewritten)."""
-    from gitstate.hooks.install import HookExists, install_state_guard
-    from gitstate.store import init_repository
-
-    init_repository(config.state_repo)
-    try:
-        install_state_guard(config.state_repo)
-    except HookExists as ex:
-        print(f"gitstate: not replacing the state repo's own hook: {ex}", file=sys.stderr)
 
 
 def _web(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from gitstate.hooks.install import install_post_receive, install_state_guard
 from gitstate.sample import SampleRepos, build
 from gitstate.store import Store, init_repository
 from gitstate.supervisor import Supervisor, serve_children
+from gitstate.supervisor import prepare as prepare_serving
 
 DEFAULT_DIR = "gitstate-demo"
 DEPLOY_WORKERS = 2
@@ -179,5 +180,6 @@ def run(directory: Path, port: int) -> int:
     threading.Thread(
         target=_deploy_everything, args=(base, repos, config, ready), daemon=True
     ).start()
+    prepare_serving(config)
     supervisor = Supervisor(serve_children(str(config_path), DEPLOY_WORKERS))
     return supervisor.run(ready)

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from gitstate.config import Config
+
 log = logging.getLogger(__name__)
 
 
@@ -173,3 +175,25 @@ def sync_children(config_path: str) -> list[Child]:
             )
         )
     return children
+
+
+def prepare(config: Config) -> None:
+    """Make ready what every start of the supervised processes needs.
+
+    The state repository and its pre-receive guard (so pushed audit history
+    cannot be rewritten), a fresh shared metrics directory exported to the
+    children before any of them starts, and logging.
+    """
+    from gitstate import logs, metrics
+    from gitstate.hooks.install import HookExists, install_state_guard
+    from gitstate.store import init_repository
+
+    init_repository(config.state_repo)
+    try:
+        install_state_guard(config.state_repo)
+    except HookExists as ex:
+        print(f"gitstate: not replacing the state repo's own hook: {ex}", file=sys.stderr)
+    directory = metrics.configured_directory(config.raw, config.datadir)
+    if directory is not None:
+        metrics.prepare_directory(directory)
+    logs.configure(config.raw)
