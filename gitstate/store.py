@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import random
 import re
@@ -46,6 +47,7 @@ from gitstate.errors import GitStateError
 from gitstate.hostlock import HostLock
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 DEFAULT_REF = "refs/heads/state"
 SERVICE_NAME = "gitstate"
@@ -79,6 +81,14 @@ class StoreBusy(GitStateError, TimeoutError):
         super().__init__(
             f"could not update {ref} within {waited:.1f}s after {attempts} attempt(s): {reason}"
         )
+
+
+class _WriteFailed(Exception):
+    """Writing objects failed in one attempt (retried until the deadline)."""
+
+    def __init__(self, cause: Exception) -> None:
+        self.cause = cause
+        super().__init__(str(cause))
 
 
 class RevisionNotFound(GitStateError, LookupError):
@@ -656,16 +666,25 @@ class Store:
         until = started + budget
         with self._writer, self._host_lock(until, started):
             attempts = 0
+            reason = "the ref kept moving"
             while True:
                 attempts += 1
-                outcome = self._attempt(change, subject, operation, identity, until)
+                try:
+                    outcome = self._attempt(change, subject, operation, identity, until)
+                except _WriteFailed as ex:
+                    # NOTE: git's prune-packed (run by gc and maintenance)
+                    # removes empty objects/xx folders; libgit2 makes the
+                    # folder, then renames the object into it, so a write in
+                    # between fails. Writing the objects again is harmless.
+                    log.warning("writing state objects failed (%s); retrying", ex.cause)
+                    reason = f"objects could not be written: {ex.cause}"
+                    outcome = None
+                    time.sleep(0.005)
                 if outcome is not None:
                     value, commit, snap = outcome
                     return Committed(value, commit, snap, attempts)
                 if time.monotonic() >= until:
-                    raise StoreBusy(
-                        self.ref, time.monotonic() - started, attempts, "the ref kept moving"
-                    )
+                    raise StoreBusy(self.ref, time.monotonic() - started, attempts, reason)
 
     def _attempt(
         self,
@@ -681,23 +700,26 @@ class Store:
             base = self._snapshot_of(ref)
             draft = Draft(base, subject)
             value = change(draft)
-            blobs = self._write_blobs(draft.changes)
-            if not blobs:
-                return value, None, base
-            tree_id = self._write_tree(base._commit.tree if base._commit else None, blobs)
-            if base._commit is not None and tree_id == base._commit.tree_id:
-                return value, None, base
-            now = time.time()
-            message = _message(draft.subject, draft.body, operation, identity)
-            parents = [base._commit.id] if base._commit is not None else []
-            commit_id = self._repo.create_commit(
-                None,
-                identity.signature(now),
-                Identity().signature(now),
-                message,
-                tree_id,
-                parents,
-            )
+            try:
+                blobs = self._write_blobs(draft.changes)
+                if not blobs:
+                    return value, None, base
+                tree_id = self._write_tree(base._commit.tree if base._commit else None, blobs)
+                if base._commit is not None and tree_id == base._commit.tree_id:
+                    return value, None, base
+                now = time.time()
+                message = _message(draft.subject, draft.body, operation, identity)
+                parents = [base._commit.id] if base._commit is not None else []
+                commit_id = self._repo.create_commit(
+                    None,
+                    identity.signature(now),
+                    Identity().signature(now),
+                    message,
+                    tree_id,
+                    parents,
+                )
+            except (pygit2.GitError, OSError) as ex:
+                raise _WriteFailed(ex) from ex
         if not self._advance(base, ref, commit_id, draft.subject, until):
             metrics.cas_conflict()
             return None

@@ -428,3 +428,33 @@ def test_history_without_the_git_command_matches(
     monkeypatch.setattr(store, "_changed_by_git", lambda tip, path, limit: None)
     assert store.history("a.yaml") == with_git
     assert store.history("a.yaml", limit=2) == with_git[:2]
+
+
+def test_failed_object_write_is_retried(state_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(state_path, deadline=5)
+    real = store._write_blobs
+    failures = [OSError(2, "No such file or directory", "objects/ab/tmp_object")]
+
+    def flaky(changes):
+        if failures:
+            raise failures.pop()
+        return real(changes)
+
+    monkeypatch.setattr(store, "_write_blobs", flaky)
+    done = store.transact(_set("a.yaml", n=1), subject="one", operation="x")
+    assert done.attempts == 2
+    assert store.get("a.yaml") == {"schema_version": 1, "n": 1}
+
+
+def test_persistent_write_failure_reports_the_cause(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(state_path, deadline=0.2)
+
+    def broken(changes):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "_write_blobs", broken)
+    with pytest.raises(StoreBusy, match="objects could not be written.*No space left"):
+        store.transact(_set("a.yaml", n=1), subject="one", operation="x")
+    assert store.head() is None
