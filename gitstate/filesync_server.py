@@ -37,6 +37,7 @@ from gitstate.filesync import FileSyncSettings
 from gitstate.filesync_checkins import CheckIns, InvalidCheckIn
 from gitstate.filesync_rollback import RollbackRequest, Rollbacks
 from gitstate.filesync_watch import RefWatch
+from gitstate.shutdown import stopping
 from gitstate.storage import CODE_REF, Storage, init_storage
 from gitstate.store import Store
 
@@ -146,7 +147,7 @@ class FileSyncService:
             while True:
                 tip = self.code_commit()
                 remaining = until - time.monotonic()
-                if tip != known or remaining <= 0:
+                if tip != known or remaining <= 0 or stopping.is_set():
                     return tip, tip != known
                 # NOTE(filesync): the 1 s cap is a safety net for a lost event.
                 self._changed.wait(min(remaining, 1.0))

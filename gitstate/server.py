@@ -12,12 +12,14 @@ children; ``gitstate web`` on its own sets it here), and gunicorn's
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from gitstate import logs, metrics
 from gitstate.config import Config
+from gitstate.shutdown import stopping
 
 CONFIG_ENV = "GITSTATE_CONFIG"
 
@@ -44,6 +46,7 @@ class GitstateServer(BaseApplication):  # type: ignore[misc]
             "timeout": 60,
             "proc_name": "gitstate",
             "child_exit": _child_exit,
+            "post_worker_init": _post_worker_init,
             # gunicorn's own lines in the same format as the app's (JSON by default).
             "logconfig_dict": logs.dict_config(
                 logs.LogSettings.from_mapping(self._gitstate_config.raw.get("logging"))
@@ -63,6 +66,26 @@ class GitstateServer(BaseApplication):  # type: ignore[misc]
         from gitstate.web.app import create_app
 
         return create_app(Config.load(self._config_path))
+
+
+def _post_worker_init(worker: Any) -> None:
+    """Gunicorn hook: on SIGTERM/SIGQUIT, end long polls before the graceful wait.
+
+    gunicorn installed its handlers before this hook runs; they are wrapped
+    so that they first set :data:`gitstate.shutdown.stopping`.
+    """
+    for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
+        previous = signal.getsignal(signum)
+        if callable(previous):
+            signal.signal(signum, _stop_then(previous))
+
+
+def _stop_then(handler: Any) -> Any:
+    def handle(signum: int, frame: Any) -> None:
+        stopping.set()
+        handler(signum, frame)
+
+    return handle
 
 
 def _child_exit(server: Any, worker: Any) -> None:

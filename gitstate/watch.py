@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from gitstate.shutdown import stopping
+
 #: Seconds between two looks at the branch tip.
 INTERVAL = 0.1
 #: Longest wait a caller may ask for, in seconds.
@@ -44,7 +46,7 @@ def wait_for_change(
     if not since:
         return tip
     until = clock() + max(0.0, min(timeout, MAX_WAIT))
-    while tip == since and clock() < until:
+    while tip == since and clock() < until and not stopping.is_set():
         sleep(interval)
         tip = head()
     return tip
