@@ -147,14 +147,15 @@ class AuthSettings:
     """The ``auth`` config section.
 
     Attributes:
-        enabled: require tokens at all (turn off only on a trusted network).
+        enabled: require tokens at all (on by default; turn off only on a
+            trusted network).
         webhook_authentication: require a token on the webhook too (Code
             Manager's ``authenticate_webhook``); providers that cannot send
             one rely on their own secret instead.
         read_requires_token: require a token on reads too.
     """
 
-    enabled: bool = False
+    enabled: bool = True
     webhook_authentication: bool = True
     read_requires_token: bool = False
 

@@ -32,6 +32,7 @@ def make_config(tmp_path: Path, sample: SampleRepos, **file_sync: Any) -> Config
         {
             "datadir": str(tmp_path / "data"),
             "state": {"fsync": False},
+            "auth": {"enabled": False},
             "sources": {"puppet": {"remote": sample.control_url, "invalid_branches": "correct"}},
             "deploy": {"timeouts": {"wait": 60, "sync": sync_timeout}},
             "file_sync": {"token": "s3cret", **file_sync},

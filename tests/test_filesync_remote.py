@@ -45,6 +45,7 @@ class Server:
             "workers": 1,
             "threads": 8,
             "state": {"fsync": False},
+            "auth": {"enabled": False},
             "sources": {"puppet": {"remote": sample.control_url, "invalid_branches": "correct"}},
             "deploy": {"pool_size": 1, "timeouts": {"wait": 120, "sync": 60}},
             "file_sync": {

@@ -25,7 +25,7 @@ class Server:
         self.config.write_text(
             f"datadir: {root / 'data'}\nlisten: 127.0.0.1:{self.port}\n"
             "workers: 1\nthreads: 2\nstate: {fsync: false}\n"
-            + ("auth: {enabled: true}\n" if auth else "")
+            + ("auth: {enabled: true}\n" if auth else "auth: {enabled: false}\n")
         )
         self.log = (root / "server.log").open("w")
         self.process = subprocess.Popen(

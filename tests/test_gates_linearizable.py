@@ -49,6 +49,7 @@ def server(tmp_path: Path):
         "workers: 4\n"
         "threads: 2\n"
         "state:\n  fsync: false\n  deadline: 30\n"
+        "auth:\n  enabled: false\n"
         "gates:\n  queued_ticket_lifetime: 10\n"
     )
     log = (tmp_path / "server.log").open("w")

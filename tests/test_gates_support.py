@@ -61,7 +61,12 @@ def make_client(
     """Build an app whose gates use ``gates`` as config section and a fake clock."""
     section = {"rules": {"develop": ALL_DAY, "live": ALL_DAY}} if gates is None else gates
     config = Config.from_mapping(
-        {"datadir": str(tmp_path / "data"), "state": {"fsync": False}, "gates": section}
+        {
+            "datadir": str(tmp_path / "data"),
+            "state": {"fsync": False},
+            "auth": {"enabled": False},
+            "gates": section,
+        }
     )
     services = Services(config)
     services.gates.clock = clock or Clock()

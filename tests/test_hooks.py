@@ -197,6 +197,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Remote]]:
                 "workers": 1,
                 "threads": 2,
                 "state": {"fsync": False},
+                "auth": {"enabled": False},
                 "sources": {"puppet": {"remote": remote.url, "invalid_branches": "correct"}},
                 "deploy": {"pool_size": 1},
             }

@@ -50,7 +50,13 @@ def lines(stream: io.StringIO) -> list[dict]:
 
 @pytest.fixture
 def app(tmp_path: Path) -> tuple[falcon.testing.TestClient, Services]:
-    config = Config.from_mapping({"datadir": str(tmp_path / "data"), "state": {"fsync": False}})
+    config = Config.from_mapping(
+        {
+            "datadir": str(tmp_path / "data"),
+            "state": {"fsync": False},
+            "auth": {"enabled": False},
+        }
+    )
     services = Services(config)
     return falcon.testing.TestClient(create_app(config, services)), services
 

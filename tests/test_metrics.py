@@ -45,7 +45,13 @@ def total(text: str, name: str, **labels: str) -> float:
 @pytest.fixture
 def client(tmp_path: Path) -> falcon.testing.TestClient:
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-    config = Config.from_mapping({"datadir": str(tmp_path / "data"), "state": {"fsync": False}})
+    config = Config.from_mapping(
+        {
+            "datadir": str(tmp_path / "data"),
+            "state": {"fsync": False},
+            "auth": {"enabled": False},
+        }
+    )
     return falcon.testing.TestClient(create_app(config))
 
 
@@ -180,6 +186,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         "workers: 3\n"
         "threads: 1\n"
         "state:\n  fsync: false\n"
+        "auth:\n  enabled: false\n"
         "deploy:\n  pool_size: 0\n"
         "logging:\n  json: false\n"
     )

@@ -455,6 +455,6 @@ def test_persistent_write_failure_reports_the_cause(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(store, "_write_blobs", broken)
-    with pytest.raises(StoreBusy, match="objects could not be written.*No space left"):
+    with pytest.raises(StoreBusy, match=r"objects could not be written.*No space left"):
         store.transact(_set("a.yaml", n=1), subject="one", operation="x")
     assert store.head() is None

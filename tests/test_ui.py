@@ -16,7 +16,12 @@ from gitstate.web.app import create_app
 
 def _client(tmp_path: Path, **raw: Any) -> tuple[falcon.testing.TestClient, Services]:
     config = Config.from_mapping(
-        {"datadir": str(tmp_path / "data"), "state": {"fsync": False}, **raw}
+        {
+            "datadir": str(tmp_path / "data"),
+            "state": {"fsync": False},
+            "auth": {"enabled": False},
+            **raw,
+        }
     )
     services = Services(config)
     return falcon.testing.TestClient(create_app(services=services)), services

@@ -55,8 +55,7 @@ class Server:
             "threads: 4",
             "state: {fsync: false}",
         ]
-        if auth:
-            lines.append("auth: {enabled: true}")
+        lines.append("auth: {enabled: true}" if auth else "auth: {enabled: false}")
         self.config.write_text("\n".join(lines) + "\n")
         self.admin: str | None = None
         self.log = (root / "server.log").open("w")

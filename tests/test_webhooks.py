@@ -70,6 +70,7 @@ class Harness:
             {
                 "datadir": str(tmp_path / "data"),
                 "state": {"fsync": False},
+                "auth": {"enabled": False},
                 "sources": {"puppet": {"remote": self.remote.url, "invalid_branches": "correct"}},
                 "webhooks": webhooks,
             }
