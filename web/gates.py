@@ -21,6 +21,11 @@ from .auth import principal, require
 
 #: Largest JSON body accepted, in bytes.
 MAX_BODY = 64 * 1024
+#: Most of a refused body read and thrown away. gunicorn (gthread) drains
+#: at most 64 KiB of a body the app left unread and otherwise closes the
+#: keep-alive connection without a word, after answering it as kept alive:
+#: the client's next request on it then fails with a connection reset.
+DRAIN_LIMIT = 16 * 1024 * 1024
 #: Header naming the acting user until authentication supplies one.
 ACTOR_HEADER = "X-Gitstate-Actor"
 ANONYMOUS = "anonymous"
@@ -72,6 +77,36 @@ def expected(req: falcon.Request) -> list[str] | None:
     return tags
 
 
+def body_stream(req: falcon.Request) -> Any:
+    """Return the stream to read the body from.
+
+    Falcon's ``bounded_stream`` reads nothing when no length is declared, so
+    a chunked body (which gunicorn hands over as a stream it ends itself,
+    ``wsgi.input_terminated``) is read from the raw stream instead.
+    """
+    if req.content_length is None and getattr(req, "env", {}).get("wsgi.input_terminated"):
+        return req.stream
+    return req.bounded_stream
+
+
+def discard_body(req: falcon.Request, limit: int = DRAIN_LIMIT) -> None:
+    """Read and drop what is left of a refused body (up to ``limit`` bytes).
+
+    So the answer to an oversized request arrives on a connection that stays
+    usable. A body declared larger than ``limit`` is left alone (the server
+    closes that connection).
+    """
+    length = req.content_length
+    if length is not None and length > limit:
+        return
+    remaining = limit
+    while remaining > 0:
+        chunk = body_stream(req).read(min(64 * 1024, remaining))
+        if not chunk:
+            return
+        remaining -= len(chunk)
+
+
 def read_json(req: falcon.Request) -> Any:
     """Read and parse the body, refusing anything over :data:`MAX_BODY`.
 
@@ -81,9 +116,11 @@ def read_json(req: falcon.Request) -> Any:
     """
     length = req.content_length
     if length is not None and length > MAX_BODY:
+        discard_body(req)
         raise BodyTooLarge(length)
-    data = req.bounded_stream.read(MAX_BODY + 1)
+    data = body_stream(req).read(MAX_BODY + 1)
     if len(data) > MAX_BODY:
+        discard_body(req)
         raise BodyTooLarge(None)
     try:
         return json.loads(data)

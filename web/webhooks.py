@@ -16,7 +16,7 @@ from gitstate.webhooks import InvalidSignature, MalformedPayload, UnrecognizedWe
 
 from .auth import principal
 from .deploys import PREFIX
-from .gates import request_id
+from .gates import discard_body, request_id
 
 #: Largest webhook body accepted, in bytes (GitHub caps payloads at 25 MB,
 #: but a push of a few branches is a few kilobytes).
@@ -44,6 +44,7 @@ class WebhookResource:
         if length is None or length <= MAX_WEBHOOK_BODY:
             body = req.bounded_stream.read(MAX_WEBHOOK_BODY + 1)
         if len(body) > MAX_WEBHOOK_BODY or (length or 0) > MAX_WEBHOOK_BODY:
+            discard_body(req)
             resp.status = falcon.HTTP_413
             resp.media = {
                 "kind": BAD_REQUEST,
