@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             cluster.storage_repo / "refs" / "heads" / "code.lock",
         ]
     )
-    injector = FaultInjector(cluster, seed)
+    # Every kind of fault early on, then one every few seconds: about ten in a
+    # minute's run, about a hundred in ten minutes.
+    spacing = max(3.0, min(9.0, args.duration / 8))
+    injector = FaultInjector(cluster, seed, interval=(spacing / 3, spacing))
     results: list[checks.Check] = []
     sizes: dict[str, dict[str, int]] = {}
     commits = {"state": 0, "code": 0}

@@ -154,8 +154,6 @@ class Cluster:
                 str(self.envs),
                 "--modules",
                 str(self.modules),
-                "--files-per-module",
-                "10",
             ],
             check=True,
             capture_output=True,
