@@ -92,3 +92,31 @@ class HostLock:
     def close(self) -> None:
         """Close the file (the helper thread, if any, is a daemon)."""
         os.close(self._fd)
+
+
+#: Age after which a ref's ``.lock`` file is taken to be a dead writer's.
+STALE_REF_LOCK = 5.0
+
+
+def break_stale_ref_locks(repo: Path, ref: str, older_than: float = STALE_REF_LOCK) -> list[Path]:
+    """Remove ``ref``'s and ``packed-refs``' ``.lock`` files older than ``older_than`` s.
+
+    A writer killed between taking a ref's lock and renaming it leaves the
+    ``.lock`` behind, and every later update of the ref fails until it is
+    gone. Call this only while holding the lock that serialises gitstate's
+    writers of that ref on this host: then no gitstate writer can own the
+    file, and a foreign git holds such a lock for milliseconds, so an old
+    one belongs to a process that died.
+
+    Returns the files removed.
+    """
+    removed = []
+    for lock in (repo / f"{ref}.lock", repo / "packed-refs.lock"):
+        try:
+            age = time.time() - lock.stat().st_mtime
+            if age >= older_than:
+                lock.unlink()
+                removed.append(lock)
+        except FileNotFoundError:
+            continue
+    return removed

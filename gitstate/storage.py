@@ -54,6 +54,7 @@ import pygit2
 from pygit2.enums import FileMode
 
 from gitstate.errors import GitStateError
+from gitstate.hostlock import break_stale_ref_locks
 
 CODE_REF = "refs/heads/code"
 ENVIRONMENT_REF_PREFIX = "refs/environments/"
@@ -404,7 +405,10 @@ class Storage:
         repo = self.repo
         name = ENVIRONMENT_REF_PREFIX + environment
         sig = self.signature()
-        for _attempt in range(20):
+        until = time.monotonic() + self.deadline
+        attempts = 0
+        while attempts == 0 or time.monotonic() < until:
+            attempts += 1
             parent = self.environment_tip(environment)
             parents = [pygit2.Oid(hex=parent)] if parent else []
             commit = repo.create_commit(None, sig, sig, message, tree, parents)
@@ -418,8 +422,10 @@ class Storage:
                     ref.set_target(commit, f"gitstate: {message.splitlines()[0]}")
                 return str(commit)
             except (pygit2.AlreadyExistsError, pygit2.GitError, OSError):
-                time.sleep(0.01 * random.random())
-        raise PublishConflict(name, 20)
+                # We hold the environment's lock: an old .lock is a dead writer's.
+                break_stale_ref_locks(self.path, name)
+                time.sleep(0.01 + 0.04 * random.random())
+        raise PublishConflict(name, attempts)
 
     def delete_environment_ref(self, environment: str) -> None:
         """Drop the environment's ref once it is no longer published."""
@@ -509,6 +515,8 @@ class Storage:
                 commit = repo.create_commit(None, sig, sig, message, tree, parents)
                 if self._advance(tip, commit, message):
                     return str(commit)
+                # We hold the publishers' host lock: an old .lock is a dead writer's.
+                break_stale_ref_locks(self.path, CODE_REF)
                 if time.monotonic() > until:
                     raise PublishConflict(CODE_REF, attempts)
                 time.sleep(delay * (0.5 + random.random()))

@@ -44,7 +44,7 @@ from pygit2.enums import FileMode, SortMode
 
 from gitstate import codec, metrics
 from gitstate.errors import GitStateError
-from gitstate.hostlock import HostLock
+from gitstate.hostlock import HostLock, break_stale_ref_locks
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -848,17 +848,9 @@ class Store:
             delay = min(delay * 2, 0.05)
 
     def _break_stale_locks(self) -> None:
-        """Remove ref lock files older than ``stale_lock_after`` seconds.
-
-        Only ever called while holding the host lock, so no gitstate writer on
-        this host can own them; a foreign git holds such a lock for
-        milliseconds, so an old one belongs to a process that died.
-        """
-        for lock in (self.path / f"{self.ref}.lock", self.path / "packed-refs.lock"):
-            with contextlib.suppress(FileNotFoundError):
-                age = time.time() - lock.stat().st_mtime
-                if age >= self.stale_lock_after:
-                    lock.unlink()
+        """Remove the ref's lock files left by a dead writer (we hold the host lock)."""
+        for lock in break_stale_ref_locks(self.path, self.ref, self.stale_lock_after):
+            log.warning("removed %s, left by a writer that died", lock)
 
     @contextlib.contextmanager
     def _host_lock(self, until: float, started: float) -> Iterator[None]:

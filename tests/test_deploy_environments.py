@@ -537,3 +537,25 @@ def test_hostile_tree_entry_names_fail_the_environment(tmp_path, repos, name):
     with pytest.raises(DeployFailure, match="cannot be deployed"):
         dep.deploy("evil")
     assert "evil" not in dep.environments()
+
+
+def test_lock_files_left_by_a_killed_publisher_are_recovered(tmp_path) -> None:
+    import os
+    import time as clock
+
+    control = Remote(tmp_path / "remotes", "control")
+    control.commit("production", {"Puppetfile": "", "manifests/site.pp": "# one\n"})
+    engine = deployer(tmp_path / "data", control)
+    first = engine.deploy("production")
+    # A deploy worker killed between locking a ref and renaming its lock
+    # leaves these behind; later publishes must not fail forever.
+    storage = tmp_path / "data" / "storage.git"
+    old = clock.time() - 60
+    for name in ("refs/heads/code.lock", "refs/environments/production.lock"):
+        (storage / name).write_text("")
+        os.utime(storage / name, (old, old))
+    control.commit("production", {"manifests/site.pp": "# two\n"})
+    second = engine.deploy("production")
+    assert second.code_commit != first.code_commit
+    assert not (storage / "refs/heads/code.lock").exists()
+    assert not (storage / "refs/environments/production.lock").exists()
