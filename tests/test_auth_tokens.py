@@ -18,6 +18,7 @@ from gitstate.auth import (
     Unauthenticated,
 )
 from gitstate.store import Store
+from tests.helpers import git
 
 
 class Clock:
@@ -54,13 +55,7 @@ def test_issued_token_verifies_to_its_user_and_permissions(tokens: Tokens) -> No
 
 def test_only_a_hash_is_stored_and_issuing_is_audited(tokens: Tokens, state_path: Path) -> None:
     issued = tokens.issue("alice", permissions=["admin"], lifetime=0, actor="root")
-    everything = subprocess.run(
-        ["git", "log", "-p", "--all", "--format=%an %s"],
-        cwd=state_path,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    everything = git("log", "-p", "--all", "--format=%an %s", cwd=state_path)
     assert issued.token not in everything
     assert issued.token[4:] not in everything
     assert f"root issued token {issued.token_id} for alice (admin; without expiry)" in everything
@@ -89,9 +84,7 @@ def test_revoked_and_unknown_tokens_are_refused(tokens: Tokens, state_path: Path
         tokens.verify("gst_" + "A" * 43)
     with pytest.raises(Unauthenticated):
         tokens.verify(None)
-    log = subprocess.run(
-        ["git", "log", "-1", "--format=%s", "state"], cwd=state_path, capture_output=True, text=True
-    ).stdout
+    log = git("log", "-1", "--format=%s", "state", cwd=state_path)
     assert log.strip() == f"root revoked token {issued.token_id} of carol"
 
 

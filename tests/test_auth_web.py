@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import falcon.testing
@@ -11,6 +10,7 @@ import pytest
 from gitstate.config import Config
 from gitstate.services import Services
 from gitstate.web.app import create_app
+from tests.helpers import git
 
 CM = "/code-manager/v1"
 
@@ -80,13 +80,7 @@ def test_token_user_is_the_actor_of_the_commit(app, tmp_path: Path) -> None:
         headers={"X-Authentication": token, "X-Gitstate-Actor": "mallory"},
     )
     assert created.status_code == 200
-    author = subprocess.run(
-        ["git", "log", "-1", "--format=%an", "state"],
-        cwd=tmp_path / "data" / "state.git",
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    author = git("log", "-1", "--format=%an", "state", cwd=tmp_path / "data" / "state.git").strip()
     assert author == "alice"
     # ?token= works as well as the header.
     closed = client.simulate_put(
@@ -183,13 +177,7 @@ def test_webhook_token_user_is_actor_and_permissions_apply(app, tmp_path: Path) 
     assert ok.status_code == 200
     queued = client.simulate_get(f"{CM}/deploys/status").json["deploys-status"]["queued"]
     assert [entry["environment"] for entry in queued] == ["dev"]
-    author = subprocess.run(
-        ["git", "log", "-1", "--format=%an", "state"],
-        cwd=tmp_path / "data" / "state.git",
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    author = git("log", "-1", "--format=%an", "state", cwd=tmp_path / "data" / "state.git").strip()
     assert author == "ci-bot"
     # A branch the token may not deploy is not queued.
     other = dict(payload, ref="refs/heads/production")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,13 +171,9 @@ def test_deploy_history_is_readable_in_git(running: Running, tmp_path: Path) -> 
         json={"environments": ["production"], "wait": True},
         headers={"X-Gitstate-Actor": "alice"},
     )
-    log = subprocess.run(
-        ["git", "log", "--format=%an|%s", "state", "--", "deploys/"],
-        cwd=tmp_path / "data" / "state.git",
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
+    log = git(
+        "log", "--format=%an|%s", "state", "--", "deploys/", cwd=tmp_path / "data" / "state.git"
+    ).splitlines()
     assert log[-1] == "alice|alice queued deploy of production (#1)"
     assert log[-2].startswith("deploy-worker-0@")
     assert log[-2].endswith(" started deploying production (#1)")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pygit2
 import requests
 
-from tests.helpers import free_port, wait_for_http
+from tests.helpers import free_port, git, wait_for_http
 
 
 def _start(directory: Path, port: int) -> subprocess.Popen[str]:
@@ -94,13 +94,7 @@ def test_demo_deploys_every_environment_and_the_cli_drives_it(tmp_path: Path) ->
     finally:
         out = _stop(proc)
     assert "Deployed 3 environments" in out
-    history = subprocess.run(
-        ["git", "log", "--format=%s", "state"],
-        cwd=directory / "data" / "state.git",
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    history = git("log", "--format=%s", "state", cwd=directory / "data" / "state.git")
     assert "deploy #" in history
 
     # Run again: the folder is reused, history kept, nothing needs building.
@@ -110,13 +104,7 @@ def test_demo_deploys_every_environment_and_the_cli_drives_it(tmp_path: Path) ->
         assert len(_deployed(base, 3)) == 3
     finally:
         _stop(proc)
-    again = subprocess.run(
-        ["git", "log", "--format=%s", "state"],
-        cwd=directory / "data" / "state.git",
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    again = git("log", "--format=%s", "state", cwd=directory / "data" / "state.git")
     assert again.endswith(history)
 
 

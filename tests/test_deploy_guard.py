@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
@@ -122,13 +121,9 @@ def test_running_deploy_holds_a_ticket_on_its_gate(guarded: Running, tmp_path: P
         f"{CM}/deploys", json={"environments": ["production"], "wait": True}
     ).json
     assert result[0]["status"] == "complete"
-    log = subprocess.run(
-        ["git", "log", "--reverse", "--format=%s", "state"],
-        cwd=tmp_path / "data" / "state.git",
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
+    log = git(
+        "log", "--reverse", "--format=%s", "state", cwd=tmp_path / "data" / "state.git"
+    ).splitlines()
     took = next(i for i, line in enumerate(log) if "takes code/puppet/production" in line)
     started = next(i for i, line in enumerate(log) if "started deploying production" in line)
     finished = next(i for i, line in enumerate(log) if "of production complete" in line)
