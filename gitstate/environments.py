@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ import pygit2
 
 from gitstate.errors import GitStateError
 from gitstate.forge import DEFAULT_FORGE, Forge, ForgeError
+from gitstate.hostlock import environment_lock_path, flocked
 from gitstate.mirrors import FetchFailed, Mirrors, UnsafeURL
 from gitstate.puppetfile import (
     CONTROL_BRANCH,
@@ -684,15 +683,8 @@ class Deployer:
         """Return every published environment → its environment-commit."""
         return {env: item.commit for env, item in self.storage.published().items()}
 
-    @contextlib.contextmanager
-    def _env_lock(self, env: str) -> Iterator[None]:
-        self.lockdir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lockdir / f"{env}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _env_lock(self, env: str) -> contextlib.AbstractContextManager[None]:
+        return flocked(environment_lock_path(self.lockdir, env))
 
 
 def _copy_error(error: PuppetfileError, env: str) -> PuppetfileError:

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
-import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ import pygit2
 
 from gitstate.deploys import SCHEMA_VERSION, environment_path, now_iso
 from gitstate.errors import GitStateError
+from gitstate.hostlock import environment_lock_path, flocked
 from gitstate.storage import Published, Storage
 from gitstate.store import Draft, Identity, Store
 
@@ -253,16 +252,9 @@ class Rollbacks:
             "file-sync": {"environment-commit": env_commit, "code-commit": code},
         }
 
-    @contextlib.contextmanager
-    def _env_lock(self, env: str) -> Iterator[None]:
-        # NOTE(filesync): the same lock file the deployer takes for ``env``.
-        self.lockdir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lockdir / f"{env}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _env_lock(self, env: str) -> contextlib.AbstractContextManager[None]:
+        # NOTE(filesync): the same lock the deployer takes for ``env``.
+        return flocked(environment_lock_path(self.lockdir, env))
 
 
 def _signature(repo: pygit2.Repository, commit: pygit2.Commit) -> str:

@@ -17,10 +17,12 @@ gives up, the helper releases the lock as soon as it gets it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 _IDLE, _WANTED, _HELD, _ABANDONED = "idle", "wanted", "held", "abandoned"
@@ -92,6 +94,27 @@ class HostLock:
     def close(self) -> None:
         """Close the file (the helper thread, if any, is a daemon)."""
         os.close(self._fd)
+
+
+def environment_lock_path(lockdir: Path, environment: str) -> Path:
+    """Return the lock file that one build or rollback of ``environment`` holds."""
+    return lockdir / f"{environment}.lock"
+
+
+@contextlib.contextmanager
+def flocked(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed), waiting for it.
+
+    Each call opens the file anew, so threads of one process exclude each
+    other too (an ``flock`` belongs to an open file, not to a process).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 #: Age after which a ref's ``.lock`` file is taken to be a dead writer's.

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import posixpath
@@ -46,7 +45,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,7 @@ import pygit2
 from pygit2.enums import FileMode
 
 from gitstate.errors import GitStateError
-from gitstate.hostlock import break_stale_ref_locks
+from gitstate.hostlock import break_stale_ref_locks, flocked
 
 CODE_REF = "refs/heads/code"
 ENVIRONMENT_REF_PREFIX = "refs/environments/"
@@ -537,15 +536,9 @@ class Storage:
         except (pygit2.AlreadyExistsError, pygit2.GitError, OSError):
             return False
 
-    @contextlib.contextmanager
-    def _host_lock(self) -> Iterator[None]:
+    def _host_lock(self) -> contextlib.AbstractContextManager[None]:
         """Serialise this host's publishers so they do not storm the ref."""
-        fd = os.open(self.path / "gitstate-code.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return flocked(self.path / "gitstate-code.lock")
 
     # -- reading trees back ---------------------------------------------------------------
 
