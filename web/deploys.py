@@ -19,17 +19,10 @@ from gitstate.services import Services
 from gitstate.sources import correct_name
 
 from .auth import principal, require
-from .gates import actor, read_json, request_id
+from .errors import code_manager_error
+from .request import actor, read_json, request_id
 
 PREFIX = "/code-manager/v1"
-
-
-def _error(resp: falcon.Response, status: str, kind: str, msg: str, details: Any = None) -> None:
-    resp.status = status
-    body: dict[str, Any] = {"kind": kind, "msg": msg}
-    if details is not None:
-        body["details"] = details
-    resp.media = body
 
 
 class DeploysResource:
@@ -47,7 +40,7 @@ class DeploysResource:
         try:
             request = DeployRequest.from_json(read_json(req))
         except (InvalidRequest, DeployRequestError) as ex:
-            _error(resp, falcon.HTTP_400, BAD_REQUEST, str(ex))
+            code_manager_error(resp, falcon.HTTP_400, BAD_REQUEST, str(ex))
             return
         if request.deploy_all or request.dry_run:
             require(req, "deploy:*", "deploy every environment")
@@ -116,14 +109,14 @@ class DeployStatusResource:
             resp.media = code_manager.status()
             return
         if not raw_id.isdigit():
-            _error(
+            code_manager_error(
                 resp, falcon.HTTP_400, BAD_REQUEST, f"id must be a deploy number, not {raw_id!r}"
             )
             return
         try:
             resp.media = code_manager.deploy_status(int(raw_id))
         except DeployNotFound as ex:
-            _error(
+            code_manager_error(
                 resp,
                 falcon.HTTP_404,
                 "puppetlabs.code-manager/not-found",

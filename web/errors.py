@@ -29,6 +29,17 @@ def _answer(resp: falcon.Response, status: str, reason: str, **extra: Any) -> No
     resp.media = {"status": "error", "reason": reason, **extra}
 
 
+def code_manager_error(
+    resp: falcon.Response, status: str, kind: str, msg: str, details: Any = None
+) -> None:
+    """Answer in Code Manager's error shape, ``{"kind", "msg", "details"}``."""
+    resp.status = status
+    body: dict[str, Any] = {"kind": kind, "msg": msg}
+    if details is not None:
+        body["details"] = details
+    resp.media = body
+
+
 def serialize_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError) -> None:
     """Render Falcon's own errors (404, bad JSON, 413, ...) as JSON always."""
     reason = ex.description or ex.title or "error"

@@ -13,8 +13,6 @@ Routes (all but rollbacks need the file-sync token, checked by
 
 from __future__ import annotations
 
-from typing import Any
-
 import falcon
 
 from gitstate.deploys import BAD_REQUEST
@@ -31,19 +29,12 @@ from gitstate.services import Services
 from gitstate.sources import correct_name
 
 from .auth import require
-from .gates import actor, read_json, request_id
+from .errors import code_manager_error
+from .request import actor, read_json, request_id
 
 PREFIX = "/file-sync/v1"
 TOKEN_HEADER = "X-Authentication"
 NOT_FOUND = "puppetlabs.code-manager/not-found"
-
-
-def _error(resp: falcon.Response, status: str, kind: str, msg: str, details: Any = None) -> None:
-    resp.status = status
-    body: dict[str, Any] = {"kind": kind, "msg": msg}
-    if details is not None:
-        body["details"] = details
-    resp.media = body
 
 
 class _Resource:
@@ -63,7 +54,9 @@ class _Resource:
         try:
             self.file_sync.authorize(token)
         except Unauthorized as ex:
-            _error(resp, falcon.HTTP_401, "puppetlabs.rbac/user-unauthenticated", ex.reason)
+            code_manager_error(
+                resp, falcon.HTTP_401, "puppetlabs.rbac/user-unauthenticated", ex.reason
+            )
             resp.set_header("WWW-Authenticate", 'Token realm="gitstate file sync"')
             return False
         return True
@@ -80,7 +73,7 @@ class InfoRefsResource(_Resource):
         try:
             body = self.file_sync.advertise(service, req.get_header("Git-Protocol"))
         except ServiceRefused as ex:
-            _error(resp, falcon.HTTP_403, "puppetlabs.code-manager/forbidden", str(ex))
+            code_manager_error(resp, falcon.HTTP_403, "puppetlabs.code-manager/forbidden", str(ex))
             return
         resp.content_type = f"application/x-{service}-advertisement"
         resp.cache_control = ["no-cache"]
@@ -101,7 +94,7 @@ class UploadPackResource(_Resource):
                 protocol=req.get_header("Git-Protocol"),
             )
         except RequestTooLarge as ex:
-            _error(resp, falcon.HTTP_413, BAD_REQUEST, str(ex))
+            code_manager_error(resp, falcon.HTTP_413, BAD_REQUEST, str(ex))
             return
         resp.content_type = "application/x-git-upload-pack-result"
         resp.cache_control = ["no-cache"]
@@ -113,7 +106,7 @@ class ReceivePackResource(_Resource):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Refuse pushes: storage is written by deploys only."""
-        _error(
+        code_manager_error(
             resp,
             falcon.HTTP_403,
             "puppetlabs.code-manager/forbidden",
@@ -131,7 +124,9 @@ class LatestCommitResource(_Resource):
         try:
             timeout = float(req.get_param("timeout") or self.file_sync.settings.long_poll_timeout)
         except ValueError:
-            _error(resp, falcon.HTTP_400, BAD_REQUEST, "timeout must be a number of seconds")
+            code_manager_error(
+                resp, falcon.HTTP_400, BAD_REQUEST, "timeout must be a number of seconds"
+            )
             return
         commit, changed = self.file_sync.latest_commit(req.get_param("known"), timeout)
         resp.media = {"code-commit": commit, "changed": changed}
@@ -147,7 +142,7 @@ class CheckInResource(_Resource):
         try:
             resp.media = self.file_sync.check_in(read_json(req))
         except (InvalidCheckIn, InvalidRequest) as ex:
-            _error(resp, falcon.HTTP_400, BAD_REQUEST, str(ex))
+            code_manager_error(resp, falcon.HTTP_400, BAD_REQUEST, str(ex))
 
 
 class RollbacksResource(_Resource):
@@ -164,7 +159,7 @@ class RollbacksResource(_Resource):
         try:
             body = read_json(req)
         except InvalidRequest as ex:
-            _error(resp, falcon.HTTP_400, BAD_REQUEST, str(ex))
+            code_manager_error(resp, falcon.HTTP_400, BAD_REQUEST, str(ex))
             return
         environment = body.get("environment") if isinstance(body, dict) else None
         if isinstance(environment, str):
@@ -172,7 +167,7 @@ class RollbacksResource(_Resource):
             require(req, f"deploy:{corrected}", f"roll back {corrected!r}")
             closed = self._services.deploy_guard.blocked(corrected)
             if closed is not None:
-                _error(
+                code_manager_error(
                     resp,
                     falcon.HTTP_409,
                     closed.kind,
@@ -183,9 +178,9 @@ class RollbacksResource(_Resource):
         try:
             resp.media = self.file_sync.rollback(body, actor=actor(req), request_id=request_id(req))
         except (InvalidRollback, InvalidRequest) as ex:
-            _error(resp, falcon.HTTP_400, BAD_REQUEST, str(ex))
+            code_manager_error(resp, falcon.HTTP_400, BAD_REQUEST, str(ex))
         except RollbackTargetNotFound as ex:
-            _error(
+            code_manager_error(
                 resp,
                 falcon.HTTP_404,
                 NOT_FOUND,

@@ -5,7 +5,7 @@ bounded) or a fresh one. It is echoed in the response's ``X-Request-Id``,
 bound to the logging context so every line logged while the request runs
 carries it, and written into the request's WSGI environ so that the
 commits the request makes (their ``Request-Id`` trailer, via
-:func:`gitstate.web.gates.request_id`) name the same id as the logs. One
+:func:`gitstate.web.request.request_id`) name the same id as the logs. One
 access line per request follows the answer: method, path, status,
 milliseconds and the acting user.
 """
@@ -20,7 +20,7 @@ import falcon
 
 from gitstate import logs
 
-from .gates import actor, request_id
+from .request import actor, request_id
 
 HEADER = "X-Request-Id"
 _ENVIRON_KEY = "HTTP_X_REQUEST_ID"

@@ -16,7 +16,7 @@ from gitstate.webhooks import InvalidSignature, MalformedPayload, UnrecognizedWe
 
 from .auth import principal
 from .deploys import PREFIX
-from .gates import discard_body, request_id
+from .request import discard_body, request_id
 
 #: Largest webhook body accepted, in bytes (GitHub caps payloads at 25 MB,
 #: but a push of a few branches is a few kilobytes).
