@@ -61,6 +61,37 @@ def test_refused_oversized_body_is_consumed(
     assert stream.tell() == len(body)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "auth"),
+    [
+        ("POST", "/code-manager/v1/deploys", True),  # refused for want of a token
+        ("POST", "/no/such/route", False),  # 404 before any resource reads
+        ("DELETE", "/internal/health", False),  # 405
+    ],
+)
+def test_bodies_of_other_refusals_are_consumed(
+    tmp_path: Path, method: str, path: str, auth: bool
+) -> None:
+    app = create_app(
+        Config.from_mapping(
+            {
+                "datadir": str(tmp_path / "data"),
+                "state": {"fsync": False},
+                "auth": {"enabled": auth},
+            }
+        )
+    )
+    body = b"{" + b" " * (200 * 1024) + b"}"
+    environ = falcon.testing.create_environ(path=path, method=method, body=b"", headers={})
+    stream = io.BytesIO(body)
+    environ["wsgi.input"] = stream
+    environ["CONTENT_LENGTH"] = str(len(body))
+    statuses: list[str] = []
+    b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    assert statuses and statuses[0][:1] == "4", statuses
+    assert stream.tell() == len(body)
+
+
 def test_small_chunked_body_is_read(app: falcon.App) -> None:
     body = b'{"environments": ["live"]}'
     environ = falcon.testing.create_environ(path="/api/gates/grp/svc", method="POST", body=b"")

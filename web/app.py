@@ -22,6 +22,7 @@ from . import (
     gates,
     metrics,
     openapi,
+    request,
     requestlog,
     ui,
     watch,
@@ -50,6 +51,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
         services = Services(config)
     app = falcon.App(
         middleware=[
+            request.DrainRefusedBodies(),
             requestlog.RequestLogMiddleware(),
             metrics.MetricsMiddleware(),
             auth.AuthMiddleware(services),

@@ -124,3 +124,20 @@ def read_json(req: falcon.Request) -> Any:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as ex:
         raise InvalidRequest("Json was not valid") from ex
+
+
+class DrainRefusedBodies:
+    """Read what is left of the body of any request answered with an error.
+
+    Refusals that never read the body (a bad token, an unknown route, a
+    wrong method) would otherwise leave it unread, and gunicorn then closes
+    a connection it answered as kept alive (see :data:`DRAIN_LIMIT`).
+    """
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
+    ) -> None:
+        """Drain the body after a 4xx or 5xx answer."""
+        status = resp.status if isinstance(resp.status, int) else int(str(resp.status)[:3])
+        if status >= 400 and (req.content_length or req.env.get("wsgi.input_terminated")):
+            discard_body(req)
