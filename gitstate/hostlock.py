@@ -20,12 +20,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 _IDLE, _WANTED, _HELD, _ABANDONED = "idle", "wanted", "held", "abandoned"
+
+
+class _Expired(Exception):
+    """The interval timer bounding a blocking ``flock`` went off."""
 
 
 class HostLock:
@@ -58,6 +63,11 @@ class HostLock:
                 return True
             except BlockingIOError:
                 pass
+            if self._blocking_in_main_thread(until):
+                self._state = _HELD
+                return True
+            if threading.current_thread() is threading.main_thread() and self._alarm_free():
+                return False  # the main thread waited its whole timeout
             self._state = _WANTED
             if self._helper is None or not self._helper.is_alive():
                 self._helper = threading.Thread(
@@ -70,6 +80,42 @@ class HostLock:
                 return True
             self._state = _ABANDONED
             return False
+
+    @staticmethod
+    def _alarm_free() -> bool:
+        return signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)
+
+    def _blocking_in_main_thread(self, until: float) -> bool:
+        """Wait in ``flock`` itself, bounded by SIGALRM, when that is possible.
+
+        In the main thread (deploy workers, the CLI, a sync gunicorn worker)
+        a blocking ``flock`` is woken by the kernel the moment the lock is
+        free, with no thread hand-over; an interval timer bounds the wait.
+        Returns True when the lock was taken; False when this path was not
+        possible or the time ran out (the caller can tell which by
+        :meth:`_alarm_free` in the main thread).
+        """
+        if threading.current_thread() is not threading.main_thread() or not self._alarm_free():
+            return False
+        remaining = until - time.monotonic()
+        if remaining <= 0:
+            return False
+
+        def expire(signum: int, frame: object) -> None:
+            raise _Expired
+
+        signal.signal(signal.SIGALRM, expire)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, remaining)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            return True
+        except _Expired:
+            return False
+        finally:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
     def release(self) -> None:
         """Give the lock up."""

@@ -174,7 +174,8 @@ class Snapshot:
     O(all records), however large the state grows.
     """
 
-    #: Longest chain of lazy snapshots kept before one is materialised.
+    #: Longest chain of lazy snapshots kept; a longer one is cut, and the
+    #: index, if ever asked for, is then built by walking the tree.
     MAX_CHAIN = 256
 
     def __init__(
@@ -193,7 +194,12 @@ class Snapshot:
         self._delta = delta
         self._depth = base._depth + 1 if self._base is not None else 0
         if self._depth > self.MAX_CHAIN:
-            self._blobs()
+            # PERF: materialising here cost a tree diff per foreign commit in
+            # the chain on every write path, though writers rarely list
+            # records; a walk when listing is cheaper overall.
+            self._base = None
+            self._delta = None
+            self._depth = 0
 
     @property
     def commit(self) -> str | None:

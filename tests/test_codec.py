@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ruamel.yaml import YAML
 
 from gitstate import codec
 from gitstate.codec import RecordError
@@ -162,3 +163,41 @@ def test_any_plain_record_round_trips_through_ruamel(fields: dict) -> None:
     data = codec.encode(record)
     assert codec.decode(data) == record
     assert codec.encode(codec.decode(data)) == data
+
+
+def _ruamel(data: bytes):
+    return YAML(typ="safe").load(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(max_size=8).filter(lambda key: key != "schema_version"), _data, max_size=6
+    )
+)
+def test_fast_reader_agrees_with_ruamel_on_canonical_bytes(fields: dict) -> None:
+    data = codec.encode({"schema_version": 1, **fields})
+    fast = codec.read_canonical(data)
+    assert fast is not None, data
+    assert fast == _ruamel(data)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "schema_version: 1\nname: 'single quoted'\n",
+        "schema_version: 1  # a comment\n",
+        "schema_version: 1\nitems: [1, 2]\n",
+        "schema_version: 1\nmap: {a: 1}\n",
+        "schema_version: 1\nnested:\n    deep: 4\n",
+        "schema_version: 1\nwhen: 2026-01-01\n",
+        'schema_version: 1\nesc: "\\x41\\e"\n',
+        "schema_version: 1\nhex: 0x1f\n",
+        "---\nschema_version: 1\n",
+        "schema_version: 1\nlist:\n  - a\n  - b\n",
+    ],
+)
+def test_hand_written_yaml_falls_back_to_ruamel(text: str) -> None:
+    data = text.encode()
+    assert codec.read_canonical(data) is None
+    assert codec.decode(data) == _ruamel(data)

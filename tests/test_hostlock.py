@@ -7,8 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from gitstate.hostlock import HostLock
 
@@ -44,11 +47,23 @@ def _someone_else_can_lock(path: Path) -> bool:
         os.close(fd)
 
 
-def test_times_out_while_held_and_gets_it_once_released(tmp_path: Path) -> None:
+def _in_thread(fn, *args):
+    """Run ``fn`` in a thread other than the main one (the helper-thread path)."""
+    out = []
+    worker = threading.Thread(target=lambda: out.append(fn(*args)))
+    worker.start()
+    worker.join(60)
+    return out[0]
+
+
+@pytest.mark.parametrize("where", ["main thread", "other thread"])
+def test_times_out_while_held_and_gets_it_once_released(tmp_path: Path, where: str) -> None:
     path = tmp_path / "writer.lock"
     proc, done = _hold(path, tmp_path, "a")
     lock = HostLock(path)
-    assert lock.acquire(0.2) is False
+    attempt = lock.acquire if where == "main thread" else lambda t: _in_thread(lock.acquire, t)
+    assert attempt(0.2) is False
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
     done.write_text("")
     proc.wait(30)
     assert lock.acquire(30) is True
@@ -61,8 +76,9 @@ def test_abandoned_wait_never_releases_a_later_holder(tmp_path: Path) -> None:
     path = tmp_path / "writer.lock"
     proc, done = _hold(path, tmp_path, "a")
     lock = HostLock(path)
-    # Give up while the helper thread is still blocked in flock().
-    assert lock.acquire(0.1) is False
+    # Give up (from a worker thread, as in gunicorn) while the helper thread
+    # is still blocked in flock().
+    assert _in_thread(lock.acquire, 0.1) is False
     done.write_text("")
     proc.wait(30)
     assert lock.acquire(30) is True
