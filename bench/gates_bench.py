@@ -52,9 +52,13 @@ def wait(port: int, timeout: float = 60) -> None:
     raise SystemExit("server did not start")
 
 
+#: The bench's token (auth is on, as in production); set in main().
+TOKEN = ""
+
+
 def call(conn: http.client.HTTPConnection, method: str, path: str, body: object = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json", "X-Gitstate-Actor": "bench"}
+    headers = {"Content-Type": "application/json", "X-Authentication": TOKEN}
     conn.request(method, path, body=data, headers=headers)
     response = conn.getresponse()
     payload = response.read()
@@ -105,6 +109,27 @@ def main() -> None:
             f"workers: {args.workers}\nthreads: {args.threads}\n"
             "state:\n  fsync: false\n  deadline: 30\n"
         )
+        global TOKEN
+        TOKEN = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gitstate",
+                "token",
+                "create",
+                "--config",
+                str(config),
+                "--user",
+                "bench",
+                "--permission",
+                "gates:bench",
+                "--lifetime",
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         server = subprocess.Popen(
             [sys.executable, "-m", "gitstate", "serve", "--config", str(config)],
             stdout=subprocess.DEVNULL,
