@@ -54,7 +54,9 @@ class Config:
     datadir: Path
     listen: str = DEFAULT_LISTEN
     workers: int = 4
-    threads: int = 2
+    # Requests that wait on purpose (deploy wait, long polls) hold a thread
+    # while they sleep; threads are cheap, so allow plenty.
+    threads: int = 8
     state: StateConfig = dataclasses.field(default_factory=StateConfig)
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -78,7 +80,7 @@ class Config:
             datadir=Path(str(datadir)).expanduser().absolute(),
             listen=str(os.environ.get("GITSTATE_LISTEN") or data.get("listen") or DEFAULT_LISTEN),
             workers=_number(data, "workers", 4, int, source),
-            threads=_number(data, "threads", 2, int, source),
+            threads=_number(data, "threads", 8, int, source),
             state=StateConfig(
                 fsync=bool(state.get("fsync", True)),
                 deadline=_number(state, "deadline", 10.0, float, source),

@@ -41,6 +41,10 @@ class Child:
     not_before: float = 0.0
 
 
+#: A child that exits sooner than this after starting counts as crashing.
+CRASH_LOOP_SECONDS = 5.0
+
+
 def gitstate_command(*args: str) -> list[str]:
     """Return the argv that runs a ``gitstate`` subcommand with this Python."""
     return [sys.executable, "-m", "gitstate", *args]
@@ -81,8 +85,11 @@ class Supervisor:
             if code is None:
                 continue
             lived = now - child.started_at
-            child.restarts = 0 if lived > 60 else child.restarts + 1
-            delay = min(30.0, 0.5 * 2 ** min(child.restarts, 6)) if child.restarts > 1 else 0.2
+            # Only a child that dies right after starting is in a crash loop
+            # and backs off; one killed after running a while (OOM, an
+            # operator, a fault test) comes back at once.
+            child.restarts = 0 if lived > CRASH_LOOP_SECONDS else child.restarts + 1
+            delay = min(10.0, 0.5 * 2 ** min(child.restarts, 5)) if child.restarts > 1 else 0.2
             print(
                 f"gitstate: {child.name} exited with {code}; restarting in {delay:.1f}s",
                 file=sys.stderr,
