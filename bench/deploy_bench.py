@@ -33,11 +33,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.fixture import make_fixture
 from gitstate.environments import Deployer
 from gitstate.sources import Sources
 
 HERE = Path(__file__).resolve().parent
-FIXTURE_SCRIPT = HERE.parent.parent / "shared" / "bench" / "make_control_repo.py"
 ENV = {
     **os.environ,
     "GIT_AUTHOR_NAME": "bench",
@@ -119,19 +119,7 @@ def main() -> None:
     base = args.keep or Path(tempfile.mkdtemp(prefix="gitstate-bench-"))
     out = base / "fixture"
     shutil.rmtree(out, ignore_errors=True)
-    subprocess.run(
-        [
-            sys.executable,
-            str(FIXTURE_SCRIPT),
-            str(out),
-            "--envs",
-            str(args.envs),
-            "--modules",
-            str(args.modules),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    make_fixture(out, args.envs, args.modules)
     remote = (out / "control.git").as_uri()
     results: dict[str, float] = {}
     serial = 0

@@ -36,7 +36,8 @@ import pygit2
 import requests
 from ruamel.yaml import YAML
 
-from bench.deploy_bench import FIXTURE_SCRIPT, deploy_all
+from bench.deploy_bench import deploy_all
+from bench.fixture import make_fixture
 from gitstate.filesync import LiveDir
 from gitstate.sample import build
 from gitstate.storage import CODE_REF
@@ -194,19 +195,7 @@ def main() -> None:
     )
 
     out = base / "fixture"
-    subprocess.run(
-        [
-            sys.executable,
-            str(FIXTURE_SCRIPT),
-            str(out),
-            "--envs",
-            str(args.envs),
-            "--modules",
-            str(args.modules),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    make_fixture(out, args.envs, args.modules)
     ours, theirs, files = [], [], 0
     for run in range(args.repeat):
         if shutil.which("g10k"):

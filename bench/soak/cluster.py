@@ -23,11 +23,11 @@ from typing import Any
 import requests
 from ruamel.yaml import YAML
 
+from bench.fixture import make_fixture
 from gitstate.auth import Tokens
 from gitstate.hooks.install import install_post_receive, install_state_guard
 from gitstate.store import Store, init_repository
 
-FIXTURE_SCRIPT = Path(__file__).resolve().parents[3] / "shared" / "bench" / "make_control_repo.py"
 GIT_ENV = {
     **os.environ,
     "GIT_AUTHOR_NAME": "soak",
@@ -145,20 +145,7 @@ class Cluster:
 
     def build(self) -> None:
         """Make the fixture, the hostile branches, the config, tokens and hooks."""
-        subprocess.run(
-            [
-                sys.executable,
-                str(FIXTURE_SCRIPT),
-                str(self.fixture),
-                "--envs",
-                str(self.envs),
-                "--modules",
-                str(self.modules),
-            ],
-            check=True,
-            capture_output=True,
-            env=GIT_ENV,
-        )
+        make_fixture(self.fixture, self.envs, self.modules, env=GIT_ENV)
         self._hostile_branches()
         config = {
             "datadir": str(self.datadir),
