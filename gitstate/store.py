@@ -670,27 +670,35 @@ class Store:
         budget = self.deadline if deadline is None else deadline
         started = time.monotonic()
         until = started + budget
-        with self._writer, self._host_lock(until, started):
-            attempts = 0
-            reason = "the ref kept moving"
-            while True:
-                attempts += 1
-                try:
-                    outcome = self._attempt(change, subject, operation, identity, until)
-                except _WriteFailed as ex:
-                    # NOTE: git's prune-packed (run by gc and maintenance)
-                    # removes empty objects/xx folders; libgit2 makes the
-                    # folder, then renames the object into it, so a write in
-                    # between fails. Writing the objects again is harmless.
-                    log.warning("writing state objects failed (%s); retrying", ex.cause)
-                    reason = f"objects could not be written: {ex.cause}"
-                    outcome = None
-                    time.sleep(0.005)
-                if outcome is not None:
-                    value, commit, snap = outcome
-                    return Committed(value, commit, snap, attempts)
-                if time.monotonic() >= until:
-                    raise StoreBusy(self.ref, time.monotonic() - started, attempts, reason)
+        # The deadline covers the wait for this process's other writers too.
+        if not self._writer.acquire(timeout=max(0.0, until - time.monotonic())):
+            raise StoreBusy(
+                self.ref, time.monotonic() - started, 0, "other writers in this process held it"
+            )
+        try:
+            with self._host_lock(until, started):
+                attempts = 0
+                reason = "the ref kept moving"
+                while True:
+                    attempts += 1
+                    try:
+                        outcome = self._attempt(change, subject, operation, identity, until)
+                    except _WriteFailed as ex:
+                        # NOTE: git's prune-packed (run by gc and maintenance)
+                        # removes empty objects/xx folders; libgit2 makes the
+                        # folder, then renames the object into it, so a write in
+                        # between fails. Writing the objects again is harmless.
+                        log.warning("writing state objects failed (%s); retrying", ex.cause)
+                        reason = f"objects could not be written: {ex.cause}"
+                        outcome = None
+                        time.sleep(0.005)
+                    if outcome is not None:
+                        value, commit, snap = outcome
+                        return Committed(value, commit, snap, attempts)
+                    if time.monotonic() >= until:
+                        raise StoreBusy(self.ref, time.monotonic() - started, attempts, reason)
+        finally:
+            self._writer.release()
 
     def _attempt(
         self,

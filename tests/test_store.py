@@ -458,3 +458,27 @@ def test_persistent_write_failure_reports_the_cause(
     with pytest.raises(StoreBusy, match=r"objects could not be written.*No space left"):
         store.transact(_set("a.yaml", n=1), subject="one", operation="x")
     assert store.head() is None
+
+
+def test_deadline_covers_waiting_for_other_threads(state_path: Path) -> None:
+    import threading
+
+    store = Store(state_path, deadline=10)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(draft):
+        inside.set()
+        release.wait(30)
+        draft.put("slow.yaml", {"schema_version": 1})
+
+    holder = threading.Thread(target=lambda: store.transact(slow, subject="slow", operation="x"))
+    holder.start()
+    assert inside.wait(30)
+    try:
+        with pytest.raises(StoreBusy, match="other writers in this process"):
+            store.transact(_set("a.yaml", n=1), subject="quick", operation="x", deadline=0.2)
+    finally:
+        release.set()
+        holder.join(30)
+    assert store.get("slow.yaml") is not None
+    assert store.get("a.yaml") is None
