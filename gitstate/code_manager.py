@@ -10,6 +10,7 @@ JSON shapes, which are part of the domain here: pipelines parse them.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,6 +109,8 @@ class CodeManager:
     def __init__(self, config: Config, store: Store, *, engine: Deployer | None = None) -> None:
         self.settings = DeploySettings.from_mapping(config.raw.get("deploy"))
         self.queue = DeployQueue(store, self.settings)
+        # Waits hold a server thread each; keep two threads free for the rest.
+        self._wait_slots = threading.BoundedSemaphore(max(1, config.threads - 2))
         self.file_sync = FileSyncService(config, store)
         self._config = config
         self._engine = engine
@@ -155,14 +158,23 @@ class CodeManager:
         )
         if not request.wait:
             return [entry.to_json() for entry in queued]
-        records = {
-            record["id"]: record
-            for record in self.queue.wait(
-                sorted({entry.deploy_id for entry in queued}), self.settings.wait_timeout
-            )
-        }
-        answers = [self._waited(entry, records.get(entry.deploy_id)) for entry in queued]
-        return self._wait_for_file_sync(answers)
+        ids = sorted({entry.deploy_id for entry in queued})
+        if not self._wait_slots.acquire(blocking=False):
+            # Every thread this process may spend waiting already waits: a
+            # waiting request holds a server thread, and filling them all
+            # would stop the server answering anything. Answer now.
+            records = {record["id"]: record for record in self.queue.records(ids)}
+            return [
+                self._waited(entry, records.get(entry.deploy_id), busy=True) for entry in queued
+            ]
+        try:
+            records = {
+                record["id"]: record for record in self.queue.wait(ids, self.settings.wait_timeout)
+            }
+            answers = [self._waited(entry, records.get(entry.deploy_id)) for entry in queued]
+            return self._wait_for_file_sync(answers)
+        finally:
+            self._wait_slots.release()
 
     def _wait_for_file_sync(self, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Hold a ``wait`` answer until every configured client has the new code.
@@ -179,7 +191,9 @@ class CodeManager:
             answer["error"] = self.file_sync.sync_timeout_error(late, answer["environment"])
         return answers
 
-    def _waited(self, entry: Requested, record: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _waited(
+        self, entry: Requested, record: Mapping[str, Any] | None, *, busy: bool = False
+    ) -> dict[str, Any]:
         answer: dict[str, Any] = {"environment": entry.environment, "id": entry.deploy_id}
         status = (record or {}).get("status", "queued")
         answer["status"] = status
@@ -194,12 +208,15 @@ class CodeManager:
             assert record is not None
             answer["error"] = record.get("error")
         else:
+            waited = (
+                "the server is already waiting for as many deploys as it may "
+                "(poll deploys/status?id=N)"
+                if busy
+                else f"after {self.settings.wait_timeout:g}s"
+            )
             answer["error"] = {
                 "kind": TIMEOUT,
-                "msg": (
-                    f"deploy of {entry.environment} was still {status} after "
-                    f"{self.settings.wait_timeout:g}s"
-                ),
+                "msg": f"deploy of {entry.environment} was still {status}: {waited}",
                 "details": {
                     "corrected-env-name": (record or {}).get("environment", entry.environment)
                 },

@@ -588,20 +588,29 @@ class Store:
                 return []
             tip = str(ref.target)
         ids = self._changed_by_git(tip, path, limit)
+        if ids is None:
+            return self._history_by_walk(ref.target, path, limit)
+        changes: list[Change] = []
+        for commit_id in ids:
+            # NOTE: the mutex is taken per commit, not for the whole list: a
+            # long history read must not hold up this process's writer while
+            # it holds the host lock every other process is waiting for.
+            with self._mutex:
+                commit = self._repo[commit_id]
+                mine = self._lookup(commit, path)
+                record = self._parse(mine, path, commit_id) if mine is not None else None
+                changes.append(_change(commit, codec.thaw(record)))
+        return changes
+
+    def _history_by_walk(self, tip: pygit2.Oid, path: str, limit: int | None) -> list[Change]:
         changes: list[Change] = []
         with self._mutex:
-            commits = (
-                (self._repo[commit_id] for commit_id in ids)
-                if ids is not None
-                else self._first_parent_chain(ref.target)
-            )
-            for commit in commits:
+            for commit in self._first_parent_chain(tip):
                 mine = self._lookup(commit, path)
-                if ids is None:
-                    parent = commit.parents[0] if commit.parents else None
-                    before = self._lookup(parent, path) if parent is not None else None
-                    if mine == before:
-                        continue
+                parent = commit.parents[0] if commit.parents else None
+                before = self._lookup(parent, path) if parent is not None else None
+                if mine == before:
+                    continue
                 record = self._parse(mine, path, str(commit.id)) if mine is not None else None
                 changes.append(_change(commit, codec.thaw(record)))
                 if limit is not None and len(changes) >= limit:

@@ -178,3 +178,38 @@ def test_deploy_history_is_readable_in_git(running: Running, tmp_path: Path) -> 
     assert log[-2].startswith("deploy-worker-0@")
     assert log[-2].endswith(" started deploying production (#1)")
     assert "deploy #1 of production complete" in log[0]
+
+
+def test_waits_never_take_every_server_thread(tmp_path: Path, sample: SampleRepos) -> None:
+    import threading
+    import time
+
+    config = deploy_config(tmp_path, sample, timeouts={"wait": 5})
+    config.threads = 3  # one thread may wait; two stay free for everything else
+    idle = Running(config)  # no worker: a wait lasts until its timeout
+    first: list = []
+    waiter = threading.Thread(
+        target=lambda: first.append(
+            idle.client.simulate_post(
+                f"{CM}/deploys", json={"environments": ["production"], "wait": True}
+            )
+        )
+    )
+    waiter.start()
+    # Bounded poll until the first request is waiting (its deploy is queued).
+    for _ in range(600):
+        if idle.services.code_manager.queue.active():
+            break
+        time.sleep(0.01)
+    second = idle.client.simulate_post(
+        f"{CM}/deploys", json={"environments": ["development"], "wait": True}
+    )
+    waiter.join(60)
+    (entry,) = second.json
+    assert entry["status"] == "queued"
+    assert entry["error"]["kind"] == "puppetlabs.code-manager/timeout"
+    assert "already waiting" in entry["error"]["msg"]
+    # The first request did wait, until its own timeout.
+    (waited,) = first[0].json
+    assert waited["error"]["kind"] == "puppetlabs.code-manager/timeout"
+    assert "after 5s" in waited["error"]["msg"]
