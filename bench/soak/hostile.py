@@ -12,6 +12,7 @@ live directories afterwards.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 
 import requests
@@ -106,6 +107,23 @@ def _probes(client: Client) -> dict[str, Callable[[], None]]:
             op.error = f"expected 200, got {response.status_code}: {response.text[:200]}"
             return
         entries = response.json()
+        # A busy server answers wait: true at once (queued, timeout kind):
+        # follow such deploys through deploys/status until they finish.
+        for index, entry in enumerate(entries):
+            if entry.get("status") in ("queued", "deploying") and "id" in entry:
+                until = time.monotonic() + WAIT_TIMEOUT
+                while time.monotonic() < until:
+                    _op, polled = client.call(
+                        "read-status",
+                        "GET",
+                        f"/code-manager/v1/deploys/status?id={entry['id']}",
+                        token=deployer,
+                    )
+                    body = polled.json() if polled is not None and polled.status_code == 200 else {}
+                    if body.get("status") in ("failed", "complete"):
+                        entries[index] = body
+                        break
+                    time.sleep(0.5)
         wrong = [
             entry
             for entry in entries
