@@ -126,22 +126,46 @@ def _scalar(value: Any, path: str) -> str:
     raise RecordError(path, f"cannot store a value of type {type(value).__name__}")
 
 
+#: Types that are certainly not containers; checked before the (slower) ABC test.
+_SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
+def _is_mapping(value: Any) -> bool:
+    # PERF: isinstance against the Mapping ABC costs a few microseconds per
+    # value, and a record has dozens; records are nearly always plain dicts.
+    kind = type(value)
+    if kind is dict:
+        return True
+    if kind in _SCALAR_TYPES or kind is list:
+        return False
+    return isinstance(value, Mapping)
+
+
+def _is_container(value: Any) -> bool:
+    kind = type(value)
+    if kind is dict or kind is list:
+        return True
+    if kind in _SCALAR_TYPES:
+        return False
+    return isinstance(value, Mapping | list | tuple)
+
+
 def _block(value: Any, indent: int, out: list[str], path: str) -> None:
     """Append the block-style lines of a non-empty mapping or sequence."""
     pad = " " * indent
-    if isinstance(value, Mapping):
+    if _is_mapping(value):
         for key, item in value.items():
             if not isinstance(key, str) or len(key) > _MAX_KEY:
                 raise RecordError(path, f"keys must be strings of at most {_MAX_KEY} characters")
             head = f"{pad}{_string(key, path)}:"
-            if isinstance(item, Mapping | list | tuple) and item:
+            if _is_container(item) and item:
                 out.append(head)
-                _block(item, indent + 2 if isinstance(item, Mapping) else indent, out, path)
+                _block(item, indent + 2 if _is_mapping(item) else indent, out, path)
             else:
                 out.append(f"{head} {_inline(item, path)}")
         return
     for item in value:
-        if isinstance(item, Mapping | list | tuple) and item:
+        if _is_container(item) and item:
             start = len(out)
             _block(item, indent + 2, out, path)
             out[start] = f"{pad}- {out[start][indent + 2 :]}"
@@ -150,7 +174,7 @@ def _block(value: Any, indent: int, out: list[str], path: str) -> None:
 
 
 def _inline(value: Any, path: str) -> str:
-    if isinstance(value, Mapping):
+    if _is_mapping(value):
         return "{}"
     if isinstance(value, list | tuple):
         return "[]"
@@ -159,7 +183,7 @@ def _inline(value: Any, path: str) -> str:
 
 def _ordered(value: Any, top: bool = False) -> Any:
     """Return ``value`` with every mapping's keys in canonical order."""
-    if isinstance(value, Mapping):
+    if _is_mapping(value):
         keys = sorted(value, key=str)
         if top and SCHEMA_KEY in value:
             keys.remove(SCHEMA_KEY)
