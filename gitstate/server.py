@@ -16,6 +16,7 @@ import signal
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger as GunicornLogger
 
 from gitstate import logs, metrics
 from gitstate.config import Config
@@ -47,6 +48,7 @@ class GitstateServer(BaseApplication):  # type: ignore[misc]
             "proc_name": "gitstate",
             "child_exit": _child_exit,
             "post_worker_init": _post_worker_init,
+            "logger_class": _Logger,
             # gunicorn's own lines in the same format as the app's (JSON by default).
             "logconfig_dict": logs.dict_config(
                 logs.LogSettings.from_mapping(self._gitstate_config.raw.get("logging"))
@@ -66,6 +68,17 @@ class GitstateServer(BaseApplication):  # type: ignore[misc]
         from gitstate.web.app import create_app
 
         return create_app(Config.load(self._config_path))
+
+
+class _Logger(GunicornLogger):  # type: ignore[misc]
+    """gunicorn's logger without its access line: the web layer writes its own.
+
+    PERF: silencing ``gunicorn.access`` by level is not enough, since
+    gunicorn formats every request's atoms before it asks the logger.
+    """
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        """Write nothing (see :mod:`gitstate.web.requestlog`)."""
 
 
 def _post_worker_init(worker: Any) -> None:
