@@ -95,9 +95,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--shared", action="store_true", help="all clients on one gate")
+    parser.add_argument(
+        "--dir",
+        default=None,
+        help="scratch folder for both repositories (default: the system's temp dir); "
+        "a tmpfs such as /dev/shm leaves out the disk, whose speed on a shared "
+        "machine can change several-fold from one minute to the next",
+    )
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="gates-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="gates-bench-", dir=args.dir) as tmp:
         root = Path(tmp)
         # The raw rate is measured before and after the HTTP run and averaged:
         # on a shared two-core machine it drifts by tens of percent.
@@ -189,6 +196,7 @@ def main() -> None:
     print(f"  acquire+release pairs: {(commits / 2) / elapsed:8.0f} /s")
     print(f"ratio to raw:            {commit_rate / raw:8.1%}")
     print(f"latency p50 / p99:       {p50:6.1f} ms / {p99:6.1f} ms")
+    print(f"scratch folder on:       {args.dir or tempfile.gettempdir()}")
 
 
 if __name__ == "__main__":
