@@ -782,8 +782,11 @@ class Store:
 
         prepared = self._prepare(counted, subject) if self._optimism.worth_trying() else None
         if prepared is not None and not prepared.blobs:
-            # Nothing to write: the answer stands as of the snapshot it read.
-            return Committed(prepared.value, None, prepared.draft._base, runs)
+            # Nothing to write: the answer stands if the tip reads the same.
+            tip = self.snapshot()
+            if prepared.draft.reads_same_on(tip):
+                return Committed(prepared.value, None, tip, runs)
+            prepared = None
         # The deadline covers the wait for this process's other writers too.
         if not self._writer.acquire(timeout=max(0.0, until - time.monotonic())):
             raise StoreBusy(
@@ -816,15 +819,28 @@ class Store:
             self._writer.release()
 
     def _prepare(self, change: Callable[[Draft], T], subject: str) -> _Prepared[T] | None:
-        """Apply ``change`` to the tip without the writer locks and store its blobs.
+        """Apply ``change`` without the writer locks and store its blobs.
 
-        Exceptions from the change function propagate: the state it read
-        was the tip, so refusing on it is a correct answer. None means the
-        blobs could not be written (the locked path will try again).
+        The change is applied to the latest snapshot this process knows,
+        without reading the ref: whether it is still the tip is settled
+        when the result is used (:meth:`Draft.reads_same_on`). Exceptions
+        from the change function propagate; they are answers about state
+        that was the tip a moment ago, unless this process has not seen the
+        tip yet, in which case the change runs again on the tip to be sure.
+        None means the blobs could not be written (the locked path will try
+        again).
         """
         with self._mutex:
-            draft = Draft(self._snapshot_of(self._lookup_ref()), subject)
-            value = change(draft)
+            known = self._latest
+            draft = Draft(known if known is not None else self.snapshot(), subject)
+            try:
+                value = change(draft)
+            except Exception:
+                tip = self.snapshot()
+                if known is None or tip.commit == known.commit:
+                    raise
+                draft = Draft(tip, subject)
+                value = change(draft)
             try:
                 blobs = self._write_blobs(draft.changes)
             except (pygit2.GitError, OSError):

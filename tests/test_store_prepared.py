@@ -185,3 +185,60 @@ def test_optimism_backs_off_under_contention_and_probes_again() -> None:
     for _ in range(30):
         optimism.record(True)
     assert all(optimism.worth_trying() for _ in range(8))
+
+
+def test_a_refusal_on_a_stale_view_is_checked_against_the_tip(state_path: Path) -> None:
+    store, other = Store(state_path), Store(state_path)
+    _seed(store, {"a.yaml": {"n": 1}})
+    assert store.get("a.yaml") is not None  # this process now knows the tip
+    _seed(other, {"ticket.yaml": {"holder": "other"}})  # which then moves elsewhere
+
+    def release(draft: Draft) -> str:
+        ticket = draft.get("ticket.yaml")
+        if ticket is None:
+            raise LookupError("no such ticket")
+        draft.delete("ticket.yaml")
+        return ticket["holder"]
+
+    done = store.transact(release, subject="release", operation="test.release")
+
+    assert done.value == "other"
+    assert store.get("ticket.yaml") is None
+
+
+def test_an_answer_without_writes_reflects_the_tip(state_path: Path) -> None:
+    store, other = Store(state_path), Store(state_path)
+    _seed(store, {"gate.yaml": {"state": "open"}})
+    assert store.get("gate.yaml")["state"] == "open"
+    _seed(other, {"gate.yaml": {"state": "closed"}})
+
+    def take(draft: Draft) -> str:
+        gate = draft.get("gate.yaml")
+        if gate["state"] == "closed":
+            return "denied"
+        draft.put("gate.yaml", {**gate, "holder": "me"})
+        return "ok"
+
+    done = store.transact(take, subject="take", operation="test.take")
+
+    assert done.value == "denied"
+    assert store.get("gate.yaml") == {"schema_version": 1, "state": "closed"}
+
+
+def test_a_stale_denial_is_not_the_answer(state_path: Path) -> None:
+    store, other = Store(state_path), Store(state_path)
+    _seed(store, {"gate.yaml": {"state": "closed"}})
+    assert store.get("gate.yaml")["state"] == "closed"
+    _seed(other, {"gate.yaml": {"state": "open"}})
+
+    def take(draft: Draft) -> str:
+        gate = draft.get("gate.yaml")
+        if gate["state"] == "closed":
+            return "denied"
+        draft.put("gate.yaml", {**gate, "holder": "me"})
+        return "ok"
+
+    done = store.transact(take, subject="take", operation="test.take")
+
+    assert done.value == "ok"
+    assert store.get("gate.yaml")["holder"] == "me"
