@@ -424,9 +424,10 @@ class _Optimism:
 
     Writers that all change one record (a counter) find the tip moved under
     nearly every prepared change, and preparing then only doubles the work.
-    The success rate is kept as a moving average; below a third, changes
-    are made under the lock, with a probe every sixteenth transaction to
-    notice when the contention is over.
+    The success rate is kept as a moving average that forgets quickly (four
+    misses in a row turn preparing off, one probe that works turns it back
+    on); below a third, changes are made under the lock, with a probe every
+    sixteenth transaction to notice when the contention is over.
     """
 
     THRESHOLD = 0.33
@@ -448,7 +449,7 @@ class _Optimism:
 
     def record(self, reused: bool) -> None:
         """Note whether a prepared change could be committed as it was."""
-        self.rate = 0.9 * self.rate + (0.1 if reused else 0.0)
+        self.rate = 0.7 * self.rate + (0.3 if reused else 0.0)
 
 
 class Store:
