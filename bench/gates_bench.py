@@ -87,6 +87,34 @@ def client(port: int, gate: str, until: float, latencies: list[float], counts: l
     conn.close()
 
 
+def health_rate(port: int, clients: int, seconds: float) -> float:
+    """Return requests/s of ``GET /internal/health`` with ``clients`` threads.
+
+    The same clients, server and connections as the test-and-set run, but
+    an answer that touches no state: what HTTP alone costs on this machine.
+    """
+    counts: list[int] = []
+    until = time.perf_counter() + seconds
+
+    def hammer() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        done = 0
+        while time.perf_counter() < until:
+            conn.request("GET", "/internal/health")
+            conn.getresponse().read()
+            done += 1
+        counts.append(done)
+        conn.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=hammer) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -94,6 +122,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--floor-seconds", type=float, default=4.0, help="length of the GET /internal/health run"
+    )
     parser.add_argument("--shared", action="store_true", help="all clients on one gate")
     parser.add_argument(
         "--dir",
@@ -168,6 +199,7 @@ def main() -> None:
             for thread in threads:
                 thread.join()
             elapsed = time.perf_counter() - started
+            floor = health_rate(port, args.clients, args.floor_seconds)
         finally:
             server.terminate()
             server.wait(30)
@@ -195,6 +227,10 @@ def main() -> None:
     print(f"  of which commits:      {commit_rate:8.0f} commits/s ({sum(denied)} denied)")
     print(f"  acquire+release pairs: {(commits / 2) / elapsed:8.0f} /s")
     print(f"ratio to raw:            {commit_rate / raw:8.1%}")
+    print(
+        f"HTTP floor (GET health): {floor:8.0f} requests/s = {floor / raw:.0%} of raw "
+        f"(test-and-set runs at {rate / floor:.0%} of it)"
+    )
     print(f"latency p50 / p99:       {p50:6.1f} ms / {p99:6.1f} ms")
     print(f"scratch folder on:       {args.dir or tempfile.gettempdir()}")
 
