@@ -8,12 +8,14 @@ pygit2. It offers three things:
 * **Snapshots.** A :class:`Snapshot` is the state at one commit. The latest
   one is cached per process and brought forward by a tree diff when the ref
   moves, and parsed records are cached by blob id, which can never be stale.
-* **Transactions.** :meth:`Store.transact` applies a change function to the
-  tip snapshot, writes only the blobs and trees on changed paths, commits,
-  and advances the ref by compare-and-swap. If another writer got there
-  first the change function runs again on the new tip. Writers on one host
-  queue on an ``flock`` so that they do not storm the ref; the CAS still
-  guards against writers we do not know about. A ``.lock`` file left by a
+* **Transactions.** :meth:`Store.transact` applies a change function to a
+  snapshot and writes its blobs before taking any lock; under the locks it
+  keeps that work if what the change read is unchanged at the tip (and runs
+  the change again on the tip otherwise), writes only the trees on changed
+  paths, commits, and advances the ref by compare-and-swap. If another
+  writer got there first the change function runs again on the new tip.
+  Writers on one host queue on an ``flock`` so that they do not storm the
+  ref; the CAS still guards against writers we do not know about. A ``.lock`` file left by a
   killed process is removed once it is old enough to be certainly dead.
 * **The past.** State at a commit or at a point in time, and the history of
   one record, read from the first-parent chain of the branch.
