@@ -60,6 +60,13 @@ def _build() -> dict[str, Any]:
             "Compare-and-swap attempts on the state branch that found the ref moved.",
             registry=registry,
         ),
+        "prepared": Counter(
+            "gitstate_state_prepared",
+            "Changes prepared before the writer lock, by whether they could be "
+            "committed as prepared (kept) or had to run again on a newer tip (redone).",
+            ["outcome"],
+            registry=registry,
+        ),
         "requests": Counter(
             "gitstate_http_requests",
             "HTTP requests answered, by method, route template and status code.",
@@ -117,6 +124,11 @@ def state_committed(operation: str) -> None:
 def cas_conflict() -> None:
     """Count one compare-and-swap that found the state ref moved."""
     _record("conflicts", (), "inc")
+
+
+def prepared_change(kept: bool) -> None:
+    """Count one change prepared before the writer lock, kept or redone."""
+    _record("prepared", ("kept" if kept else "redone",), "inc")
 
 
 def http_request(method: str, route: str, status: int, seconds: float) -> None:

@@ -870,6 +870,7 @@ class Store:
             reused = prepared is not None and prepared.draft.reads_same_on(base)
             if prepared is not None:
                 self._optimism.record(reused)
+                metrics.prepared_change(reused)
             if reused:
                 assert prepared is not None
                 draft, value, blobs = prepared.draft, prepared.value, prepared.blobs

@@ -242,3 +242,31 @@ def test_a_stale_denial_is_not_the_answer(state_path: Path) -> None:
 
     assert done.value == "ok"
     assert store.get("gate.yaml")["holder"] == "me"
+
+
+def test_prepared_changes_are_counted_as_kept_or_redone(state_path: Path) -> None:
+    from gitstate import metrics
+    from tests.test_metrics import total
+
+    def scrape() -> tuple[float, float]:
+        text = metrics.exposition()[0].decode()
+        name = "gitstate_state_prepared_total"
+        return total(text, name, outcome="kept"), total(text, name, outcome="redone")
+
+    store, other = Store(state_path), Store(state_path)
+    _seed(store, {"counter.yaml": {"value": 1}})
+    kept, redone = scrape()
+    interfere = _interfere_once(other, "counter.yaml", value=10)
+
+    def increment(draft: Draft) -> None:
+        record = draft.get("counter.yaml")
+        interfere()
+        record["value"] += 1
+        draft.put("counter.yaml", record)
+
+    # The first increment is redone; the other writer's change, made while it
+    # was being prepared, and the second increment are kept.
+    store.transact(increment, subject="increment", operation="test.increment")
+    store.transact(increment, subject="increment", operation="test.increment")
+
+    assert scrape() == (kept + 2, redone + 1)
