@@ -87,6 +87,20 @@ def client(port: int, gate: str, until: float, latencies: list[float], counts: l
     conn.close()
 
 
+def prepared_outcomes(port: int) -> dict[str, float]:
+    """Return the server's ``gitstate_state_prepared_total`` by outcome (from /metrics)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("gitstate_state_prepared_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            found[outcome] = found.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found
+
+
 def health_rate(port: int, clients: int, seconds: float) -> float:
     """Return requests/s of ``GET /internal/health`` with ``clients`` threads.
 
@@ -199,6 +213,7 @@ def main() -> None:
             for thread in threads:
                 thread.join()
             elapsed = time.perf_counter() - started
+            prepared = prepared_outcomes(port)
             floor = health_rate(port, args.clients, args.floor_seconds)
         finally:
             server.terminate()
@@ -232,6 +247,10 @@ def main() -> None:
         f"(test-and-set runs at {rate / floor:.0%} of it)"
     )
     print(f"latency p50 / p99:       {p50:6.1f} ms / {p99:6.1f} ms")
+    print(
+        f"prepared before the lock: {prepared.get('kept', 0):.0f} kept, "
+        f"{prepared.get('redone', 0):.0f} redone"
+    )
     print(f"scratch folder on:       {args.dir or tempfile.gettempdir()}")
 
 
