@@ -224,6 +224,12 @@ class Snapshot:
         """Return the path → blob id index, materialising it if needed."""
         if self._index is not None:
             return self._index
+        with self._store._mutex:
+            return self._materialise()
+
+    def _materialise(self) -> dict[str, pygit2.Oid]:
+        if self._index is not None:
+            return self._index  # another thread got here first
         chain: list[Snapshot] = []
         node: Snapshot | None = self
         while node is not None and node._index is None:
@@ -616,8 +622,9 @@ class Store:
         if old is None:
             index.update(self._walk(new))
             return
-        diff = self._repo.diff(old.tree, new.tree)
-        for delta in diff.deltas:
+        with self._mutex:
+            deltas = list(self._repo.diff(old.tree, new.tree).deltas)
+        for delta in deltas:
             if delta.old_file.mode == FileMode.BLOB:
                 index.pop(delta.old_file.path, None)
             if delta.new_file.mode == FileMode.BLOB:
@@ -833,17 +840,20 @@ class Store:
         None means the blobs could not be written (the locked path will try
         again).
         """
+        # The change function runs without the mutex (reads take it call by
+        # call), so a slow one holds up neither readers nor other writers.
         with self._mutex:
             known = self._latest
-            draft = Draft(known if known is not None else self.snapshot(), subject)
-            try:
-                value = change(draft)
-            except Exception:
-                tip = self.snapshot()
-                if known is None or tip.commit == known.commit:
-                    raise
-                draft = Draft(tip, subject)
-                value = change(draft)
+        draft = Draft(known if known is not None else self.snapshot(), subject)
+        try:
+            value = change(draft)
+        except Exception:
+            tip = self.snapshot()
+            if known is None or tip.commit == known.commit:
+                raise
+            draft = Draft(tip, subject)
+            value = change(draft)
+        with self._mutex:
             try:
                 blobs = self._write_blobs(draft.changes)
             except (pygit2.GitError, OSError):
@@ -867,16 +877,18 @@ class Store:
         with self._mutex:
             ref = self._lookup_ref()
             base = self._snapshot_of(ref)
-            reused = prepared is not None and prepared.draft.reads_same_on(base)
-            if prepared is not None:
-                self._optimism.record(reused)
-                metrics.prepared_change(reused)
-            if reused:
-                assert prepared is not None
-                draft, value, blobs = prepared.draft, prepared.value, prepared.blobs
-            else:
-                draft = Draft(base, subject)
-                value = change(draft)
+        reused = prepared is not None and prepared.draft.reads_same_on(base)
+        if prepared is not None:
+            self._optimism.record(reused)
+            metrics.prepared_change(reused)
+        if reused:
+            assert prepared is not None
+            draft, value, blobs = prepared.draft, prepared.value, prepared.blobs
+        else:
+            # Without the mutex, as in _prepare; the writer locks are held.
+            draft = Draft(base, subject)
+            value = change(draft)
+        with self._mutex:
             try:
                 if not reused:
                     blobs = self._write_blobs(draft.changes)

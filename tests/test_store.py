@@ -460,10 +460,15 @@ def test_persistent_write_failure_reports_the_cause(
     assert store.head() is None
 
 
-def test_deadline_covers_waiting_for_other_threads(state_path: Path) -> None:
+def test_deadline_covers_waiting_for_other_threads(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import threading
 
     store = Store(state_path, deadline=10)
+    # Changes run under the writer lock here, as they do when preparing them
+    # first does not pay (see tests/test_store_prepared.py for the other path).
+    monkeypatch.setattr(store._optimism, "worth_trying", lambda: False)
     inside, release = threading.Event(), threading.Event()
 
     def slow(draft):

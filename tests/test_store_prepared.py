@@ -270,3 +270,34 @@ def test_prepared_changes_are_counted_as_kept_or_redone(state_path: Path) -> Non
     store.transact(increment, subject="increment", operation="test.increment")
 
     assert scrape() == (kept + 2, redone + 1)
+
+
+def test_a_slow_change_being_prepared_holds_up_no_other_writer(state_path: Path) -> None:
+    import threading
+
+    store = Store(state_path, deadline=10)
+    _seed(store, {"a.yaml": {"n": 0}})
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(draft: Draft) -> None:
+        inside.set()
+        release.wait(30)
+        draft.put("slow.yaml", {"schema_version": 1})
+
+    holder = threading.Thread(target=lambda: store.transact(slow, subject="slow", operation="x"))
+    holder.start()
+    assert inside.wait(30)
+    try:
+
+        def quick(draft: Draft) -> None:
+            draft.put("a.yaml", {"schema_version": 1, "n": 1})
+
+        # A short deadline: the quick write must not wait for the slow one.
+        done = store.transact(quick, subject="quick", operation="x", deadline=2)
+        assert store.get("a.yaml")["n"] == 1  # readers are not held up either
+    finally:
+        release.set()
+        holder.join(30)
+    assert done.commit is not None
+    assert store.get("slow.yaml") is not None
+    assert _subjects(store) == ["slow", "quick", "seed"]
