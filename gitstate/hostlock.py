@@ -26,6 +26,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from gitstate.errors import GitStateError
+
 _IDLE, _WANTED, _HELD, _ABANDONED = "idle", "wanted", "held", "abandoned"
 
 
@@ -147,20 +149,55 @@ def environment_lock_path(lockdir: Path, environment: str) -> Path:
     return lockdir / f"{environment}.lock"
 
 
+class LockTimeout(GitStateError, TimeoutError):
+    """Another process held a lock file for longer than the caller would wait."""
+
+    def __init__(self, path: Path, waited: float) -> None:
+        self.path = path
+        self.waited = waited
+        super().__init__(f"{path} was held by another process for {waited:.1f}s")
+
+
 @contextlib.contextmanager
-def flocked(path: Path) -> Iterator[None]:
+def flocked(path: Path, timeout: float | None = None) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (created if needed), waiting for it.
 
     Each call opens the file anew, so threads of one process exclude each
     other too (an ``flock`` belongs to an open file, not to a process).
+
+    Args:
+        path: the lock file.
+        timeout: seconds to wait at most; None waits as long as it takes.
+            The wait polls, so keep bounded waits for locks taken seldom.
+
+    Raises:
+        LockTimeout: ``timeout`` passed with the lock still held elsewhere.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if timeout is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            _flock_within(fd, path, timeout)
         yield
     finally:
         os.close(fd)
+
+
+def _flock_within(fd: int, path: Path, timeout: float) -> None:
+    started = time.monotonic()
+    delay = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            waited = time.monotonic() - started
+            if waited >= timeout:
+                raise LockTimeout(path, waited) from None
+            time.sleep(min(delay, timeout - waited))
+            delay = min(delay * 2, 0.05)
 
 
 #: Age after which a ref's ``.lock`` file is taken to be a dead writer's.

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import posixpath
 import random
@@ -53,7 +54,9 @@ import pygit2
 from pygit2.enums import FileMode
 
 from gitstate.errors import GitStateError
-from gitstate.hostlock import break_stale_ref_locks, flocked
+from gitstate.hostlock import LockTimeout, break_stale_ref_locks, flocked
+
+log = logging.getLogger(__name__)
 
 CODE_REF = "refs/heads/code"
 ENVIRONMENT_REF_PREFIX = "refs/environments/"
@@ -102,10 +105,12 @@ class UnsafeEntry(GitStateError, ValueError):
 class PublishConflict(GitStateError, TimeoutError):
     """The code ref could not be advanced before the deadline."""
 
-    def __init__(self, ref: str, attempts: int) -> None:
+    def __init__(self, ref: str, attempts: int, reason: str | None = None) -> None:
         self.ref = ref
         self.attempts = attempts
-        super().__init__(f"could not update {ref} after {attempts} attempts")
+        self.reason = reason
+        detail = f"could not update {ref} after {attempts} attempts"
+        super().__init__(f"{detail}: {reason}" if reason else detail)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,9 +175,16 @@ class Storage:
     handle) and across forks.
     """
 
-    def __init__(self, path: Path, *, deadline: float = 30.0) -> None:
+    #: Longest wait for another publisher (or maintenance, whose ``git gc``
+    #: holds the publishers' lock throughout) before a publish gives up.
+    LOCK_TIMEOUT = 600.0
+
+    def __init__(
+        self, path: Path, *, deadline: float = 30.0, lock_timeout: float = LOCK_TIMEOUT
+    ) -> None:
         self.path = Path(path)
         self.deadline = deadline
+        self.lock_timeout = lock_timeout
         init_storage(self.path)
         self._local = threading.local()
         self._memo: dict[tuple[bytes, bool], Imported] = {}
@@ -469,40 +481,49 @@ class Storage:
         Raises:
             PublishConflict: the ref could not be advanced before the deadline.
         """
-        until = time.monotonic() + self.deadline
+        try:
+            with self._host_lock(self.lock_timeout):
+                until = time.monotonic() + self.deadline
+                return self._publish_locked(updates, message, until)
+        except LockTimeout as ex:
+            raise PublishConflict(
+                CODE_REF, 0, f"another publisher held {ex.path.name} for {ex.waited:.1f}s"
+            ) from ex
+
+    def _publish_locked(
+        self, updates: Mapping[str, Published | None], message: str, until: float
+    ) -> str | None:
         attempts = 0
         delay = 0.001
-        with self._host_lock():
-            while True:
-                attempts += 1
-                repo = self.repo
-                tip = self.code_commit()
-                base = repo[tip].peel(pygit2.Commit).tree if tip else None
-                manifest = _read_manifest(repo, base) if base is not None else {}
-                envs_entry = (
-                    base[ENVIRONMENTS_DIR]
-                    if base is not None and ENVIRONMENTS_DIR in base
-                    else None
-                )
-                envs = (
-                    repo.TreeBuilder(repo[envs_entry.id])
-                    if envs_entry is not None
-                    else repo.TreeBuilder()
-                )
-                for env, item in updates.items():
-                    if item is None:
-                        if env in manifest:
-                            manifest.pop(env)
-                        if envs.get(env) is not None:
-                            envs.remove(env)
-                    else:
-                        manifest[env] = {
-                            "commit": item.commit,
-                            "tree": item.tree,
-                            "signature": item.signature,
-                            "deploy_key": item.deploy_key,
-                        }
-                        envs.insert(env, pygit2.Oid(hex=item.tree), FileMode.TREE)
+        while True:
+            attempts += 1
+            repo = self.repo
+            tip = self.code_commit()
+            base = repo[tip].peel(pygit2.Commit).tree if tip else None
+            manifest = _read_manifest(repo, base) if base is not None else {}
+            envs_entry = (
+                base[ENVIRONMENTS_DIR] if base is not None and ENVIRONMENTS_DIR in base else None
+            )
+            envs = (
+                repo.TreeBuilder(repo[envs_entry.id])
+                if envs_entry is not None
+                else repo.TreeBuilder()
+            )
+            for env, item in updates.items():
+                if item is None:
+                    if env in manifest:
+                        manifest.pop(env)
+                    if envs.get(env) is not None:
+                        envs.remove(env)
+                else:
+                    manifest[env] = {
+                        "commit": item.commit,
+                        "tree": item.tree,
+                        "signature": item.signature,
+                        "deploy_key": item.deploy_key,
+                    }
+                    envs.insert(env, pygit2.Oid(hex=item.tree), FileMode.TREE)
+            try:
                 root = repo.TreeBuilder(base) if base is not None else repo.TreeBuilder()
                 root.insert(ENVIRONMENTS_DIR, envs.write(), FileMode.TREE)
                 root.insert(MANIFEST, repo.create_blob(_manifest_bytes(manifest)), FileMode.BLOB)
@@ -512,14 +533,23 @@ class Storage:
                 sig = self.signature()
                 parents = [pygit2.Oid(hex=tip)] if tip else []
                 commit = repo.create_commit(None, sig, sig, message, tree, parents)
-                if self._advance(tip, commit, message):
-                    return str(commit)
-                # We hold the publishers' host lock: an old .lock is a dead writer's.
-                break_stale_ref_locks(self.path, CODE_REF)
+            except (pygit2.GitError, OSError) as ex:
+                # NOTE: git's prune-packed (maintenance) may remove an empty
+                # objects/xx folder between libgit2 making it and renaming
+                # an object into it; writing the objects again is harmless.
                 if time.monotonic() > until:
-                    raise PublishConflict(CODE_REF, attempts)
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 0.05)
+                    raise PublishConflict(CODE_REF, attempts, f"objects not written: {ex}") from ex
+                log.warning("writing the code-commit failed (%s); retrying", ex)
+                time.sleep(0.005)
+                continue
+            if self._advance(tip, commit, message):
+                return str(commit)
+            # We hold the publishers' host lock: an old .lock is a dead writer's.
+            break_stale_ref_locks(self.path, CODE_REF)
+            if time.monotonic() > until:
+                raise PublishConflict(CODE_REF, attempts)
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.05)
 
     def _advance(self, tip: str | None, commit: pygit2.Oid, message: str) -> bool:
         repo = self.repo
@@ -536,9 +566,9 @@ class Storage:
         except (pygit2.AlreadyExistsError, pygit2.GitError, OSError):
             return False
 
-    def _host_lock(self) -> contextlib.AbstractContextManager[None]:
+    def _host_lock(self, timeout: float) -> contextlib.AbstractContextManager[None]:
         """Serialise this host's publishers so they do not storm the ref."""
-        return flocked(self.path / "gitstate-code.lock")
+        return flocked(self.path / "gitstate-code.lock", timeout)
 
     # -- reading trees back ---------------------------------------------------------------
 
