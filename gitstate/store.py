@@ -15,8 +15,9 @@ pygit2. It offers three things:
   paths, commits, and advances the ref by compare-and-swap. If another
   writer got there first the change function runs again on the new tip.
   Writers on one host queue on an ``flock`` so that they do not storm the
-  ref; the CAS still guards against writers we do not know about. A ``.lock`` file left by a
-  killed process is removed once it is old enough to be certainly dead.
+  ref; the CAS still guards against writers we do not know about. A
+  ``.lock`` file left by a killed process is removed once it is old enough
+  to be certainly dead.
 * **The past.** State at a commit or at a point in time, and the history of
   one record, read from the first-parent chain of the branch.
 """
