@@ -167,37 +167,32 @@ def flocked(path: Path, timeout: float | None = None) -> Iterator[None]:
 
     Args:
         path: the lock file.
-        timeout: seconds to wait at most; None waits as long as it takes.
-            The wait polls, so keep bounded waits for locks taken seldom.
+        timeout: seconds to wait at most (through a :class:`HostLock`);
+            None waits as long as it takes.
 
     Raises:
         LockTimeout: ``timeout`` passed with the lock still held elsewhere.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    if timeout is not None:
+        lock = HostLock(path)
+        try:
+            started = time.monotonic()
+            if not lock.acquire(timeout):
+                raise LockTimeout(path, time.monotonic() - started)
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            lock.close()
+        return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        if timeout is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        else:
-            _flock_within(fd, path, timeout)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
-
-
-def _flock_within(fd: int, path: Path, timeout: float) -> None:
-    started = time.monotonic()
-    delay = 0.001
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            waited = time.monotonic() - started
-            if waited >= timeout:
-                raise LockTimeout(path, waited) from None
-            time.sleep(min(delay, timeout - waited))
-            delay = min(delay * 2, 0.05)
 
 
 #: Age after which a ref's ``.lock`` file is taken to be a dead writer's.
