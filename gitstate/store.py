@@ -849,8 +849,10 @@ class Store:
         try:
             value = change(draft)
         except Exception:
+            if known is None:
+                raise  # the draft was built on the tip itself
             tip = self.snapshot()
-            if known is None or tip.commit == known.commit:
+            if tip.commit == known.commit:
                 raise
             draft = Draft(tip, subject)
             value = change(draft)
