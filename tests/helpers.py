@@ -1,12 +1,16 @@
-"""Small helpers for tests: free ports, the real git CLI, waiting for servers."""
+"""Small helpers for tests: free ports, the real git CLI, waiting for servers, slow writers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -41,3 +45,28 @@ def wait_for_http(url: str, timeout: float = 30.0) -> requests.Response:
             last = ex
             time.sleep(0.1)
     raise AssertionError(f"{url} did not answer within {timeout}s: {last}")
+
+
+@contextlib.contextmanager
+def slow_transaction(store: Any, path: str = "slow.yaml") -> Iterator[None]:
+    """Keep a transaction of ``store`` inside its change function while the block runs.
+
+    Another thread starts the transaction; the block runs once its change
+    function has been entered, and when the block ends the change writes
+    ``path`` and the thread is joined.
+    """
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(draft: Any) -> None:
+        inside.set()
+        release.wait(30)
+        draft.put(path, {"schema_version": 1})
+
+    holder = threading.Thread(target=lambda: store.transact(slow, subject="slow", operation="x"))
+    holder.start()
+    try:
+        assert inside.wait(30), "the slow change function never ran"
+        yield
+    finally:
+        release.set()
+        holder.join(30)

@@ -12,7 +12,7 @@ import pytest
 from gitstate import codec
 from gitstate.codec import RecordError
 from gitstate.store import Identity, PathError, RevisionNotFound, Store, StoreBusy
-from tests.helpers import git
+from tests.helpers import git, slow_transaction
 
 
 def _set(path: str, **fields: object):
@@ -463,27 +463,14 @@ def test_persistent_write_failure_reports_the_cause(
 def test_deadline_covers_waiting_for_other_threads(
     state_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threading
-
     store = Store(state_path, deadline=10)
     # Changes run under the writer lock here, as they do when preparing them
     # first does not pay (see tests/test_store_prepared.py for the other path).
     monkeypatch.setattr(store._optimism, "worth_trying", lambda: False)
-    inside, release = threading.Event(), threading.Event()
-
-    def slow(draft):
-        inside.set()
-        release.wait(30)
-        draft.put("slow.yaml", {"schema_version": 1})
-
-    holder = threading.Thread(target=lambda: store.transact(slow, subject="slow", operation="x"))
-    holder.start()
-    assert inside.wait(30)
-    try:
-        with pytest.raises(StoreBusy, match="other writers in this process"):
-            store.transact(_set("a.yaml", n=1), subject="quick", operation="x", deadline=0.2)
-    finally:
-        release.set()
-        holder.join(30)
+    with (
+        slow_transaction(store),
+        pytest.raises(StoreBusy, match="other writers in this process"),
+    ):
+        store.transact(_set("a.yaml", n=1), subject="quick", operation="x", deadline=0.2)
     assert store.get("slow.yaml") is not None
     assert store.get("a.yaml") is None

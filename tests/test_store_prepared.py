@@ -15,6 +15,7 @@ import pytest
 
 from gitstate.hostlock import HostLock
 from gitstate.store import Draft, Store, _Optimism
+from tests.helpers import slow_transaction
 
 
 def _seed(store: Store, records: dict[str, dict[str, Any]]) -> None:
@@ -42,6 +43,15 @@ def _interfere_once(other: Store, path: str, **fields: Any):
         other.transact(change, subject=f"other writer sets {path}", operation="test.other")
 
     return interfere
+
+
+def _take(draft: Draft) -> str:
+    """Take gate.yaml unless it is closed (a test-and-set in miniature)."""
+    gate = draft.get("gate.yaml")
+    if gate["state"] == "closed":
+        return "denied"
+    draft.put("gate.yaml", {**gate, "holder": "me"})
+    return "ok"
 
 
 def _subjects(store: Store) -> list[str]:
@@ -212,14 +222,7 @@ def test_an_answer_without_writes_reflects_the_tip(state_path: Path) -> None:
     assert store.get("gate.yaml")["state"] == "open"
     _seed(other, {"gate.yaml": {"state": "closed"}})
 
-    def take(draft: Draft) -> str:
-        gate = draft.get("gate.yaml")
-        if gate["state"] == "closed":
-            return "denied"
-        draft.put("gate.yaml", {**gate, "holder": "me"})
-        return "ok"
-
-    done = store.transact(take, subject="take", operation="test.take")
+    done = store.transact(_take, subject="take", operation="test.take")
 
     assert done.value == "denied"
     assert store.get("gate.yaml") == {"schema_version": 1, "state": "closed"}
@@ -231,14 +234,7 @@ def test_a_stale_denial_is_not_the_answer(state_path: Path) -> None:
     assert store.get("gate.yaml")["state"] == "closed"
     _seed(other, {"gate.yaml": {"state": "open"}})
 
-    def take(draft: Draft) -> str:
-        gate = draft.get("gate.yaml")
-        if gate["state"] == "closed":
-            return "denied"
-        draft.put("gate.yaml", {**gate, "holder": "me"})
-        return "ok"
-
-    done = store.transact(take, subject="take", operation="test.take")
+    done = store.transact(_take, subject="take", operation="test.take")
 
     assert done.value == "ok"
     assert store.get("gate.yaml")["holder"] == "me"
@@ -273,31 +269,16 @@ def test_prepared_changes_are_counted_as_kept_or_redone(state_path: Path) -> Non
 
 
 def test_a_slow_change_being_prepared_holds_up_no_other_writer(state_path: Path) -> None:
-    import threading
-
     store = Store(state_path, deadline=10)
     _seed(store, {"a.yaml": {"n": 0}})
-    inside, release = threading.Event(), threading.Event()
 
-    def slow(draft: Draft) -> None:
-        inside.set()
-        release.wait(30)
-        draft.put("slow.yaml", {"schema_version": 1})
+    def quick(draft: Draft) -> None:
+        draft.put("a.yaml", {"schema_version": 1, "n": 1})
 
-    holder = threading.Thread(target=lambda: store.transact(slow, subject="slow", operation="x"))
-    holder.start()
-    assert inside.wait(30)
-    try:
-
-        def quick(draft: Draft) -> None:
-            draft.put("a.yaml", {"schema_version": 1, "n": 1})
-
+    with slow_transaction(store):
         # A short deadline: the quick write must not wait for the slow one.
         done = store.transact(quick, subject="quick", operation="x", deadline=2)
         assert store.get("a.yaml")["n"] == 1  # readers are not held up either
-    finally:
-        release.set()
-        holder.join(30)
     assert done.commit is not None
     assert store.get("slow.yaml") is not None
     assert _subjects(store) == ["slow", "quick", "seed"]
