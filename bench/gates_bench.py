@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from bench.raw import raw_commits_per_second
 
 
@@ -94,10 +96,11 @@ def prepared_outcomes(port: int) -> dict[str, float]:
     text = conn.getresponse().read().decode()
     conn.close()
     found: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("gitstate_state_prepared_total{"):
-            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
-            found[outcome] = found.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "gitstate_state_prepared_total":
+                outcome = sample.labels["outcome"]
+                found[outcome] = found.get(outcome, 0.0) + sample.value
     return found
 
 
