@@ -103,6 +103,15 @@ def _get() -> dict[str, Any] | None:
     return _instruments
 
 
+def start() -> None:
+    """Build the instruments now instead of at the first sample.
+
+    The first sample imports prometheus-client, tens of milliseconds; a
+    worker calls this when it starts so that no request pays for it.
+    """
+    _get()
+
+
 def _record(name: str, labels: tuple[str, ...], action: str, value: float = 1.0) -> None:
     instruments = _get()
     if instruments is None:

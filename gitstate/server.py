@@ -82,11 +82,12 @@ class _Logger(GunicornLogger):  # type: ignore[misc]
 
 
 def _post_worker_init(worker: Any) -> None:
-    """Gunicorn hook: on SIGTERM/SIGQUIT, end long polls before the graceful wait.
+    """Gunicorn hook: load the metrics; on SIGTERM/SIGQUIT, end long polls first.
 
     gunicorn installed its handlers before this hook runs; they are wrapped
     so that they first set :data:`gitstate.shutdown.stopping`.
     """
+    metrics.start()
     for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
         previous = signal.getsignal(signum)
         if callable(previous):

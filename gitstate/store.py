@@ -144,6 +144,12 @@ class Identity:
         return pygit2.Signature(name, email, int(when), 0)
 
 
+@functools.lru_cache(maxsize=4)
+def _service_signature(when: int) -> pygit2.Signature:
+    """Return the committer signature of the service at ``when`` (whole seconds)."""
+    return Identity().signature(when)
+
+
 class _ParseCache:
     """Parsed records keyed by blob id; a blob id names its bytes forever."""
 
@@ -426,6 +432,48 @@ class _Prepared(Generic[T]):
     draft: Draft
     value: T
     blobs: _Blobs
+
+
+@dataclasses.dataclass
+class _Outcome(Generic[T]):
+    """What one successful round of a transaction produced (see :meth:`Store._attempt`).
+
+    ``commit`` is None when the change wrote nothing; ``delta`` maps each
+    changed path to its new blob id (None for a deletion).
+    """
+
+    value: T
+    base: Snapshot
+    commit: pygit2.Oid | None = None
+    delta: dict[str, pygit2.Oid | None] = dataclasses.field(default_factory=dict)
+
+    @property
+    def commit_hex(self) -> str | None:
+        return str(self.commit) if self.commit is not None else None
+
+
+@dataclasses.dataclass
+class _Tally:
+    """What one transaction did, counted as it goes and sent to the metrics at the end.
+
+    The metrics are recorded only after the host lock is released (see
+    :meth:`Store.transact`).
+    """
+
+    runs: int = 0
+    """How many times the change function ran."""
+    prepared: list[bool] = dataclasses.field(default_factory=list)
+    """For each prepared change looked at: whether it was kept."""
+    conflicts: int = 0
+    committed: bool = False
+
+    def report(self, operation: str) -> None:
+        for kept in self.prepared:
+            metrics.prepared_change(kept)
+        for _ in range(self.conflicts):
+            metrics.cas_conflict()
+        if self.committed:
+            metrics.state_committed(operation)
 
 
 class _Optimism:
@@ -784,11 +832,10 @@ class Store:
         # its blobs written; under the locks it is committed as it stands if
         # what it read is unchanged (see _Prepared). The host lock is then
         # held only for the trees, the commit and the CAS.
-        runs = 0
+        tally = _Tally()
 
         def counted(draft: Draft) -> T:
-            nonlocal runs
-            runs += 1
+            tally.runs += 1
             return change(draft)
 
         prepared = self._prepare(counted, subject) if self._optimism.worth_trying() else None
@@ -796,7 +843,7 @@ class Store:
             # Nothing to write: the answer stands if the tip reads the same.
             tip = self.snapshot()
             if prepared.draft.reads_same_on(tip):
-                return Committed(prepared.value, None, tip, runs)
+                return Committed(prepared.value, None, tip, tally.runs)
             prepared = None
         # The deadline covers the wait for this process's other writers too.
         if not self._writer.acquire(timeout=max(0.0, until - time.monotonic())):
@@ -805,29 +852,73 @@ class Store:
             )
         try:
             with self._host_lock(until, started):
-                reason = "the ref kept moving"
-                while True:
-                    try:
-                        outcome = self._attempt(
-                            counted, subject, operation, identity, until, prepared
-                        )
-                    except _WriteFailed as ex:
-                        # NOTE: git's prune-packed (run by gc and maintenance)
-                        # removes empty objects/xx folders; libgit2 makes the
-                        # folder, then renames the object into it, so a write in
-                        # between fails. Writing the objects again is harmless.
-                        log.warning("writing state objects failed (%s); retrying", ex.cause)
-                        reason = f"objects could not be written: {ex.cause}"
-                        outcome = None
-                        time.sleep(0.005)
-                    prepared = None
-                    if outcome is not None:
-                        value, commit, snap = outcome
-                        return Committed(value, commit, snap, runs)
-                    if time.monotonic() >= until:
-                        raise StoreBusy(self.ref, time.monotonic() - started, runs, reason)
+                outcome = self._commit_loop(
+                    counted, subject, operation, identity, until, started, prepared, tally
+                )
+            # PERF: every other writer on the host waits while the host lock is
+            # held, so what can wait for its release does: the new snapshot
+            # (it reads the commit back) and the metrics (whose first use
+            # imports prometheus-client, tens of milliseconds).
+            tally.committed = outcome.commit is not None
+            snap = self._follow(outcome)
+            return Committed(outcome.value, outcome.commit_hex, snap, tally.runs)
         finally:
             self._writer.release()
+            tally.report(operation)
+
+    def _commit_loop(
+        self,
+        change: Callable[[Draft], T],
+        subject: str,
+        operation: str,
+        identity: Identity,
+        until: float,
+        started: float,
+        prepared: _Prepared[T] | None,
+        tally: _Tally,
+    ) -> _Outcome[T]:
+        """Attempt the commit until it lands or the deadline passes (host lock held)."""
+        reason = "the ref kept moving"
+        while True:
+            try:
+                outcome = self._attempt(
+                    change, subject, operation, identity, until, prepared, tally
+                )
+            except _WriteFailed as ex:
+                # NOTE: git's prune-packed (run by gc and maintenance)
+                # removes empty objects/xx folders; libgit2 makes the
+                # folder, then renames the object into it, so a write in
+                # between fails. Writing the objects again is harmless.
+                log.warning("writing state objects failed (%s); retrying", ex.cause)
+                reason = f"objects could not be written: {ex.cause}"
+                outcome = None
+                time.sleep(0.005)
+            prepared = None
+            if outcome is not None:
+                return outcome
+            if time.monotonic() >= until:
+                raise StoreBusy(self.ref, time.monotonic() - started, tally.runs, reason)
+
+    def _follow(self, outcome: _Outcome[Any]) -> Snapshot:
+        """Return the snapshot a transaction left, making it this process's latest."""
+        base = outcome.base
+        if outcome.commit is None:
+            return base
+        with self._mutex:
+            commit = self._repo[outcome.commit]
+            if base._commit is None:
+                # First commit: the delta is the whole state.
+                index = {path: oid for path, oid in outcome.delta.items() if oid is not None}
+                snap = Snapshot(self, commit, index)
+            else:
+                snap = Snapshot(self, commit, base=base, delta=outcome.delta)
+            latest = self._latest
+            base_id = base._commit.id if base._commit is not None else None
+            if latest is None or latest._commit is None or latest._commit.id == base_id:
+                self._latest = snap
+            # Otherwise a reader here already followed the ref to this commit
+            # or past it (another writer's, after the host lock was released).
+            return snap
 
     def _prepare(self, change: Callable[[Draft], T], subject: str) -> _Prepared[T] | None:
         """Apply ``change`` without the writer locks and store its blobs.
@@ -870,8 +961,9 @@ class Store:
         operation: str,
         identity: Identity,
         until: float,
-        prepared: _Prepared[T] | None = None,
-    ) -> tuple[T, str | None, Snapshot] | None:
+        prepared: _Prepared[T] | None,
+        tally: _Tally,
+    ) -> _Outcome[T] | None:
         """Run one read-change-commit-CAS round; None means "ref moved, retry".
 
         ``prepared`` is committed as it stands if what it read is unchanged
@@ -883,7 +975,7 @@ class Store:
         reused = prepared is not None and prepared.draft.reads_same_on(base)
         if prepared is not None:
             self._optimism.record(reused)
-            metrics.prepared_change(reused)
+            tally.prepared.append(reused)
         if reused:
             assert prepared is not None
             draft, value, blobs = prepared.draft, prepared.value, prepared.blobs
@@ -896,17 +988,17 @@ class Store:
                 if not reused:
                     blobs = self._write_blobs(draft.changes)
                 if not blobs:
-                    return value, None, base
+                    return _Outcome(value, base)
                 tree_id = self._write_tree(base._commit.tree if base._commit else None, blobs)
                 if base._commit is not None and tree_id == base._commit.tree_id:
-                    return value, None, base
+                    return _Outcome(value, base)
                 now = time.time()
                 message = _message(draft.subject, draft.body, operation, identity)
                 parents = [base._commit.id] if base._commit is not None else []
                 commit_id = self._repo.create_commit(
                     None,
                     identity.signature(now),
-                    Identity().signature(now),
+                    _service_signature(int(now)),
                     message,
                     tree_id,
                     parents,
@@ -914,19 +1006,10 @@ class Store:
             except (pygit2.GitError, OSError) as ex:
                 raise _WriteFailed(ex) from ex
         if not self._advance(base, ref, commit_id, draft.subject, until):
-            metrics.cas_conflict()
+            tally.conflicts += 1
             return None
-        metrics.state_committed(operation)
-        with self._mutex:
-            delta = {path: oid for path, (oid, _record) in blobs.items()}
-            base_link = base if base._commit is not None else None
-            if base_link is None:
-                # First commit: the delta is the whole state.
-                index = {path: oid for path, oid in delta.items() if oid is not None}
-                self._latest = Snapshot(self, self._repo[commit_id], index)
-            else:
-                self._latest = Snapshot(self, self._repo[commit_id], base=base_link, delta=delta)
-            return value, str(commit_id), self._latest
+        delta = {path: oid for path, (oid, _record) in blobs.items()}
+        return _Outcome(value, base, commit_id, delta)
 
     def _write_blobs(self, changes: Mapping[str, dict[str, Any] | None]) -> _Blobs:
         """Encode and store each changed record; remember the parsed form."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from gitstate import codec
+from gitstate import codec, metrics
 from gitstate.codec import RecordError
 from gitstate.store import Identity, PathError, RevisionNotFound, Store, StoreBusy
 from tests.helpers import git, slow_transaction
@@ -370,6 +372,32 @@ def test_fresh_foreign_lock_is_not_broken_and_deadline_reports(state_path: Path)
     assert lock.exists()
     lock.unlink()
     assert store.head() == head
+
+
+def test_metrics_are_recorded_after_the_host_lock_is_released(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every writer on the host waits while one holds the lock, so nothing
+    # that can wait (the first sample imports prometheus-client) is done
+    # under it: another process must be able to take the lock by then.
+    store = Store(state_path)
+    seen: list[bool] = []
+
+    def probe(operation: str) -> None:
+        fd = os.open(state_path / "gitstate-writer.lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append(True)
+        except BlockingIOError:
+            seen.append(False)
+        finally:
+            os.close(fd)
+
+    monkeypatch.setattr(metrics, "state_committed", probe)
+    store.transact(_set("a.yaml", n=1), subject="one", operation="x")
+    store.transact(_set("a.yaml", n=2), subject="two", operation="x")
+    assert seen == [True, True]
+    assert store.get("a.yaml")["n"] == 2
 
 
 def test_conflict_reapplies_change_on_new_tip(state_path: Path) -> None:
