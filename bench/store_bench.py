@@ -8,7 +8,10 @@ Every figure is printed next to the raw pygit2 loop of bench/raw.py measured
 in the same run on the same tree shape (1,000 records, 10 x 100), so the
 ratio is what gitstate's own code costs. Targets (issue 2): one writer
 >= 80% of raw; 16 writer processes >= 70% of the raw one-process rate with
-zero lost updates; read latency flat in history length.
+zero lost updates; read latency flat in history length. The contended runs
+have every writer increment one counter (each commit then depends on the
+one before: the worst case), and, for comparison, 16 writers with a record
+each (writers of different gates or deploys).
 """
 
 from __future__ import annotations
@@ -29,11 +32,16 @@ from gitstate import metrics
 from gitstate.store import Store
 
 
-def increment(draft):
-    record = draft.get(COUNTER)
+def increment(draft, path: str = COUNTER):
+    record = draft.get(path)
     record["value"] += 1
-    draft.put(COUNTER, record)
+    draft.put(path, record)
     return record["value"]
+
+
+def own_record(slot: int) -> str:
+    """Return the record writer ``slot`` increments when writers do not share one."""
+    return f"records/d{slot % 10:02d}/r{slot // 10 + 1:03d}.yaml"
 
 
 def gitstate_rates(path: Path, seconds: float, fsync: bool = False) -> tuple[float, float]:
@@ -53,30 +61,42 @@ def gitstate_rates(path: Path, seconds: float, fsync: bool = False) -> tuple[flo
     return rates
 
 
-def _writer(path: str, seconds: float, barrier, results) -> None:
+def _writer(path: str, seconds: float, barrier, results, record: str) -> None:
     # Each writer opens the store, reads the tip and loads its metrics before
     # the clock starts: the benchmark measures commits, not process start-up.
     store = Store(path, create=False, deadline=60)
-    store.get(COUNTER)
+    store.get(record)
     metrics.start()
+
+    def change(draft):
+        return increment(draft, record)
+
     barrier.wait()
     count = 0
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
-        store.transact(increment, subject="bench increments", operation="bench.increment")
+        store.transact(change, subject="bench increments", operation="bench.increment")
         count += 1
     results.put((count, time.perf_counter() - started))
 
 
-def contended_rate(path: Path, writers: int, seconds: float) -> tuple[float, int, int, int]:
-    """Return (commits/s, acknowledged, counter value, commits on the branch)."""
+def contended_rate(
+    path: Path, writers: int, seconds: float, shared: bool = True
+) -> tuple[float, int, int, int]:
+    """Return (commits/s, acknowledged, sum of the counters, commits on the branch).
+
+    With ``shared`` every writer increments the one counter record, so each
+    commit depends on the one before (the worst case); otherwise each
+    writer has a record of its own, as writers of different gates do.
+    """
     seed_records(path).free()
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(writers)
     results = ctx.Queue()
+    records = [COUNTER if shared else own_record(slot) for slot in range(writers)]
     procs = [
-        ctx.Process(target=_writer, args=(str(path), seconds, barrier, results))
-        for _ in range(writers)
+        ctx.Process(target=_writer, args=(str(path), seconds, barrier, results, record))
+        for record in records
     ]
     for proc in procs:
         proc.start()
@@ -86,7 +106,7 @@ def contended_rate(path: Path, writers: int, seconds: float) -> tuple[float, int
     acknowledged = sum(count for count, _ in outcomes)
     elapsed = max(spent for _, spent in outcomes)
     store = Store(path, create=False)
-    value = store.get(COUNTER)["value"]
+    value = sum(store.get(record)["value"] for record in set(records))
     commits = int(
         subprocess.run(
             ["git", "rev-list", "--count", "state"],
@@ -182,15 +202,16 @@ def main() -> None:
         f"per CPU second (steady under load): raw {raw_cpu:.0f}/s, gitstate {one_cpu:.0f}/s"
         f" = {one_cpu / raw_cpu:5.1%} of raw"
     )
-    for writers in (4, 16):
+    for writers, shared in ((4, True), (16, True), (16, False)):
         before = raw_commits_per_second(fresh(), args.seconds)
-        rate, acked, value, commits = contended_rate(fresh(), writers, args.seconds)
+        rate, acked, value, commits = contended_rate(fresh(), writers, args.seconds, shared)
         after = raw_commits_per_second(fresh(), args.seconds)
         peer = (before + after) / 2
         lost = acked - value
+        what = "one counter" if shared else "own records"
         print(
-            f"gitstate, {writers:2d} writer processes:    {rate:8.0f} commits/s  = {rate / peer:5.1%} of raw 1-process"
-            f" ({peer:.0f}/s, measured before and after); acknowledged {acked}, counter {value},"
+            f"gitstate, {writers:2d} writers, {what}: {rate:8.0f} commits/s  = {rate / peer:5.1%} of raw 1-process"
+            f" ({peer:.0f}/s, measured before and after); acknowledged {acked}, counters {value},"
             f" commits {commits}, lost {lost}"
         )
     raw_fsync = raw_commits_per_second(fresh(), args.seconds, fsync=True)
