@@ -434,6 +434,18 @@ class _Prepared(Generic[T]):
     blobs: _Blobs
 
 
+@dataclasses.dataclass(frozen=True)
+class _Job(Generic[T]):
+    """What one transaction was asked to do, handed down the locked write path."""
+
+    change: Callable[[Draft], T]
+    subject: str
+    operation: str
+    identity: Identity
+    started: float
+    until: float
+
+
 @dataclasses.dataclass
 class _Outcome(Generic[T]):
     """What one successful round of a transaction produced (see :meth:`Store._attempt`).
@@ -852,9 +864,8 @@ class Store:
             )
         try:
             with self._host_lock(until, started):
-                outcome = self._commit_loop(
-                    counted, subject, operation, identity, until, started, prepared, tally
-                )
+                job = _Job(counted, subject, operation, identity, started, until)
+                outcome = self._commit_loop(job, prepared, tally)
             # PERF: every other writer on the host waits while the host lock is
             # held, so what can wait for its release does: the new snapshot
             # (it reads the commit back) and the metrics (whose first use
@@ -867,23 +878,13 @@ class Store:
             tally.report(operation)
 
     def _commit_loop(
-        self,
-        change: Callable[[Draft], T],
-        subject: str,
-        operation: str,
-        identity: Identity,
-        until: float,
-        started: float,
-        prepared: _Prepared[T] | None,
-        tally: _Tally,
+        self, job: _Job[T], prepared: _Prepared[T] | None, tally: _Tally
     ) -> _Outcome[T]:
         """Attempt the commit until it lands or the deadline passes (host lock held)."""
         reason = "the ref kept moving"
         while True:
             try:
-                outcome = self._attempt(
-                    change, subject, operation, identity, until, prepared, tally
-                )
+                outcome = self._attempt(job, prepared, tally)
             except _WriteFailed as ex:
                 # NOTE: git's prune-packed (run by gc and maintenance)
                 # removes empty objects/xx folders; libgit2 makes the
@@ -896,8 +897,8 @@ class Store:
             prepared = None
             if outcome is not None:
                 return outcome
-            if time.monotonic() >= until:
-                raise StoreBusy(self.ref, time.monotonic() - started, tally.runs, reason)
+            if time.monotonic() >= job.until:
+                raise StoreBusy(self.ref, time.monotonic() - job.started, tally.runs, reason)
 
     def _follow(self, outcome: _Outcome[Any]) -> Snapshot:
         """Return the snapshot a transaction left, making it this process's latest."""
@@ -955,14 +956,7 @@ class Store:
         return _Prepared(draft, value, blobs)
 
     def _attempt(
-        self,
-        change: Callable[[Draft], T],
-        subject: str,
-        operation: str,
-        identity: Identity,
-        until: float,
-        prepared: _Prepared[T] | None,
-        tally: _Tally,
+        self, job: _Job[T], prepared: _Prepared[T] | None, tally: _Tally
     ) -> _Outcome[T] | None:
         """Run one read-change-commit-CAS round; None means "ref moved, retry".
 
@@ -981,8 +975,8 @@ class Store:
             draft, value, blobs = prepared.draft, prepared.value, prepared.blobs
         else:
             # Without the mutex, as in _prepare; the writer locks are held.
-            draft = Draft(base, subject)
-            value = change(draft)
+            draft = Draft(base, job.subject)
+            value = job.change(draft)
         with self._mutex:
             try:
                 if not reused:
@@ -993,11 +987,11 @@ class Store:
                 if base._commit is not None and tree_id == base._commit.tree_id:
                     return _Outcome(value, base)
                 now = time.time()
-                message = _message(draft.subject, draft.body, operation, identity)
+                message = _message(draft.subject, draft.body, job.operation, job.identity)
                 parents = [base._commit.id] if base._commit is not None else []
                 commit_id = self._repo.create_commit(
                     None,
-                    identity.signature(now),
+                    job.identity.signature(now),
                     _service_signature(int(now)),
                     message,
                     tree_id,
@@ -1005,7 +999,7 @@ class Store:
                 )
             except (pygit2.GitError, OSError) as ex:
                 raise _WriteFailed(ex) from ex
-        if not self._advance(base, ref, commit_id, draft.subject, until):
+        if not self._advance(base, ref, commit_id, draft.subject, job.until):
             tally.conflicts += 1
             return None
         delta = {path: oid for path, (oid, _record) in blobs.items()}
