@@ -21,6 +21,7 @@ from gunicorn.glogging import Logger as GunicornLogger
 from gitstate import logs, metrics
 from gitstate.config import Config
 from gitstate.shutdown import stopping
+from gitstate.sync_worker import WORKER_CLASS
 
 CONFIG_ENV = "GITSTATE_CONFIG"
 
@@ -40,7 +41,7 @@ class GitstateServer(BaseApplication):  # type: ignore[misc]
             "bind": [self._gitstate_config.listen],
             "workers": max(1, self._gitstate_config.workers),
             "threads": max(1, self._gitstate_config.threads),
-            "worker_class": "gthread" if self._gitstate_config.threads > 1 else "sync",
+            "worker_class": "gthread" if self._gitstate_config.threads > 1 else WORKER_CLASS,
             "preload_app": False,
             "limit_request_line": 8190,
             "graceful_timeout": 10,
