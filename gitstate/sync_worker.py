@@ -8,13 +8,14 @@ destroys the response on its way. The worker takes no other request while
 it waits, and the wait lasts as long as the client takes to be scheduled,
 read the answer and close: under load, a fifth of a worker's time.
 
-Nothing is left unread in the usual case: the web layer reads every body
-to its end, refusals included (:mod:`gitstate.web.request`). When the
-socket holds no unread byte once the answer is out, a plain close sends a
-FIN like the graceful one and there is nothing for a reset to destroy, so
-:class:`SyncWorker` closes at once. Anything unread (a client that
-pipelined a second request, a body cut short by an error) still goes
-through gunicorn's graceful close.
+Nothing is left unread in the usual case: the web layer reads every
+request's body to its end before answering, whether it used the body or
+not (``DrainUnreadBodies`` in :mod:`gitstate.web.request`). When the socket
+holds no unread byte once the answer is out, a plain close sends a FIN like
+the graceful one and there is nothing for a reset to destroy, so
+:class:`SyncWorker` closes at once. Anything still unread (bytes sent after
+the request, such as a pipelined second one, or a body over the drain
+limit) goes through gunicorn's graceful close.
 """
 
 from __future__ import annotations

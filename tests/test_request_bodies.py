@@ -1,4 +1,4 @@
-"""Refused oversized bodies are read to the end, so the connection stays usable.
+"""Bodies are read to the end, refused or ignored, so the connection stays usable.
 
 gunicorn's gthread worker drains at most 64 KiB of a body the app left
 unread; past that it closes the keep-alive connection it has just answered
@@ -101,3 +101,25 @@ def test_small_chunked_body_is_read(app: falcon.App) -> None:
     statuses: list[str] = []
     out = b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
     assert statuses == ["200 OK"], out
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/internal/health"),  # answered without a look at the body
+        ("GET", "/openapi.json"),
+    ],
+)
+def test_bodies_nobody_reads_are_consumed_after_a_success(
+    app: falcon.App, method: str, path: str
+) -> None:
+    """A body a successful answer ignored is read too, so no byte stays on the socket."""
+    body = b"z" * (100 * 1024)
+    environ = falcon.testing.create_environ(path=path, method=method, body=b"", headers={})
+    stream = io.BytesIO(body)
+    environ["wsgi.input"] = stream
+    environ["CONTENT_LENGTH"] = str(len(body))
+    statuses: list[str] = []
+    b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    assert statuses == ["200 OK"]
+    assert stream.tell() == len(body)

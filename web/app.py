@@ -51,7 +51,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
         services = Services(config)
     app = falcon.App(
         middleware=[
-            request.DrainRefusedBodies(),
+            request.DrainUnreadBodies(),
             requestlog.RequestLogMiddleware(),
             metrics.MetricsMiddleware(),
             auth.AuthMiddleware(services),

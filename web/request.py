@@ -88,11 +88,11 @@ def body_stream(req: falcon.Request) -> Any:
 
 
 def discard_body(req: falcon.Request, limit: int = DRAIN_LIMIT) -> None:
-    """Read and drop what is left of a refused body (up to ``limit`` bytes).
+    """Read and drop what is left of a body (up to ``limit`` bytes).
 
-    So the answer to an oversized request arrives on a connection that stays
-    usable. A body declared larger than ``limit`` is left alone (the server
-    closes that connection).
+    So the answer to a refused or oversized request arrives on a connection
+    that stays usable. A body declared larger than ``limit`` is left alone
+    (the server closes that connection).
     """
     length = req.content_length
     if length is not None and length > limit:
@@ -126,18 +126,21 @@ def read_json(req: falcon.Request) -> Any:
         raise InvalidRequest("Json was not valid") from ex
 
 
-class DrainRefusedBodies:
-    """Read what is left of the body of any request answered with an error.
+class DrainUnreadBodies:
+    """Read what is left of any request's body before its answer goes out.
 
     Refusals that never read the body (a bad token, an unknown route, a
-    wrong method) would otherwise leave it unread, and gunicorn then closes
-    a connection it answered as kept alive (see :data:`DRAIN_LIMIT`).
+    wrong method), and the odd request that sends a body nobody reads (a
+    GET's), would otherwise leave it unread: gunicorn's gthread worker then
+    closes a connection it answered as kept alive (see :data:`DRAIN_LIMIT`),
+    and gitstate's sync worker could not close an answered connection at
+    once (:mod:`gitstate.sync_worker`). A body already read costs one empty
+    read.
     """
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
     ) -> None:
-        """Drain the body after a 4xx or 5xx answer."""
-        status = resp.status if isinstance(resp.status, int) else int(str(resp.status)[:3])
-        if status >= 400 and (req.content_length or req.env.get("wsgi.input_terminated")):
+        """Drain the rest of the body, if the request has one."""
+        if req.content_length or req.env.get("wsgi.input_terminated"):
             discard_body(req)
