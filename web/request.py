@@ -19,7 +19,7 @@ from .auth import principal
 
 #: Largest JSON body accepted, in bytes.
 MAX_BODY = 64 * 1024
-#: Most of a refused body read and thrown away. gunicorn (gthread) drains
+#: Most of an unread body read and thrown away. gunicorn (gthread) drains
 #: at most 64 KiB of a body the app left unread and otherwise closes the
 #: keep-alive connection without a word, after answering it as kept alive:
 #: the client's next request on it then fails with a connection reset.
