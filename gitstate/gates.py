@@ -1071,13 +1071,6 @@ class Gates:
         queue = self._live_queue(snap, env["queue"], now)
         return self._closed_reason(environment, env, queue, now, self._holidays(snap), holder)
 
-    def ticket_groups(self, ticket_id: str) -> set[str]:
-        """Return the groups whose gates a ticket holds or waits for (for permissions)."""
-        ticket = self._ticket(self.store.snapshot(), ticket_id)
-        if ticket is None:
-            return set()
-        return {label.split("/", 1)[0] for label in ticket.get("gates", [])}
-
     def release(
         self,
         ticket_id: str,
@@ -1085,14 +1078,28 @@ class Gates:
         actor: str,
         request_id: str | None = None,
         expect: Iterable[str] | None = None,
+        may_release: Callable[[set[str]], None] | None = None,
     ) -> Answer:
-        """Delete a ticket and take it out of every queue; unknown ids are fine."""
+        """Delete a ticket and take it out of every queue; unknown ids are fine.
+
+        Args:
+            ticket_id: the ticket to release.
+            actor: who releases it (the commit's author).
+            request_id: the request's id (a commit trailer).
+            expect: commits the state must still be at (``If-Match``).
+            may_release: called with the groups whose gates the ticket holds
+                or waits for, in the same commit that releases it, so a
+                ticket that joined another group's gate a moment ago cannot
+                slip past the check; it raises to refuse (nothing is written).
+        """
 
         def apply(draft: Draft, now: float) -> dict[str, Any]:
             ticket = self._ticket(draft, ticket_id)
             if ticket is None:
                 return {"status": "ok"}
             labels = list(ticket.get("gates", []))
+            if may_release is not None:
+                may_release({label.split("/", 1)[0] for label in labels})
             services = dict.fromkeys(label.rsplit("/", 1)[0] for label in labels)
             for key in services:
                 group, service = key.split("/", 1)

@@ -110,6 +110,39 @@ def test_permission_denied_names_the_permission(app) -> None:
     assert holidays.status_code == 403
 
 
+def test_releasing_a_ticket_needs_every_group_it_holds(app) -> None:
+    client, services, _ = app
+    admin = {"X-Authentication": _token(services, "root", "gates:*")}
+    shop_only = {"X-Authentication": _token(services, "alice", "gates:shop")}
+    for group, service in (("shop", "cart"), ("ops", "db")):
+        created = client.simulate_post(
+            f"/api/gates/{group}/{service}", json={"environments": ["live"]}, headers=admin
+        )
+        assert created.status_code == 200
+    both = client.simulate_put(
+        "/api/gates",
+        json={"gates": {"shop": {"cart": "live"}, "ops": {"db": "live"}}},
+        headers=admin,
+    )
+    ticket = both.json["ticket"]["id"]
+    head = services.store.head()
+    refused = client.simulate_delete(f"/api/tickets/{ticket}", headers=shop_only)
+    assert refused.status_code == 403
+    assert "gates:ops" in refused.json["msg"]
+    assert services.store.head() == head
+    holders = client.simulate_get("/api/gates/ops/db/live").json["queue"]
+    assert [item["id"] for item in holders] == [ticket]
+    released = client.simulate_delete(f"/api/tickets/{ticket}", headers=admin)
+    assert released.status_code == 200
+    assert client.simulate_get("/api/gates/ops/db/live").json["queue"] == []
+    # A ticket of the caller's own group is theirs to release.
+    own = client.simulate_put(
+        "/api/gates", json={"gates": {"shop": {"cart": "live"}}}, headers=shop_only
+    )
+    mine = own.json["ticket"]["id"]
+    assert client.simulate_delete(f"/api/tickets/{mine}", headers=shop_only).status_code == 200
+
+
 def test_expired_revoked_and_unknown_tokens(app) -> None:
     client, services, clock = app
     token = _token(services, "bob", "admin", lifetime="10m")

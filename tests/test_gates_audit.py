@@ -207,3 +207,40 @@ def test_tickets_follow_a_moved_service(client: GateClient) -> None:
     clash = client.simulate_put("/api/gates/store/other", json={"name": "basket"})
     assert clash.status_code == 400
     assert clash.json["reason"] == "Service with this name already exists"
+
+
+def test_the_release_check_sees_the_state_the_release_commits_on(tmp_path) -> None:
+    """A ticket that joins another group's gate mid-release is checked on that gate too.
+
+    The first look at the ticket (prepared before the writer locks) finds
+    one group; meanwhile another process lets the ticket take a second
+    gate. The release runs again on the new tip, the check sees both groups
+    and refuses, and nothing is written.
+    """
+    from gitstate.auth import PermissionDenied
+    from gitstate.gates import Gates
+    from gitstate.store import Store
+
+    path = tmp_path / "state.git"
+    gates, other = Gates(Store(path)), Gates(Store(path, create=False))
+    gates.create("shop", "cart", ["live"], actor="root")
+    gates.create("ops", "db", ["live"], actor="root")
+    ticket = gates.test_and_set({"shop": {"cart": "live"}}, actor="alice").body["ticket"]["id"]
+    seen: list[set[str]] = []
+    joined: list[str | None] = []
+
+    def shop_only(groups: set[str]) -> None:
+        seen.append(set(groups))
+        if len(seen) == 1:
+            answer = other.test_and_set({"ops": {"db": "live"}}, ticket, actor="root")
+            assert answer.body["status"] == "ok"
+            joined.append(answer.commit)
+        for group in sorted(groups - {"shop"}):
+            raise PermissionDenied("alice", f"gates:{group}", f"change the gates of {group}")
+
+    with pytest.raises(PermissionDenied):
+        gates.release(ticket, actor="alice", may_release=shop_only)
+    assert seen == [{"shop"}, {"shop", "ops"}]
+    assert gates.head() == joined[0]  # the join, and no release after it
+    queue = gates.get_environment("ops", "db", "live").body["queue"]
+    assert [item["id"] for item in queue] == [ticket]
