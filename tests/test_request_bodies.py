@@ -31,6 +31,29 @@ def app(tmp_path: Path) -> falcon.App:
     return create_app(config)
 
 
+def _send(
+    app: falcon.App, method: str, path: str, body: bytes, *, query: str = "", declared: bool = True
+) -> tuple[list[str], int, bytes]:
+    """Call ``app`` with ``body``; return the statuses, the bytes it read, and its answer.
+
+    Undeclared bodies arrive as gunicorn hands over a chunked one: no
+    length, a stream that ends itself.
+    """
+    environ = falcon.testing.create_environ(
+        path=path, query_string=query, method=method, body=b"", headers={}
+    )
+    stream = io.BytesIO(body)
+    environ["wsgi.input"] = stream
+    if declared:
+        environ["CONTENT_LENGTH"] = str(len(body))
+    else:
+        environ.pop("CONTENT_LENGTH", None)
+        environ["wsgi.input_terminated"] = True
+    statuses: list[str] = []
+    out = b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    return statuses, stream.tell(), out
+
+
 @pytest.mark.parametrize(
     ("method", "path", "query", "size", "declared"),
     [
@@ -44,21 +67,9 @@ def test_refused_oversized_body_is_consumed(
     app: falcon.App, method: str, path: str, query: str, size: int, declared: bool
 ) -> None:
     body = b"{" + b" " * size + b"}"
-    environ = falcon.testing.create_environ(
-        path=path, query_string=query, method=method, body=b"", headers={}
-    )
-    stream = io.BytesIO(body)
-    environ["wsgi.input"] = stream
-    if declared:
-        environ["CONTENT_LENGTH"] = str(len(body))
-    else:
-        # As gunicorn hands over a chunked body: no length, a terminated stream.
-        environ.pop("CONTENT_LENGTH", None)
-        environ["wsgi.input_terminated"] = True
-    statuses: list[str] = []
-    b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    statuses, consumed, _ = _send(app, method, path, body, query=query, declared=declared)
     assert statuses and statuses[0][:1] == "4", statuses
-    assert stream.tell() == len(body)
+    assert consumed == len(body)
 
 
 @pytest.mark.parametrize(
@@ -82,24 +93,14 @@ def test_bodies_of_other_refusals_are_consumed(
         )
     )
     body = b"{" + b" " * (200 * 1024) + b"}"
-    environ = falcon.testing.create_environ(path=path, method=method, body=b"", headers={})
-    stream = io.BytesIO(body)
-    environ["wsgi.input"] = stream
-    environ["CONTENT_LENGTH"] = str(len(body))
-    statuses: list[str] = []
-    b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    statuses, consumed, _ = _send(app, method, path, body)
     assert statuses and statuses[0][:1] == "4", statuses
-    assert stream.tell() == len(body)
+    assert consumed == len(body)
 
 
 def test_small_chunked_body_is_read(app: falcon.App) -> None:
     body = b'{"environments": ["live"]}'
-    environ = falcon.testing.create_environ(path="/api/gates/grp/svc", method="POST", body=b"")
-    environ.pop("CONTENT_LENGTH", None)
-    environ["wsgi.input_terminated"] = True
-    environ["wsgi.input"] = io.BytesIO(body)
-    statuses: list[str] = []
-    out = b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    statuses, _, out = _send(app, "POST", "/api/gates/grp/svc", body, declared=False)
     assert statuses == ["200 OK"], out
 
 
@@ -115,11 +116,6 @@ def test_bodies_nobody_reads_are_consumed_after_a_success(
 ) -> None:
     """A body a successful answer ignored is read too, so no byte stays on the socket."""
     body = b"z" * (100 * 1024)
-    environ = falcon.testing.create_environ(path=path, method=method, body=b"", headers={})
-    stream = io.BytesIO(body)
-    environ["wsgi.input"] = stream
-    environ["CONTENT_LENGTH"] = str(len(body))
-    statuses: list[str] = []
-    b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    statuses, consumed, _ = _send(app, method, path, body)
     assert statuses == ["200 OK"]
-    assert stream.tell() == len(body)
+    assert consumed == len(body)
