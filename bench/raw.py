@@ -78,6 +78,9 @@ def raw_rates(path: Path, seconds: float = 3.0, fsync: bool = False) -> tuple[fl
     so on a busy machine it is the fairer basis for a ratio.
     """
     pygit2.settings.enable_fsync_gitdir(fsync)
+    # The peer is plain pygit2: libgit2's default checks on, whatever else
+    # ran in this process before.
+    pygit2.settings.enable_strict_object_creation(True)
     repo = seed_records(path)
     sig = pygit2.Signature("raw", "raw@bench", 0, 0)
     count = 0

@@ -977,7 +977,7 @@ class Store:
             # Without the mutex, as in _prepare; the writer locks are held.
             draft = Draft(base, job.subject)
             value = job.change(draft)
-        with self._mutex:
+        with self._mutex, _unchecked_names():
             try:
                 if not reused:
                     blobs = self._write_blobs(draft.changes)
@@ -1134,6 +1134,28 @@ class Store:
             yield
         finally:
             self._lock.release()
+
+
+@contextlib.contextmanager
+def _unchecked_names() -> Iterator[None]:
+    """Let libgit2 write trees and commits without reading back the objects they name.
+
+    By default libgit2 checks that every object a new tree entry or commit
+    names exists, which reads each one back: five system calls for every
+    entry put into a tree and for a commit's tree and parent, a sixth of the
+    system calls of a gate request. The store needs no such check: a tree it
+    writes names only blobs and trees it has just written or that the base
+    tree already names, and a commit names that tree and the tip it read.
+    The setting is process-wide in libgit2, so it is switched off only while
+    the store writes and switched back on after (the default, which the
+    file-sync storage code relies on when it copies objects between
+    repositories).
+    """
+    pygit2.settings.enable_strict_object_creation(False)
+    try:
+        yield
+    finally:
+        pygit2.settings.enable_strict_object_creation(True)
 
 
 def _call_if_alive(method: weakref.WeakMethod[Callable[[], None]]) -> None:

@@ -502,3 +502,57 @@ def test_deadline_covers_waiting_for_other_threads(
         store.transact(_set("a.yaml", n=1), subject="quick", operation="x", deadline=0.2)
     assert store.get("slow.yaml") is not None
     assert store.get("a.yaml") is None
+
+
+def _strict_checks_on(tmp_path: Path) -> bool:
+    """Tell whether libgit2 still refuses a tree entry naming a missing object."""
+    repo = pygit2.init_repository(str(tmp_path / "probe.git"), bare=True)
+    try:
+        repo.TreeBuilder().insert("x", pygit2.Oid(hex="1" * 40), pygit2.enums.FileMode.BLOB)
+    except pygit2.GitError:
+        return True
+    finally:
+        repo.free()
+    return False
+
+
+def test_object_checks_are_back_on_after_a_write(
+    state_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store turns libgit2's check that named objects exist off while it
+    # writes its own trees; code writing other repositories relies on it.
+    store = Store(state_path, deadline=0.2)
+    store.transact(_set("a/b.yaml", n=1), subject="one", operation="x")
+    assert _strict_checks_on(tmp_path)
+
+    def broken(base, blobs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "_write_tree", broken)
+    with pytest.raises(StoreBusy):
+        store.transact(_set("a/b.yaml", n=2), subject="two", operation="x")
+    assert _strict_checks_on(tmp_path)
+
+
+def test_every_object_a_commit_names_is_stored(state_path: Path) -> None:
+    # Without libgit2's existence checks, git fsck is what proves that no
+    # tree or commit the store wrote names an object it did not write,
+    # before and after git gc packs the history.
+    store = Store(state_path)
+    for step in range(6):
+        store.transact(_set(f"d{step % 3}/r{step}.yaml", n=step), subject="put", operation="x")
+    store.transact(lambda draft: draft.delete("d0/r0.yaml"), subject="drop", operation="x")
+    git("--git-dir", str(state_path), "gc", "-q")
+    for step in range(6, 9):
+        store.transact(_set(f"d{step % 3}/r{step}.yaml", n=step), subject="put", operation="x")
+    store.transact(lambda draft: draft.delete("d1/r1.yaml"), subject="drop", operation="x")
+    git("--git-dir", str(state_path), "fsck", "--strict", "--no-dangling")
+    assert sorted(store.snapshot().paths()) == [
+        "d0/r3.yaml",
+        "d0/r6.yaml",
+        "d1/r4.yaml",
+        "d1/r7.yaml",
+        "d2/r2.yaml",
+        "d2/r5.yaml",
+        "d2/r8.yaml",
+    ]
