@@ -537,12 +537,24 @@ def test_object_checks_are_back_on_after_a_write(
 def test_every_object_a_commit_names_is_stored(state_path: Path) -> None:
     # Without libgit2's existence checks, git fsck is what proves that no
     # tree or commit the store wrote names an object it did not write,
-    # before and after git gc packs the history.
+    # before and after git gc packs the history. The store opened after
+    # the gc has nothing cached, so its first writes must read packed trees
+    # and the packed parent commit, which the loose-only object database
+    # it writes through cannot.
     store = Store(state_path)
     for step in range(6):
         store.transact(_set(f"d{step % 3}/r{step}.yaml", n=step), subject="put", operation="x")
     store.transact(lambda draft: draft.delete("d0/r0.yaml"), subject="drop", operation="x")
+    store.close()
     git("--git-dir", str(state_path), "gc", "-q")
+    assert not list((state_path / "objects").glob("??/*"))  # all packed
+    store = Store(state_path)
+    # A blind write (nothing read first) into a packed directory.
+    store.transact(
+        lambda draft: draft.put("d1/blind.yaml", {"schema_version": 1}),
+        subject="blind",
+        operation="x",
+    )
     for step in range(6, 9):
         store.transact(_set(f"d{step % 3}/r{step}.yaml", n=step), subject="put", operation="x")
     store.transact(lambda draft: draft.delete("d1/r1.yaml"), subject="drop", operation="x")
@@ -550,6 +562,7 @@ def test_every_object_a_commit_names_is_stored(state_path: Path) -> None:
     assert sorted(store.snapshot().paths()) == [
         "d0/r3.yaml",
         "d0/r6.yaml",
+        "d1/blind.yaml",
         "d1/r4.yaml",
         "d1/r7.yaml",
         "d2/r2.yaml",
