@@ -10,7 +10,10 @@ loop) and lets ``--clients`` threads each take a gate with ``PUT /api/gates``
 and release it with ``DELETE /api/tickets/<id>``, over HTTP/1.1
 connections (kept alive where the server allows it; a sync worker closes
 each one after its answer). Every request is one commit, so requests/s compares directly
-with raw commits/s. With ``--shared`` all clients fight over one gate
+with raw commits/s. Both sides warm up first, uncounted: the raw loop and
+the HTTP load each run ``--warmup`` seconds before they are timed (a
+worker's first requests import modules and fill its caches, and an idle
+VM takes a moment to reach its speed). With ``--shared`` all clients fight over one gate
 (most answers are ``denied``, which commit nothing).
 
 The clients share the two cores with the server, so what they cost is
@@ -195,6 +198,29 @@ def client(
     conn.close()
 
 
+def run_clients(
+    connect: type[Connection],
+    port: int,
+    gates: list[str],
+    clients: int,
+    seconds: float,
+    latencies: list[float],
+    counts: list[int],
+) -> None:
+    """Run ``clients`` threads of :func:`client` for ``seconds`` and wait for them."""
+    until = time.perf_counter() + seconds
+    threads = [
+        threading.Thread(
+            target=client, args=(connect, port, gates[n % len(gates)], until, latencies, counts)
+        )
+        for n in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def prepared_outcomes(port: int) -> dict[str, float]:
     """Return the server's ``gitstate_state_prepared_total`` by outcome (from /metrics)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -240,6 +266,13 @@ def health_rate(connect: type[Connection], port: int, clients: int, seconds: flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="seconds of the same load before the timed run, not counted (first "
+        "requests in each worker import and fill caches)",
+    )
     parser.add_argument("--raw-seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument(
@@ -273,6 +306,9 @@ def main() -> None:
         root = Path(tmp)
         # The raw rate is measured before and after the HTTP run and averaged:
         # on a shared two-core machine it drifts by tens of percent.
+        # The raw loop warms up as long as the HTTP load does, so that neither
+        # side is timed on a machine still waking up.
+        raw_commits_per_second(root / "raw-warmup.git", args.warmup)
         raw_before = raw_commits_per_second(root / "raw-before.git", args.raw_seconds)
         port = free_port()
         config = root / "gitstate.yaml"
@@ -318,22 +354,12 @@ def main() -> None:
             gates = ["shared"] if args.shared else [f"s{n:02d}" for n in range(args.clients)]
             for gate in gates:
                 call(setup, "POST", f"/api/gates/bench/{gate}", {"environments": ["live"]})
+            run_clients(connect, port, gates, args.clients, args.warmup, [], [])
             latencies: list[float] = []
             denied: list[int] = []
-            until = time.perf_counter() + args.seconds
             started = time.perf_counter()
             usage = resource.getrusage(resource.RUSAGE_SELF)
-            threads = [
-                threading.Thread(
-                    target=client,
-                    args=(connect, port, gates[n % len(gates)], until, latencies, denied),
-                )
-                for n in range(args.clients)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            run_clients(connect, port, gates, args.clients, args.seconds, latencies, denied)
             elapsed = time.perf_counter() - started
             after = resource.getrusage(resource.RUSAGE_SELF)
             client_cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
