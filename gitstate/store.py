@@ -1019,6 +1019,7 @@ class Store:
     def _write_tree_and_commit(
         self, base: Snapshot, draft: Draft, job: _Job[Any], blobs: _Blobs
     ) -> pygit2.Oid | None:
+        """Do what :meth:`_write_commit` says, through whichever object database is set."""
         with _unchecked_names():
             tree_id = self._write_tree(base._commit.tree if base._commit else None, blobs)
             if base._commit is not None and tree_id == base._commit.tree_id:
@@ -1041,13 +1042,14 @@ class Store:
 
         libgit2 writes an object only after looking for it, and when it is
         not found (as a new object never is) it rescans ``objects/pack``
-        first: seven system calls, on each of the eight objects a gate
-        request writes. An object database holding only the loose backend
-        has no packs to rescan. It is swapped in for the writes and swapped
-        out after; libgit2's object cache belongs to the repository, so
-        what was read stays cached. A write that must read a packed object
-        fails, and is done again the usual way (see :meth:`_write_commit`). Every read of the
-        repository takes the mutex, so no reader sees the loose-only view.
+        first: seven system calls, on each of the up to eight objects a
+        gate request writes. An object database holding only the loose
+        backend has no packs to rescan. It is swapped in for the writes and
+        swapped out after; libgit2's object cache belongs to the repository,
+        so what was read stays cached. A write that must read a packed
+        object fails, and is done again the usual way (see
+        :meth:`_write_commit`). Every read of the repository takes the
+        mutex, so no reader sees the loose-only view.
         """
         repo = self._repo
         if self._odbs is None:
@@ -1199,8 +1201,8 @@ def _unchecked_names() -> Iterator[None]:
 
     By default libgit2 checks that every object a new tree entry or commit
     names exists, which reads each one back: five system calls for every
-    entry put into a tree and for a commit's tree and parent, a sixth of the
-    system calls of a gate request. The store needs no such check: a tree it
+    entry put into a tree and for a commit's tree and parent, an eighth of
+    the system calls of a gate request. The store needs no such check: a tree it
     writes names only blobs and trees it has just written or that the base
     tree already names, and a commit names that tree and the tip it read.
     The setting is process-wide in libgit2, so it is switched off only while
