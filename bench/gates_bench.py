@@ -9,12 +9,13 @@ then starts ``gitstate serve`` (gunicorn, loopback, fsync off like the raw
 loop) and lets ``--clients`` threads each take a gate with ``PUT /api/gates``
 and release it with ``DELETE /api/tickets/<id>``, over HTTP/1.1
 connections (kept alive where the server allows it; a sync worker closes
-each one after its answer). Every request is one commit, so requests/s compares directly
-with raw commits/s. Both sides warm up first, uncounted: the raw loop and
-the HTTP load each run ``--warmup`` seconds before they are timed (a
-worker's first requests import modules and fill its caches, and an idle
-VM takes a moment to reach its speed). With ``--shared`` all clients fight over one gate
-(most answers are ``denied``, which commit nothing).
+each one after its answer). Every request is one commit, so requests/s
+compares directly with raw commits/s. Both sides warm up first, uncounted:
+the raw loop and the HTTP load each run ``--warmup`` seconds before they
+are timed (a worker's first requests import modules and fill its caches,
+and an idle VM takes a moment to reach its speed). With ``--shared`` all
+clients fight over one gate (most answers are ``denied``, which commit
+nothing).
 
 The clients share the two cores with the server, so what they cost is
 taken from what is measured. By default they speak HTTP/1.1 over plain
@@ -270,8 +271,8 @@ def main() -> None:
         "--warmup",
         type=float,
         default=2.0,
-        help="seconds of the same load before the timed run, not counted (first "
-        "requests in each worker import and fill caches)",
+        help="seconds each side (the raw loop, then the HTTP load) runs uncounted "
+        "before it is timed",
     )
     parser.add_argument("--raw-seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=16)
