@@ -14,7 +14,14 @@ import pytest
 
 from gitstate import codec, metrics
 from gitstate.codec import RecordError
-from gitstate.store import Identity, PathError, RevisionNotFound, Store, StoreBusy
+from gitstate.store import (
+    Identity,
+    PathError,
+    RevisionNotFound,
+    Store,
+    StoreBusy,
+    commit_bytes,
+)
 from tests.helpers import git, slow_transaction
 
 
@@ -92,6 +99,56 @@ def test_commit_message_names_actor_with_trailers_and_reflog(state_path: Path) -
     assert "Operation: gate.close" in lines
     reflog = git("reflog", "show", "state", cwd=state_path)
     assert "alice closed gate shop/cart" in reflog
+
+
+def test_reflog_entries_are_signed_by_the_configured_service(state_path: Path) -> None:
+    store = Store(state_path)
+    for n in range(2):
+        store.transact(_set("a.yaml", n=n), subject=f"set {n}", operation="x")
+    config = pygit2.Repository(str(state_path)).config
+    expected = f"{config['user.name']} <{config['user.email']}>"
+    signers = git("reflog", "show", "--format=%gn <%ge>", "state", cwd=state_path)
+    assert signers.splitlines() == [expected, expected]
+
+
+@pytest.mark.parametrize(
+    ("name", "email", "offset", "parents"),
+    [
+        ("alice", "alice@gitstate", 0, 0),
+        ("Zoë Ørsted", "zoe@example.test", 330, 1),
+        ("  padded name ", "p@example.test", -150, 2),
+    ],
+)
+def test_commit_objects_are_the_bytes_libgit2_writes(
+    tmp_path: Path, name: str, email: str, offset: int, parents: int
+) -> None:
+    # The store formats its commits itself (pygit2 would read the new root
+    # tree back first); git must not be able to tell them apart.
+    repo = pygit2.init_repository(str(tmp_path / "r.git"), bare=True)
+    tree = repo.TreeBuilder().write()
+    sig = pygit2.Signature("seed", "seed@example.test", 1_700_000_000, 0)
+    tips = [repo.create_commit(None, sig, sig, f"seed {n}\n", tree, []) for n in range(parents)]
+    author = pygit2.Signature(name, email, 1_800_000_000, offset)
+    committer = pygit2.Signature("gitstate", "gitstate@host", 1_800_000_001, 0)
+    message = "alice closed gate shop/cart: ünïcode\n\nActor: alice\nOperation: gate.close\n"
+    mine = commit_bytes(tree, tips, author, committer, message)
+    theirs = repo.create_commit_string(author, committer, message, tree, tips)
+    assert mine == theirs.encode()
+
+
+def test_the_store_commits_what_libgit2_would(state_path: Path) -> None:
+    store = Store(state_path)
+    store.transact(_set("a.yaml", n=1), subject="first", operation="x")
+    store.transact(
+        _set("b/c.yaml", n=2), subject="second", operation="x", identity=Identity("zoë", "r-1")
+    )
+    repo = pygit2.Repository(str(state_path))
+    tip = repo[repo.lookup_reference("refs/heads/state").target]
+    rebuilt = repo.create_commit_string(
+        tip.author, tip.committer, tip.message, tip.tree_id, tip.parent_ids
+    )
+    assert repo.odb.read(tip.id)[1] == rebuilt.encode()
+    git("--git-dir", str(state_path), "fsck", "--strict", "--no-dangling")
 
 
 def test_change_function_may_set_subject(state_path: Path) -> None:
