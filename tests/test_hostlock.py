@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from gitstate import hostlock
 from gitstate.hostlock import HostLock
 
 _HOLDER = """
 import sys, time, pathlib
+from gitstate import hostlock
 from gitstate.hostlock import HostLock
 lock = HostLock(sys.argv[1])
 assert lock.acquire(30)
@@ -97,3 +99,139 @@ def test_lock_of_a_killed_holder_is_free(tmp_path: Path) -> None:
     proc.wait()
     assert lock.acquire(30) is True
     lock.release()
+
+
+# -- the first waiter in line polls (HostLock(spin=...)) -----------------------------
+
+
+def _release_later(done: Path, after: float) -> threading.Thread:
+    releaser = threading.Timer(after, done.write_text, args=("",))
+    releaser.start()
+    return releaser
+
+
+def _count_polls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the non-blocking attempts every lock in this process makes."""
+    calls = [0]
+    original = hostlock._Flock.try_acquire
+
+    def counted(self: hostlock._Flock) -> bool:
+        calls[0] += 1
+        return original(self)
+
+    monkeypatch.setattr(hostlock._Flock, "try_acquire", counted)
+    return calls
+
+
+def test_first_in_line_polls_while_holds_are_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "writer.lock"
+    proc, done = _hold(path, tmp_path, "a")
+    lock = HostLock(path, spin=5.0)
+    polls = _count_polls(monkeypatch)
+    releaser = _release_later(done, 0.3)
+    assert lock.acquire(30) is True
+    releaser.join()
+    proc.wait(30)
+    # It took the lock by polling for it, not from a wake-up in the kernel.
+    assert polls[0] > 10
+    assert not _someone_else_can_lock(path)
+    # The queue is free for the next waiter as soon as the lock is taken.
+    assert _someone_else_can_lock(Path(f"{path}.queue"))
+    lock.release()
+    assert _someone_else_can_lock(path)
+
+
+def test_first_in_line_sleeps_when_this_process_holds_the_lock_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "writer.lock"
+    lock = HostLock(path, spin=0.1)
+    assert lock.acquire(1) is True
+    time.sleep(0.3)  # a hold far longer than the lock is worth polling for
+    lock.release()
+    proc, done = _hold(path, tmp_path, "a")
+    polls = _count_polls(monkeypatch)
+    releaser = _release_later(done, 0.5)
+    cpu = time.process_time()
+    assert lock.acquire(30) is True
+    spent = time.process_time() - cpu
+    releaser.join()
+    proc.wait(30)
+    assert polls[0] == 1  # the one attempt on arrival; then it slept in flock()
+    assert spent < 0.2  # a poll for the whole wait would have used about 0.5 s
+    lock.release()
+
+
+@pytest.mark.parametrize("where", ["main thread", "other thread"])
+def test_first_in_line_times_out_and_leaves_the_queue(tmp_path: Path, where: str) -> None:
+    path = tmp_path / "writer.lock"
+    proc, done = _hold(path, tmp_path, "a")
+    lock = HostLock(path, spin=0.05)
+    attempt = lock.acquire if where == "main thread" else lambda t: _in_thread(lock.acquire, t)
+    assert attempt(0.3) is False
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
+    assert _someone_else_can_lock(Path(f"{path}.queue"))
+    done.write_text("")
+    proc.wait(30)
+    assert lock.acquire(30) is True
+    lock.release()
+
+
+_QUEUED = """
+import sys, pathlib
+from gitstate import hostlock
+from gitstate.hostlock import HostLock
+lock = HostLock(sys.argv[1], spin=60.0)
+pathlib.Path(sys.argv[2]).write_text("queued")
+lock.acquire(60)
+"""
+
+
+def test_a_killed_first_in_line_does_not_block_the_queue(tmp_path: Path) -> None:
+    path = tmp_path / "writer.lock"
+    queue = Path(f"{path}.queue")
+    holder, done = _hold(path, tmp_path, "a")
+    started = tmp_path / "queued"
+    first = subprocess.Popen([sys.executable, "-c", _QUEUED, str(path), str(started)])
+    while not started.exists() or _someone_else_can_lock(queue):
+        assert first.poll() is None
+        time.sleep(0.01)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    lock = HostLock(path, spin=0.05)
+    releaser = _release_later(done, 0.2)
+    assert lock.acquire(30) is True
+    releaser.join()
+    holder.wait(30)
+    lock.release()
+
+
+_INCREMENTS = """
+import sys, pathlib
+from gitstate import hostlock
+from gitstate.hostlock import HostLock
+counter = pathlib.Path(sys.argv[2])
+lock = HostLock(sys.argv[1], spin=float(sys.argv[3]))
+for _ in range(int(sys.argv[4])):
+    assert lock.acquire(60)
+    try:
+        counter.write_text(str(int(counter.read_text()) + 1))
+    finally:
+        lock.release()
+"""
+
+
+@pytest.mark.parametrize("spin", [0.0, 0.002])
+def test_processes_taking_turns_lose_no_increment(tmp_path: Path, spin: float) -> None:
+    path, counter = tmp_path / "writer.lock", tmp_path / "counter"
+    counter.write_text("0")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _INCREMENTS, str(path), str(counter), str(spin), "150"]
+        )
+        for _ in range(6)
+    ]
+    assert [proc.wait(120) for proc in procs] == [0] * 6
+    assert counter.read_text() == "900"
