@@ -121,9 +121,16 @@ def test_running_deploy_holds_a_ticket_on_its_gate(guarded: Running, tmp_path: P
         f"{CM}/deploys", json={"environments": ["production"], "wait": True}
     ).json
     assert result[0]["status"] == "complete"
-    log = git(
-        "log", "--reverse", "--format=%s", "state", cwd=tmp_path / "data" / "state.git"
-    ).splitlines()
+
+    def log_once_released() -> list[str] | None:
+        # The worker gives the ticket back after it records the deploy
+        # complete, which is what the waiting request returns on.
+        state = tmp_path / "data" / "state.git"
+        lines = git("log", "--reverse", "--format=%s", "state", cwd=state).splitlines()
+        return lines if any("releases ticket" in line for line in lines) else None
+
+    log = _wait_for(log_once_released)
+    assert log is not None
     took = next(i for i, line in enumerate(log) if "takes code/puppet/production" in line)
     started = next(i for i, line in enumerate(log) if "started deploying production" in line)
     finished = next(i for i, line in enumerate(log) if "of production complete" in line)
