@@ -177,6 +177,9 @@ class HostLock:
     stood idle 70-100 µs per hand-over and each commit's held time grew by
     as much again; polling removed most of both (docs/benchmarks.md).
 
+    Only a process's main thread polls (a sync gunicorn worker, a deploy
+    worker, the CLI); other threads wait in ``flock`` as before.
+
     Polling is worth it only while the lock is held briefly. The first in
     line polls for at most twice the time this process has lately held the
     lock (a moving average; ``spin`` before it has held it), and not at all
@@ -198,7 +201,10 @@ class HostLock:
     def acquire(self, timeout: float) -> bool:
         """Take the lock, waiting at most ``timeout`` seconds; return success."""
         queue = self._queue
-        if queue is None:
+        if queue is None or threading.current_thread() is not threading.main_thread():
+            # A thread among others would poll in turns with them for the
+            # GIL, and could leave the lock idle for a switch interval (5 ms)
+            # after its release; a blocked flock() takes it without the GIL.
             return self._took(self._lock.acquire(timeout))
         if self._lock.try_acquire():
             return self._took(True)

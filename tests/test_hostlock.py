@@ -143,6 +143,21 @@ def test_first_in_line_polls_while_holds_are_short(
     assert _someone_else_can_lock(path)
 
 
+def test_only_the_main_thread_polls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another thread would poll in turns with its siblings for the GIL.
+    path = tmp_path / "writer.lock"
+    proc, done = _hold(path, tmp_path, "a")
+    lock = HostLock(path, spin=5.0)
+    polls = _count_polls(monkeypatch)
+    releaser = _release_later(done, 0.3)
+    assert _in_thread(lock.acquire, 30) is True
+    releaser.join()
+    proc.wait(30)
+    assert polls[0] == 0
+    assert not _someone_else_can_lock(path)
+    lock.release()
+
+
 def test_first_in_line_sleeps_when_this_process_holds_the_lock_long(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
