@@ -199,9 +199,19 @@ class Snapshot:
         *,
         base: Snapshot | None = None,
         delta: Mapping[str, pygit2.Oid | None] | None = None,
+        ids: tuple[pygit2.Oid, pygit2.Oid] | None = None,
     ) -> None:
+        """``ids`` (commit id, tree id) stand for ``commit`` when it is not read yet."""
         self._store = store
-        self._commit = commit
+        self._loaded = commit
+        self._commit_id: pygit2.Oid | None
+        self._tree_id: pygit2.Oid | None
+        if commit is not None:
+            self._commit_id, self._tree_id = commit.id, commit.tree_id
+        elif ids is not None:
+            self._commit_id, self._tree_id = ids
+        else:
+            self._commit_id = self._tree_id = None
         self._index = index
         self._base = base if index is None else None
         self._delta = delta
@@ -215,21 +225,34 @@ class Snapshot:
             self._depth = 0
 
     @property
+    def _commit(self) -> pygit2.Commit | None:
+        """The commit object, read when first asked for.
+
+        A writer knows the ids of the commit it has just made, and its next
+        transaction needs only those, so the object is not read back then.
+        """
+        if self._loaded is None and self._commit_id is not None:
+            with self._store._mutex:
+                self._loaded = self._store._repo[self._commit_id]
+        return self._loaded
+
+    @property
     def commit(self) -> str | None:
         """Hex id of the commit, or None for a branch that has no commit yet."""
-        return str(self._commit.id) if self._commit is not None else None
+        return str(self._commit_id) if self._commit_id is not None else None
 
     @property
     def time(self) -> datetime | None:
         """When the commit was made, in UTC."""
-        if self._commit is None:
+        commit = self._commit
+        if commit is None:
             return None
-        return datetime.fromtimestamp(self._commit.commit_time, UTC)
+        return datetime.fromtimestamp(commit.commit_time, UTC)
 
     @property
     def tree_id(self) -> pygit2.Oid | None:
         """Id of the commit's tree."""
-        return self._commit.tree_id if self._commit is not None else None
+        return self._tree_id
 
     def _blobs(self) -> dict[str, pygit2.Oid]:
         """Return the path → blob id index, materialising it if needed."""
@@ -274,10 +297,10 @@ class Snapshot:
         """Return the blob id of the record at ``path``, or None."""
         if self._index is not None:
             return self._index.get(path)
-        if self._commit is None:
+        if self._tree_id is None:
             return None
         check_path(path)
-        return self._store._lookup(self._commit, path)
+        return self._store._lookup(self._tree_id, path)
 
     def get(self, path: str) -> dict[str, Any] | None:
         """Return a copy of the record at ``path``, or None if there is none.
@@ -462,6 +485,7 @@ class _Outcome(Generic[T]):
     base: Snapshot
     commit: pygit2.Oid | None = None
     delta: dict[str, pygit2.Oid | None] = dataclasses.field(default_factory=dict)
+    tree: pygit2.Oid | None = None
 
     @property
     def commit_hex(self) -> str | None:
@@ -620,10 +644,10 @@ class Store:
         except KeyError:
             return None
 
-    def _lookup(self, commit: pygit2.Commit, path: str) -> pygit2.Oid | None:
+    def _lookup(self, tree_id: pygit2.Oid, path: str) -> pygit2.Oid | None:
         with self._mutex:
             try:
-                entry = commit.tree[path]
+                entry = self._repo[tree_id][path]
             except KeyError:
                 return None
             return entry.id if entry.filemode == FileMode.BLOB else None
@@ -670,14 +694,10 @@ class Store:
             if ref is None:
                 return Snapshot(self, None, {})
             latest = self._latest
-            if (
-                latest is not None
-                and latest._commit is not None
-                and latest._commit.id == ref.target
-            ):
+            if latest is not None and latest._commit_id == ref.target:
                 return latest
             commit = self._repo[ref.target]
-            if latest is not None and latest._commit is not None:
+            if latest is not None and latest._commit_id is not None:
                 self._latest = Snapshot(self, commit, base=latest)
             else:
                 self._latest = Snapshot(self, commit)
@@ -767,7 +787,7 @@ class Store:
             # it holds the host lock every other process is waiting for.
             with self._mutex:
                 commit = self._repo[commit_id]
-                mine = self._lookup(commit, path)
+                mine = self._lookup(commit.tree_id, path)
                 record = self._parse(mine, path, commit_id) if mine is not None else None
                 changes.append(_change(commit, codec.thaw(record)))
         return changes
@@ -776,9 +796,9 @@ class Store:
         changes: list[Change] = []
         with self._mutex:
             for commit in self._first_parent_chain(tip):
-                mine = self._lookup(commit, path)
+                mine = self._lookup(commit.tree_id, path)
                 parent = commit.parents[0] if commit.parents else None
-                before = self._lookup(parent, path) if parent is not None else None
+                before = self._lookup(parent.tree_id, path) if parent is not None else None
                 if mine == before:
                     continue
                 record = self._parse(mine, path, str(commit.id)) if mine is not None else None
@@ -914,17 +934,19 @@ class Store:
         base = outcome.base
         if outcome.commit is None:
             return base
+        assert outcome.tree is not None
+        # PERF: the new commit is not read back (see Snapshot._commit); its
+        # ids are all the next transaction here needs.
+        ids = (outcome.commit, outcome.tree)
         with self._mutex:
-            commit = self._repo[outcome.commit]
-            if base._commit is None:
+            if base._commit_id is None:
                 # First commit: the delta is the whole state.
                 index = {path: oid for path, oid in outcome.delta.items() if oid is not None}
-                snap = Snapshot(self, commit, index)
+                snap = Snapshot(self, None, index, ids=ids)
             else:
-                snap = Snapshot(self, commit, base=base, delta=outcome.delta)
+                snap = Snapshot(self, None, base=base, delta=outcome.delta, ids=ids)
             latest = self._latest
-            base_id = base._commit.id if base._commit is not None else None
-            if latest is None or latest._commit is None or latest._commit.id == base_id:
+            if latest is None or latest._commit_id is None or latest._commit_id == base._commit_id:
                 self._latest = snap
             # Otherwise a reader here already followed the ref to this commit
             # or past it (another writer's, after the host lock was released).
@@ -992,23 +1014,25 @@ class Store:
                     blobs = self._write_blobs(draft.changes)
                 if not blobs:
                     return _Outcome(value, base)
-                commit_id = self._write_commit(base, draft, job, blobs)
+                written = self._write_commit(base, draft, job, blobs)
             except (pygit2.GitError, OSError) as ex:
                 raise _WriteFailed(ex) from ex
-        if commit_id is None:
+        if written is None:
             return _Outcome(value, base)
+        commit_id, tree_id = written
         if not self._advance(base, ref, commit_id, draft.subject, job.until):
             tally.conflicts += 1
             return None
         delta = {path: oid for path, (oid, _record) in blobs.items()}
-        return _Outcome(value, base, commit_id, delta)
+        return _Outcome(value, base, commit_id, delta, tree_id)
 
     def _write_commit(
         self, base: Snapshot, draft: Draft, job: _Job[Any], blobs: _Blobs
-    ) -> pygit2.Oid | None:
+    ) -> tuple[pygit2.Oid, pygit2.Oid] | None:
         """Write the trees above ``blobs`` and a commit of them on ``base`` (mutex held).
 
-        Returns None when the new tree is the base's (nothing to commit).
+        Returns the ids of the commit and its tree, or None when the new
+        tree is the base's (nothing to commit).
         """
         try:
             with self._loose_objects():
@@ -1024,22 +1048,23 @@ class Store:
 
     def _write_tree_and_commit(
         self, base: Snapshot, draft: Draft, job: _Job[Any], blobs: _Blobs
-    ) -> pygit2.Oid | None:
+    ) -> tuple[pygit2.Oid, pygit2.Oid] | None:
         """Do what :meth:`_write_commit` says, through whichever object database is set."""
         with _unchecked_names():
-            tree_id = self._write_tree(base._commit.tree if base._commit else None, blobs)
-            if base._commit is not None and tree_id == base._commit.tree_id:
+            base_tree = self._repo[base._tree_id] if base._tree_id is not None else None
+            tree_id = self._write_tree(base_tree, blobs)
+            if tree_id == base._tree_id:
                 return None
             now = time.time()
             message = _message(draft.subject, draft.body, job.operation, job.identity)
-            parents = [base._commit.id] if base._commit is not None else []
+            parents = [base._commit_id] if base._commit_id is not None else []
             # PERF: pygit2's create_commit looks the new root tree up first,
             # reading back the object just written (six system calls and an
             # inflate, with the host lock held); the bytes are the same.
             data = commit_bytes(
                 tree_id, parents, job.identity.signature(now), _service_signature(int(now)), message
             )
-            return self._repo.odb.write(ObjectType.COMMIT, data)
+            return self._repo.odb.write(ObjectType.COMMIT, data), tree_id
 
     @contextlib.contextmanager
     def _loose_objects(self) -> Iterator[None]:
@@ -1157,14 +1182,14 @@ class Store:
             # host lock that every writer here takes.
             with self._mutex, _unchecked_names():
                 try:
-                    if base._commit is None:
+                    if base._commit_id is None:
                         self._repo.create_reference_direct(
                             self.ref, commit_id, False, message=reflog
                         )
                     else:
                         if ref is None:
                             ref = self._repo.lookup_reference(self.ref)
-                        if ref.target != base._commit.id:
+                        if ref.target != base._commit_id:
                             return False
                         ref.set_target(commit_id, reflog)
                     return True
@@ -1172,7 +1197,7 @@ class Store:
                     return False
                 except (pygit2.GitError, OSError, KeyError):
                     current = self._lookup_ref()
-                    expected = base._commit.id if base._commit is not None else None
+                    expected = base._commit_id
                     if (current.target if current is not None else None) != expected:
                         return False
                     # The ref has not moved, so its lock is held by someone.

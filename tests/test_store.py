@@ -151,6 +151,22 @@ def test_the_store_commits_what_libgit2_would(state_path: Path) -> None:
     git("--git-dir", str(state_path), "fsck", "--strict", "--no-dangling")
 
 
+def test_the_snapshot_a_write_returns_knows_its_commit(state_path: Path) -> None:
+    # The store does not read its new commit back; the snapshot it returns
+    # must still tell the commit's id, tree and time, and read its records.
+    store = Store(state_path)
+    store.transact(_set("a/b.yaml", n=1), subject="one", operation="x")
+    started = int(time.time())
+    done = store.transact(_set("a/c.yaml", n=2), subject="two", operation="x")
+    snap = done.snapshot
+    tip = pygit2.Repository(str(state_path))[done.commit]
+    assert snap.commit == done.commit == store.head()
+    assert snap.tree_id == tip.tree_id
+    assert snap.time is not None and started <= snap.time.timestamp() <= time.time() + 1
+    assert snap.paths() == ["a/b.yaml", "a/c.yaml"]
+    assert snap.get("a/c.yaml") == {"schema_version": 1, "n": 2}
+
+
 def test_change_function_may_set_subject(state_path: Path) -> None:
     store = Store(state_path)
 
