@@ -171,11 +171,12 @@ class HostLock:
     microseconds of its release.
 
     Why: a waiter the kernel wakes needs a CPU, and gets either one that
-    was idle (on a virtual machine, waking an idle virtual CPU alone took
-    40 µs or more) or the releaser's own, which it then shares with
-    whatever the releaser does next. With 16 writers on two cores the lock
-    stood idle 70-100 µs per hand-over and each commit's held time grew by
-    as much again; polling removed most of both (docs/benchmarks.md).
+    was idle (on a virtual machine, slow to wake) or the releaser's own,
+    which it then shares with whatever the releaser does next. With 16
+    writers on two cores the lock stood idle 70-100 µs per hand-over; with
+    the first in line polling, sixteen writers on one counter went from
+    76.8 to 84.5 % of the raw loop's rate in alternating pairs
+    (docs/benchmarks.md).
 
     Only a process's main thread polls (a sync gunicorn worker, a deploy
     worker, the CLI); other threads wait in ``flock`` as before.
@@ -183,8 +184,8 @@ class HostLock:
     Polling is worth it only while the lock is held briefly. The first in
     line polls for at most twice the time this process has lately held the
     lock (a moving average; ``spin`` before it has held it), and not at all
-    when that is longer than ``spin`` seconds: with fsync on a slow disk the
-    waiters sleep in the kernel as before, still in line.
+    when twice that is longer than ``spin`` seconds: with fsync on a slow
+    disk the waiters sleep in the kernel as before, still in line.
 
     Not re-entrant, and meant to be used by one thread at a time. Create it
     after ``fork``.
