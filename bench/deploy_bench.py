@@ -2,7 +2,7 @@
 
     python -m bench.deploy_bench [--envs 20] [--modules 15] [--repeat 3] [--keep DIR]
 
-Builds the fixture with ../shared/bench/make_control_repo.py, then times:
+Builds the fixture with bench/fixture.py, then times:
 
 * r10k and g10k as ../shared/bench/peers.sh does (a fresh process each run):
   cold (empty cache), warm (nothing changed), and one environment changed;
@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.fixture import make_fixture
+from bench.fixture import change_branch, make_fixture
 from gitstate.environments import Deployer
 from gitstate.sources import Sources
 
@@ -65,20 +65,6 @@ def peer_command(tool: str, out: Path) -> list[str]:
 
 def run_peer(tool: str, out: Path) -> None:
     subprocess.run(peer_command(tool, out), check=True, capture_output=True)
-
-
-def change_branch(out: Path, branch: str, serial: int) -> None:
-    """Commit one small change to ``branch`` of the control repository."""
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp) / "w"
-        subprocess.run(
-            ["git", "clone", "-q", "-b", branch, str(out / "control.git"), str(work)],
-            check=True,
-            env=ENV,
-        )
-        (work / "data" / "common.yaml").write_text(f"---\nprofile::base::motd: 'change {serial}'\n")
-        for args in (["add", "-A"], ["commit", "-q", "-m", f"change {serial}"], ["push", "-q"]):
-            subprocess.run(["git", *args], cwd=work, check=True, env=ENV)
 
 
 def deploy_all(datadir: Path | str, remote: str) -> Deployer:

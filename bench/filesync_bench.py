@@ -11,7 +11,7 @@
    waits until the new content is readable in *both* live directories.
    Reports p50/p99 over ``--pushes`` rounds.
 2. **Cold deploy-all into a live dir vs g10k cold.** On the fixture of
-   ../shared/bench/make_control_repo.py: gitstate with an empty datadir
+   bench/fixture.py: gitstate with an empty datadir
    (collect, fetch, deploy every environment into storage, then one file
    sync of every environment into an empty live directory) against
    ``g10k -config OUT/g10k.yaml`` with its cache and basedir removed, as

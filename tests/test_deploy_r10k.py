@@ -166,23 +166,13 @@ def test_gitstate_deploys_what_r10k_deploys(fixture):
     deploy_both_and_compare()
 
 
-MAKE_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "bench" / "make_control_repo.py"
-
-
 @pytest.mark.skipif(R10K is None, reason="r10k is not installed (apt-get install r10k)")
-@pytest.mark.skipif(not MAKE_FIXTURE.exists(), reason=f"{MAKE_FIXTURE} is not here")
 def test_benchmark_fixture_matches_r10k(tmp_path):
-    import sys
-
+    from bench.fixture import make_fixture
     from gitstate.environments import Deployer
     from gitstate.sources import Sources
 
-    out = tmp_path / "fx"
-    subprocess.run(
-        [sys.executable, str(MAKE_FIXTURE), str(out), "--envs", "4", "--modules", "3"],
-        check=True,
-        capture_output=True,
-    )
+    out = make_fixture(tmp_path / "fx", envs=5, modules=3, files_per_module=4)
     run = subprocess.run(
         [R10K, "deploy", "environment", "--modules", "-c", str(out / "r10k.yaml")],
         capture_output=True,

@@ -3,7 +3,7 @@
 :class:`Cluster` builds a temporary installation the way ``gitstate demo``
 does (sources, deploy workers, authentication, two file-sync clients, one
 reading storage directly and one over HTTP), on the shared benchmark fixture
-(``../shared/bench/make_control_repo.py``) plus a few hostile control
+(``bench/fixture.py``) plus a few hostile control
 branches, starts ``gitstate serve`` and finds its child processes in
 ``/proc`` so faults can be aimed at them.
 """
@@ -145,7 +145,7 @@ class Cluster:
 
     def build(self) -> None:
         """Make the fixture, the hostile branches, the config, tokens and hooks."""
-        make_fixture(self.fixture, self.envs, self.modules, env=GIT_ENV)
+        make_fixture(self.fixture, self.envs, self.modules)
         self._hostile_branches()
         config = {
             "datadir": str(self.datadir),
