@@ -408,9 +408,11 @@ class DeployQueue:
             if ticket is not None:
                 record["ticket"] = ticket
             draft.put(record_path(entry["id"]), record)
-            entry["status"] = "deploying"
-            entry["worker"] = worker
-            entry.pop("blocked", None)
+            # ``candidates`` are copies: mark the entry of the index itself.
+            indexed = active[str(entry["id"])]
+            indexed["status"] = "deploying"
+            indexed["worker"] = worker
+            indexed.pop("blocked", None)
             _put_active(draft, active)
             draft.subject = f"{worker} started deploying {record['environment']} (#{record['id']})"
             return record
