@@ -953,96 +953,9 @@ class Gates:
         if link is not None and not isinstance(link, str):
             raise InvalidRequest(f"{_INVALID_JSON} link must be a string.")
         labels = [item.label for item in wanted]
-        settings = self.settings
 
         def apply(draft: Draft, now: float) -> dict[str, Any]:
-            ticket = None
-            if ticket_id is not None:
-                ticket = self._ticket(draft, ticket_id)
-                if not _alive(ticket, now):
-                    raise TicketNotFound(ticket_id)
-            holder = ticket["id"] if ticket is not None else None
-            holidays = self._holidays(draft)
-            docs: dict[tuple[str, str], dict[str, Any]] = {}
-            status = "ok"
-            for item in wanted:
-                key = (item.group, item.service)
-                if key not in docs:
-                    docs[key] = self._doc(draft, item.group, item.service)
-                env = docs[key]["environments"].get(item.environment)
-                if env is None:
-                    raise EnvironmentNotFound(item.environment)
-                live = self._live_queue(draft, env["queue"], now)
-                if env["state"] == CLOSED or self._closed_reason(
-                    item.environment, env, [], now, holidays
-                ):
-                    return {"status": "denied"}
-                if live and live[0]["id"] != holder:
-                    if not queue:
-                        return {"status": "denied"}
-                    if holder is not None and all(t["id"] != holder for t in live):
-                        # NOTE(gates): a known ticket may not join the tail of
-                        # a busy queue later: two tickets could then stand in
-                        # opposite orders on two gates and wait for each other
-                        # forever. New tickets join all their gates at once,
-                        # which keeps every pair in one order everywhere.
-                        return {"status": "denied"}
-                    status = QUEUED
-            # Every gate is open and the caller may hold or wait: write.
-            if ticket is None:
-                ticket = {
-                    "schema_version": SCHEMA_VERSION,
-                    "id": str(uuid.uuid4()),
-                    "link": link,
-                    "gates": [],
-                    "status": QUEUED,
-                    "updated": "",
-                    "expiration_date": 0,
-                }
-                verb = "takes" if status == "ok" else "queues for"
-                what = f"{actor} {verb} {_labels(labels)} with new ticket {ticket['id'][:8]}"
-            elif status == "ok" and ticket["status"] != CURRENT:
-                what = (
-                    f"{actor} takes {_labels(labels)}: "
-                    f"ticket {ticket['id'][:8]} reached the head of the queue"
-                )
-            else:
-                what = f"{actor} refreshes {status} ticket {ticket['id'][:8]} on {_labels(labels)}"
-            joined = []
-            for item in wanted:
-                env = docs[(item.group, item.service)]["environments"][item.environment]
-                if ticket["id"] not in env["queue"]:
-                    env["queue"].append(ticket["id"])
-                    joined.append(item)
-                if item.label not in ticket["gates"]:
-                    ticket["gates"].append(item.label)
-            rewrite = bool(joined) or ticket["status"] != (CURRENT if status == "ok" else QUEUED)
-            if status == "ok":
-                lifetime, slack = settings.current_lifetime, 0
-            else:
-                lifetime, slack = settings.queued_lifetime, settings.queued_slack
-            expiry = ticket["expiration_date"]
-            if lifetime == 0:
-                rewrite = rewrite or expiry != 0
-            elif expiry == 0 or expiry - now < lifetime:
-                # NOTE(gates): a re-send only writes when the stored expiry no
-                # longer covers one lifetime from now; see docs/gates.md.
-                rewrite = True
-            if rewrite:
-                ticket["status"] = CURRENT if status == "ok" else QUEUED
-                ticket["expiration_date"] = self._expiry(lifetime, slack, now)
-                ticket["updated"] = self._stamp(now)
-                # The ticket goes in first so that pruning sees it alive.
-                draft.put(ticket_path(ticket["id"]), ticket)
-                dropped: list[str] = []
-                touched = {(item.group, item.service) for item in joined}
-                for key, doc in docs.items():
-                    pruned = self._prune(draft, doc, now)
-                    if pruned or key in touched:
-                        dropped += pruned
-                        draft.put(gate_path(*key), doc)
-                draft.subject = what + _dropped(dropped)
-            return {"status": status, "ticket": _public_ticket(ticket)}
+            return self.take_on(draft, now, wanted, ticket_id, link, queue, actor=actor)
 
         body, commit = self._transact(
             apply,
@@ -1054,6 +967,116 @@ class Gates:
         )
         return Answer(body, commit)
 
+    def take_on(
+        self,
+        draft: Draft,
+        now: float,
+        wanted: list[_Wanted],
+        ticket_id: str | None = None,
+        link: str | None = None,
+        queue: bool = False,
+        *,
+        actor: str,
+    ) -> dict[str, Any]:
+        """Test-and-set ``wanted`` on ``draft`` (the algorithm, without a commit).
+
+        What :meth:`test_and_set` commits; other services call it inside
+        their own transaction (a deploy claim takes its gate's ticket in the
+        commit that claims the deploy). Sets ``draft.subject`` when it writes.
+
+        Raises:
+            TicketNotFound, GateNotFound, EnvironmentNotFound, InvalidName.
+        """
+        labels = [item.label for item in wanted]
+        settings = self.settings
+        ticket = None
+        if ticket_id is not None:
+            ticket = self._ticket(draft, ticket_id)
+            if not _alive(ticket, now):
+                raise TicketNotFound(ticket_id)
+        holder = ticket["id"] if ticket is not None else None
+        holidays = self._holidays(draft)
+        docs: dict[tuple[str, str], dict[str, Any]] = {}
+        status = "ok"
+        for item in wanted:
+            key = (item.group, item.service)
+            if key not in docs:
+                docs[key] = self._doc(draft, item.group, item.service)
+            env = docs[key]["environments"].get(item.environment)
+            if env is None:
+                raise EnvironmentNotFound(item.environment)
+            live = self._live_queue(draft, env["queue"], now)
+            if env["state"] == CLOSED or self._closed_reason(
+                item.environment, env, [], now, holidays
+            ):
+                return {"status": "denied"}
+            if live and live[0]["id"] != holder:
+                if not queue:
+                    return {"status": "denied"}
+                if holder is not None and all(t["id"] != holder for t in live):
+                    # NOTE(gates): a known ticket may not join the tail of
+                    # a busy queue later: two tickets could then stand in
+                    # opposite orders on two gates and wait for each other
+                    # forever. New tickets join all their gates at once,
+                    # which keeps every pair in one order everywhere.
+                    return {"status": "denied"}
+                status = QUEUED
+        # Every gate is open and the caller may hold or wait: write.
+        if ticket is None:
+            ticket = {
+                "schema_version": SCHEMA_VERSION,
+                "id": str(uuid.uuid4()),
+                "link": link,
+                "gates": [],
+                "status": QUEUED,
+                "updated": "",
+                "expiration_date": 0,
+            }
+            verb = "takes" if status == "ok" else "queues for"
+            what = f"{actor} {verb} {_labels(labels)} with new ticket {ticket['id'][:8]}"
+        elif status == "ok" and ticket["status"] != CURRENT:
+            what = (
+                f"{actor} takes {_labels(labels)}: "
+                f"ticket {ticket['id'][:8]} reached the head of the queue"
+            )
+        else:
+            what = f"{actor} refreshes {status} ticket {ticket['id'][:8]} on {_labels(labels)}"
+        joined = []
+        for item in wanted:
+            env = docs[(item.group, item.service)]["environments"][item.environment]
+            if ticket["id"] not in env["queue"]:
+                env["queue"].append(ticket["id"])
+                joined.append(item)
+            if item.label not in ticket["gates"]:
+                ticket["gates"].append(item.label)
+        rewrite = bool(joined) or ticket["status"] != (CURRENT if status == "ok" else QUEUED)
+        if status == "ok":
+            lifetime, slack = settings.current_lifetime, 0
+        else:
+            lifetime, slack = settings.queued_lifetime, settings.queued_slack
+        expiry = ticket["expiration_date"]
+        if lifetime == 0:
+            rewrite = rewrite or expiry != 0
+        elif expiry == 0 or expiry - now < lifetime:
+            # NOTE(gates): a re-send only writes when the stored expiry no
+            # longer covers one lifetime from now; see docs/gates.md.
+            rewrite = True
+        if rewrite:
+            ticket["status"] = CURRENT if status == "ok" else QUEUED
+            ticket["expiration_date"] = self._expiry(lifetime, slack, now)
+            ticket["updated"] = self._stamp(now)
+            # The ticket goes in first so that pruning sees it alive.
+            draft.put(ticket_path(ticket["id"]), ticket)
+            dropped: list[str] = []
+            touched = {(item.group, item.service) for item in joined}
+            for key, doc in docs.items():
+                pruned = self._prune(draft, doc, now)
+                if pruned or key in touched:
+                    dropped += pruned
+                    draft.put(gate_path(*key), doc)
+            draft.subject = what + _dropped(dropped)
+        return {"status": status, "ticket": _public_ticket(ticket)}
+
     def why_closed(
         self, group: str, service: str, environment: str, *, holder: str | None = None
     ) -> str | None:
@@ -1062,14 +1085,31 @@ class Gates:
         Raises:
             GateNotFound, EnvironmentNotFound, InvalidName.
         """
-        check_name("environment", environment)
         snap, now = self._snapshot(None)
-        doc = self._doc(snap, group, service)
+        return self.why_closed_on(snap, now, group, service, environment, holder=holder)
+
+    def why_closed_on(
+        self,
+        reader: _Reader,
+        now: float,
+        group: str,
+        service: str,
+        environment: str,
+        *,
+        holder: str | None = None,
+    ) -> str | None:
+        """Say why one gate is closed in ``reader`` (a snapshot or a draft) at ``now``.
+
+        Raises:
+            GateNotFound, EnvironmentNotFound, InvalidName.
+        """
+        check_name("environment", environment)
+        doc = self._doc(reader, group, service)
         env = doc["environments"].get(environment)
         if env is None:
             raise EnvironmentNotFound(environment)
-        queue = self._live_queue(snap, env["queue"], now)
-        return self._closed_reason(environment, env, queue, now, self._holidays(snap), holder)
+        queue = self._live_queue(reader, env["queue"], now)
+        return self._closed_reason(environment, env, queue, now, self._holidays(reader), holder)
 
     def release(
         self,
@@ -1094,27 +1134,7 @@ class Gates:
         """
 
         def apply(draft: Draft, now: float) -> dict[str, Any]:
-            ticket = self._ticket(draft, ticket_id)
-            if ticket is None:
-                return {"status": "ok"}
-            labels = list(ticket.get("gates", []))
-            if may_release is not None:
-                may_release({label.split("/", 1)[0] for label in labels})
-            services = dict.fromkeys(label.rsplit("/", 1)[0] for label in labels)
-            for key in services:
-                group, service = key.split("/", 1)
-                path = gate_path(group, service)
-                doc = draft.get(path)
-                if doc is None:
-                    continue
-                before = [list(env["queue"]) for env in doc["environments"].values()]
-                for env in doc["environments"].values():
-                    env["queue"] = [item for item in env["queue"] if item != ticket_id]
-                if before != [env["queue"] for env in doc["environments"].values()]:
-                    draft.put(path, doc)
-            draft.delete(ticket_path(ticket_id))
-            draft.subject = f"{actor} releases ticket {ticket_id[:8]} ({_labels(labels)})"
-            return {"status": "ok"}
+            return self.release_on(draft, ticket_id, actor=actor, may_release=may_release)
 
         body, commit = self._transact(
             apply,
@@ -1125,6 +1145,40 @@ class Gates:
             expect=expect,
         )
         return Answer(body, commit)
+
+    def release_on(
+        self,
+        draft: Draft,
+        ticket_id: str,
+        *,
+        actor: str,
+        may_release: Callable[[set[str]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Release ``ticket_id`` on ``draft`` (what :meth:`release` commits).
+
+        Sets ``draft.subject`` when it writes; an unknown ticket writes nothing.
+        """
+        ticket = self._ticket(draft, ticket_id)
+        if ticket is None:
+            return {"status": "ok"}
+        labels = list(ticket.get("gates", []))
+        if may_release is not None:
+            may_release({label.split("/", 1)[0] for label in labels})
+        services = dict.fromkeys(label.rsplit("/", 1)[0] for label in labels)
+        for key in services:
+            group, service = key.split("/", 1)
+            path = gate_path(group, service)
+            doc = draft.get(path)
+            if doc is None:
+                continue
+            before = [list(env["queue"]) for env in doc["environments"].values()]
+            for env in doc["environments"].values():
+                env["queue"] = [item for item in env["queue"] if item != ticket_id]
+            if before != [env["queue"] for env in doc["environments"].values()]:
+                draft.put(path, doc)
+        draft.delete(ticket_path(ticket_id))
+        draft.subject = f"{actor} releases ticket {ticket_id[:8]} ({_labels(labels)})"
+        return {"status": "ok"}
 
     # -- holidays ----------------------------------------------------------------
 
