@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from gitstate.config import Config
+from gitstate.deploy_guard import GATE_CLOSED, DeployGuard, GateClosed
 from gitstate.deploys import (
     COLLECT_FAILED,
+    DEPLOY_FAILURE,
     TIMEOUT,
     DeployQueue,
     DeployRequestError,
@@ -30,6 +33,18 @@ from gitstate.store import Store
 
 _MAX_ENVIRONMENTS = 1000
 _MAX_NAME = 255
+#: Longest environment name, in bytes: its records are ``<name>.yaml`` files.
+MAX_ENVIRONMENT_BYTES = 250
+
+
+def unusable_name(environment: str) -> str | None:
+    """Say why ``environment`` cannot be deployed whatever the sources hold, or None."""
+    if len(environment.encode()) > MAX_ENVIRONMENT_BYTES:
+        return (
+            f"Environment name '{environment[:40]}...' is longer than "
+            f"{MAX_ENVIRONMENT_BYTES} bytes and cannot be deployed"
+        )
+    return None
 
 
 class CollectError(CollectFailed):
@@ -106,12 +121,20 @@ class DeployRequest:
 class CodeManager:
     """Deploy requests and status over the deploy queue and engine."""
 
-    def __init__(self, config: Config, store: Store, *, engine: Deployer | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        engine: Deployer | None = None,
+        guard: DeployGuard | None = None,
+    ) -> None:
         self.settings = DeploySettings.from_mapping(config.raw.get("deploy"))
         self.queue = DeployQueue(store, self.settings)
         # Waits hold a server thread each; keep two threads free for the rest.
         self._wait_slots = threading.BoundedSemaphore(max(1, config.threads - 2))
         self.file_sync = FileSyncService(config, store)
+        self.guard = guard
         self._config = config
         self._engine = engine
 
@@ -133,10 +156,27 @@ class CodeManager:
         except CollectFailed as ex:
             raise CollectError(ex.details) from ex
 
+    def gate_closed(self, environment: str) -> GateClosed | None:
+        """Say why an API deploy of ``environment`` is refused now, or None.
+
+        A deploy of the environment that is running holds the gate with its
+        own ticket; that does not refuse the request, which is queued behind
+        it, as Code Manager queues it.
+        """
+        if self.guard is None:
+            return None
+        running = self.queue.running(environment)
+        holder = str(running["ticket"]) if running and running.get("ticket") else None
+        return self.guard.blocked(environment, holder=holder)
+
     def submit(
         self, request: DeployRequest, *, actor: str, request_id: str | None = None
     ) -> list[dict[str, Any]]:
         """Carry out a deploy request and return Code Manager's answer array.
+
+        Environments whose gate is closed are answered ``failed`` with the
+        ``gate-closed`` kind and not queued, whether named or part of
+        ``deploy-all``; the others are queued (and waited for).
 
         Raises:
             CollectError: ``deploy-all`` or ``dry-run`` could not list the
@@ -145,34 +185,66 @@ class CodeManager:
         if request.dry_run:
             return [{"environment": name} for name in self.collect()]
         wanted: list[tuple[str, str]] = []
+        requested_at = None
         if request.deploy_all:
+            requested_at = time.time()
             wanted.extend((name, name) for name in self.collect())
         wanted.extend((name, correct_name(name)) for name in request.environments)
         wanted = list(dict.fromkeys(wanted))
+        refused: list[dict[str, Any]] = []
+        allowed: list[tuple[str, str]] = []
+        for name, corrected in wanted:
+            unusable = unusable_name(corrected)
+            if unusable is not None:
+                refused.append(
+                    {
+                        "environment": name,
+                        "status": "failed",
+                        "error": {
+                            "kind": DEPLOY_FAILURE,
+                            "msg": unusable,
+                            "details": {"corrected-env-name": corrected},
+                        },
+                    }
+                )
+                continue
+            closed = self.gate_closed(corrected)
+            if closed is None:
+                allowed.append((name, corrected))
+            else:
+                refused.append(gate_closed_answer(name, closed))
         queued = self.queue.request(
-            wanted,
+            allowed,
             actor=actor,
             request_id=request_id,
             deploy_modules=request.deploy_modules,
             reason="deploy-all" if request.deploy_all else "requested",
+            requested_at=requested_at,
         )
         if not request.wait:
-            return [entry.to_json() for entry in queued]
+            return refused + [entry.to_json() for entry in queued]
         ids = sorted({entry.deploy_id for entry in queued})
         if not self._wait_slots.acquire(blocking=False):
             # Every thread this process may spend waiting already waits: a
             # waiting request holds a server thread, and filling them all
             # would stop the server answering anything. Answer now.
             records = {record["id"]: record for record in self.queue.records(ids)}
-            return [
+            return refused + [
                 self._waited(entry, records.get(entry.deploy_id), busy=True) for entry in queued
             ]
         try:
+            # A deploy that a gate closed since the request holds back is
+            # answered as such at once: it runs when the gate opens.
             records = {
-                record["id"]: record for record in self.queue.wait(ids, self.settings.wait_timeout)
+                record["id"]: record
+                for record in self.queue.wait(ids, self.settings.wait_timeout, held=True)
             }
-            answers = [self._waited(entry, records.get(entry.deploy_id)) for entry in queued]
-            return self._wait_for_file_sync(answers)
+            held = self.queue.blocked(ids)
+            answers = [
+                self._waited(entry, records.get(entry.deploy_id), held=held.get(entry.deploy_id))
+                for entry in queued
+            ]
+            return refused + self._wait_for_file_sync(answers)
         finally:
             self._wait_slots.release()
 
@@ -192,7 +264,12 @@ class CodeManager:
         return answers
 
     def _waited(
-        self, entry: Requested, record: Mapping[str, Any] | None, *, busy: bool = False
+        self,
+        entry: Requested,
+        record: Mapping[str, Any] | None,
+        *,
+        busy: bool = False,
+        held: str | None = None,
     ) -> dict[str, Any]:
         answer: dict[str, Any] = {"environment": entry.environment, "id": entry.deploy_id}
         status = (record or {}).get("status", "queued")
@@ -207,6 +284,15 @@ class CodeManager:
         elif status == "failed":
             assert record is not None
             answer["error"] = record.get("error")
+        elif held is not None:
+            answer["error"] = {
+                "kind": GATE_CLOSED,
+                "msg": f"deploy of {entry.environment} is queued: {held}; it runs when the "
+                "gate opens",
+                "details": {
+                    "corrected-env-name": (record or {}).get("environment", entry.environment)
+                },
+            }
         else:
             waited = (
                 "the server is already waiting for as many deploys as it may "
@@ -232,10 +318,11 @@ class CodeManager:
             "failed": [],
         }
         for entry in self.queue.active():
+            # As requested, as the answer to the request and ``?id=`` name it.
             item = {
                 "id": entry["id"],
-                "environment": entry["environment"],
-                "queued-at": entry["queued_at"],
+                "environment": entry.get("requested_as", entry["environment"]),
+                "queued-at": entry.get("queued_at"),
             }
             if entry.get("blocked"):
                 # A deploy held back by a closed gate says why.
@@ -246,7 +333,7 @@ class CodeManager:
                 sections["failed"].append(
                     {
                         "id": entry["id"],
-                        "environment": entry["environment"],
+                        "environment": entry.get("requested_as", entry["environment"]),
                         "queued-at": entry.get("queued_at"),
                         "error": entry.get("error"),
                     }
@@ -290,3 +377,20 @@ class CodeManager:
         if "error" in record:
             answer["error"] = record["error"]
         return answer
+
+
+def gate_closed_answer(name: str, closed: GateClosed) -> dict[str, Any]:
+    """Return Code Manager's answer for an environment refused by its closed gate."""
+    return {
+        "environment": name,
+        "status": "failed",
+        "error": {
+            "kind": closed.kind,
+            "msg": str(closed),
+            "details": {
+                "corrected-env-name": closed.environment,
+                "gate": closed.gate,
+                "reason": closed.reason,
+            },
+        },
+    }

@@ -21,8 +21,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from gitstate.deploys import Held
 from gitstate.errors import GitStateError
 from gitstate.gates import EnvironmentNotFound, GateNotFound, Gates, InvalidName, TicketNotFound
+from gitstate.store import Draft
 
 GATE_CLOSED = "puppetlabs.code-manager/gate-closed"
 
@@ -143,6 +145,35 @@ class DeployGuard:
             reason = closed.reason if closed is not None else "denied"
             raise GateClosed(environment, f"{group}/{service}/{env}", reason)
         return str(answer.body["ticket"]["id"])
+
+    def take_on(self, draft: Draft, environment: str, *, actor: str, link: str) -> str | None:
+        """Take the environment's gate inside ``draft`` (a deploy claim's commit).
+
+        Returns the new ticket's id, or None when the environment is not
+        guarded.
+
+        Raises:
+            Held: the gate is closed or held by another ticket; the reason
+                is what the status shows.
+        """
+        if not self.settings.enabled:
+            return None
+        group, service, env = self.gate_of(environment)
+        gates = self.gates
+        now = gates.clock()
+        wanted = gates.wanted({group: {service: env}})
+        try:
+            answer = gates.take_on(draft, now, wanted, link=link, actor=actor)
+        except (GateNotFound, EnvironmentNotFound, InvalidName):
+            return None
+        if answer.get("status") != "ok":
+            reason = gates.why_closed_on(draft, now, group, service, env) or "denied"
+            raise Held(str(GateClosed(environment, f"{group}/{service}/{env}", reason)))
+        return str(answer["ticket"]["id"])
+
+    def release_on(self, draft: Draft, ticket_id: str, *, actor: str) -> None:
+        """Give a deploy's ticket back inside ``draft`` (the finishing commit)."""
+        self.gates.release_on(draft, ticket_id, actor=actor)
 
     def release(self, ticket_id: str | None, *, actor: str) -> None:
         """Give a deploy's ticket back (a missing or expired one is fine)."""

@@ -7,9 +7,25 @@ worker can tell whether the worker named in a ``deploying`` record is still
 alive: if that slot's lock can be taken, its holder died (killed, OOM,
 machine restart) and the deploy is queued again once, then failed.
 
+An idle worker sleeps until the state branch moves (inotify, see
+:mod:`gitstate.tipwatch`), so a queued deploy is picked up at once; it also
+looks again every ``deploy.poll_interval`` for deploys a gate held back (a
+time rule opens a gate without any commit).
+
+**Batches.** Each claim and each outcome is a commit, and with ``fsync`` a
+commit costs milliseconds, about what a deploy that changes nothing costs.
+So a worker claims several deploys at once when its recent deploys were
+quick: as many as fit in :data:`BATCH_SECONDS` at its recent pace, and no
+more than its share of the queue (so every worker gets work); one slow
+deploy brings the batch back to one. The batch shares one collection (one
+fetch of the control repositories, module remotes fetched in parallel),
+and outcomes are recorded together, at the latest :data:`BATCH_SECONDS`
+after the first of them is known.
+
 A deploy that outlives ``timeouts.deploy`` is recorded as failed with the
-``timeout`` kind and the worker process exits, taking the stuck engine call
-with it; the supervisor starts a fresh worker.
+``timeout`` kind, the rest of its batch is queued again, and the worker
+process exits, taking the stuck engine call with it; the supervisor starts
+a fresh worker.
 """
 
 from __future__ import annotations
@@ -17,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import threading
 import time
@@ -25,19 +42,30 @@ from pathlib import Path
 from typing import Any
 
 from gitstate import metrics
-from gitstate.deploy_guard import DeployGuard, GateClosed
+from gitstate.deploy_guard import DeployGuard
 from gitstate.deploys import (
     COLLECT_FAILED,
     DEPLOY_FAILURE,
     TIMEOUT,
     DeployQueue,
+    Outcome,
     parse_iso,
     worker_name,
 )
-from gitstate.environments import CollectFailed, Deployer, DeployFailure
+from gitstate.environments import CollectFailed, Collection, Deployer, DeployFailure
 from gitstate.errors import GitStateError
+from gitstate.store import Draft
+from gitstate.tipwatch import TipWatch
 
 log = logging.getLogger(__name__)
+
+#: How long a batch of deploys should take at the worker's recent pace, and
+#: the longest an outcome waits to be recorded with the others (seconds).
+BATCH_SECONDS = 0.25
+#: Most deploys one claim takes.
+MAX_BATCH = 64
+#: Seconds between looks for deploys of dead workers while idle.
+RECOVER_EVERY = 10.0
 
 
 def slot_lock_path(lockdir: Path, slot: int) -> Path:
@@ -81,6 +109,24 @@ def _slot_of(worker: str) -> int | None:
     return int(number) if number.isdigit() else None
 
 
+class Pace:
+    """The worker's recent seconds per deploy (an exponential moving average)."""
+
+    def __init__(self, initial: float = BATCH_SECONDS, weight: float = 0.3) -> None:
+        self.seconds = initial
+        self._weight = weight
+
+    def observe(self, seconds: float) -> None:
+        """Account for one deploy that took ``seconds``."""
+        self.seconds += self._weight * (seconds - self.seconds)
+
+    def batch(self, claimable: int, workers: int) -> int:
+        """Return how many deploys to claim: a time budget, and a fair share of the queue."""
+        share = math.ceil(claimable / max(1, workers))
+        fits = int(BATCH_SECONDS / max(self.seconds, 1e-6))
+        return max(1, min(share, fits, MAX_BATCH))
+
+
 class DeployWorker:
     """One deploy worker: a loop of claim → deploy → finish."""
 
@@ -98,12 +144,23 @@ class DeployWorker:
         self.lockdir = lockdir
         self.guard = guard
         self.name = worker_name(slot)
+        self.pace = Pace()
+        self._stop = threading.Event()
 
-    def _blocked(self, environment: str) -> str | None:
+    # -- gates, inside the queue's commits ---------------------------------------------
+
+    def _take_gate(self, draft: Draft, environment: str, deploy_id: int) -> str | None:
         if self.guard is None:
             return None
-        closed = self.guard.blocked(environment)
-        return str(closed) if closed is not None else None
+        return self.guard.take_on(
+            draft, environment, actor=self.name, link=f"gitstate deploy #{deploy_id}"
+        )
+
+    def _release_gate(self, draft: Draft, ticket: str) -> None:
+        if self.guard is not None:
+            self.guard.release_on(draft, ticket, actor=self.name)
+
+    # -- the loop ----------------------------------------------------------------------
 
     def recover(self) -> list[int]:
         """Requeue (or fail) deploys whose workers died; return their ids."""
@@ -112,102 +169,155 @@ class DeployWorker:
             if entry.get("status") != "deploying":
                 continue
             worker = str(entry.get("worker", ""))
-            slot = _slot_of(worker)
             if worker == self.name:
                 continue
+            slot = _slot_of(worker)
             mine = slot == self.slot  # a previous process of this slot
-            dead = mine or slot is None or slot_is_dead(self.lockdir, slot)
-            if not dead:
+            if not (mine or slot is None or slot_is_dead(self.lockdir, slot)):
                 continue
-            ticket = self.queue.get(entry["id"]).get("ticket")
-            if self.queue.requeue_or_fail(entry["id"], self.name) is not None:
+            if self.queue.recover(entry["id"], self.name, release=self._release_gate):
+                log.warning(
+                    "deploy #%s of %s: its worker %s stopped",
+                    entry["id"],
+                    entry["environment"],
+                    worker,
+                )
                 recovered.append(entry["id"])
-                if self.guard is not None:
-                    self.guard.release(ticket, actor=self.name)
         return recovered
 
     def run_once(self) -> bool:
-        """Deploy one queued environment if there is one; return whether it did.
+        """Claim a batch of queued deploys and run it; return whether there was one.
 
         Environments whose gate is closed are skipped (their deploys wait,
-        with the reason in the status); the deploy holds a ticket on its
+        with the reason in the status); each deploy holds a ticket on its
         gate while it runs.
         """
-        claimable = self.queue.refresh_blocked(self._blocked)
+        claimable = self.queue.claimable()
         if not claimable:
             return False
-        candidate = claimable[0]
-        ticket = None
-        if self.guard is not None:
-            try:
-                ticket = self.guard.acquire(
-                    candidate["environment"],
-                    actor=self.name,
-                    link=f"gitstate deploy #{candidate['id']}",
-                )
-            except GateClosed:
-                return False  # closed since we looked; recorded on the next round
-        record = self.queue.claim(self.name, deploy_id=candidate["id"], ticket=ticket)
-        if record is None:
-            if self.guard is not None:
-                self.guard.release(ticket, actor=self.name)
+        limit = self.pace.batch(claimable, self.queue.settings.pool_size)
+        batch = self.queue.claim(self.name, limit=limit, gate=self._take_gate)
+        if not batch:
             return False
-        try:
-            return self._run(record)
-        finally:
-            if self.guard is not None:
-                self.guard.release(ticket, actor=self.name)
+        self._run_batch(batch)
+        return True
 
-    def _run(self, record: dict[str, Any]) -> bool:
+    def run(self, stop: threading.Event) -> None:
+        """Work until ``stop`` is set; sleep until the state branch moves when idle."""
+        self._stop = stop
+        watch = TipWatch.of(Path(self.queue.store.path))
+        self.recover()
+        last_recover = time.monotonic()
+        while not stop.is_set():
+            head = self.queue.store.head()
+            try:
+                if self.run_once():
+                    continue
+                if time.monotonic() - last_recover > RECOVER_EVERY:
+                    self.recover()
+                    last_recover = time.monotonic()
+            except GitStateError as ex:
+                log.error("deploy worker %s: %s", self.name, ex)
+                stop.wait(self.queue.settings.poll_interval)
+                continue
+            watch.wait(
+                lambda head=head: self.queue.store.head() != head,
+                self.queue.settings.poll_interval,
+                stop=stop,
+            )
+
+    # -- running a batch -------------------------------------------------------------
+
+    def _collection(self, batch: list[dict[str, Any]]) -> Collection | Exception:
+        """Collect once for the batch, fresh enough for its newest request."""
+        stamps = [
+            parse_iso(stamp).timestamp()
+            for record in batch
+            if (stamp := record.get("requested_at") or record.get("queued_at"))
+        ]
+        try:
+            collection = self.engine.collect(fresh_after=max(stamps) if stamps else None)
+        except CollectFailed as ex:
+            return ex
+        if len(batch) > 1:
+            with contextlib.suppress(GitStateError, OSError):
+                self.engine.prefetch(collection, [record["environment"] for record in batch])
+        return collection
+
+    def _run_batch(self, batch: list[dict[str, Any]]) -> None:
+        collection = self._collection(batch)
+        outcomes: list[Outcome] = []
+        first_known: float | None = None
+        for index, record in enumerate(batch):
+            if self._stop.is_set():
+                outcomes += [Outcome(rest["id"], requeue=True) for rest in batch[index:]]
+                break
+            started = time.monotonic()
+            outcome, timed_out = self._run_one(record, collection)
+            took = time.monotonic() - started
+            self.pace.observe(took)
+            metrics.deploy_finished("failed" if outcome.error else "complete", took)
+            outcomes.append(outcome)
+            if timed_out:
+                outcomes += [Outcome(rest["id"], requeue=True) for rest in batch[index + 1 :]]
+                self.queue.finish(outcomes, self.name, release=self._release_gate)
+                log.error("deploy #%s timed out; restarting worker", record["id"])
+                os._exit(3)
+            first_known = first_known or time.monotonic()
+            if time.monotonic() - first_known >= BATCH_SECONDS and index < len(batch) - 1:
+                self.queue.finish(outcomes, self.name, release=self._release_gate)
+                outcomes, first_known = [], None
+        self.queue.finish(outcomes, self.name, release=self._release_gate)
+        if not isinstance(collection, Exception):
+            with contextlib.suppress(GitStateError, OSError):
+                self.engine.purge(collection)
+
+    def _run_one(
+        self, record: dict[str, Any], collection: Collection | Exception
+    ) -> tuple[Outcome, bool]:
+        """Deploy one environment under the deploy timeout.
+
+        Returns its outcome and whether it timed out.
+        """
         deploy_id = record["id"]
-        outcome: dict[str, Any] = {}
+        if isinstance(collection, CollectFailed):
+            # As a deploy that collected by itself reports it: a deploy failure.
+            name = record.get("requested_as") or record["environment"]
+            failure = DeployFailure(name, record["environment"], collection.details)
+            return Outcome(deploy_id, **_outcome(record, {"error": failure})), False
+        if isinstance(collection, Exception):
+            return Outcome(deploy_id, **_outcome(record, {"error": collection})), False
+        found: dict[str, Any] = {}
         done = threading.Event()
 
         def work() -> None:
             try:
-                outcome["result"] = self._deploy(record)
+                found["result"] = self._deploy(record, collection)
             except BaseException as ex:
-                outcome["error"] = ex
+                found["error"] = ex
             finally:
                 done.set()
 
         thread = threading.Thread(target=work, name=f"deploy-{deploy_id}", daemon=True)
-        started = time.monotonic()
         thread.start()
-        if not done.wait(self.queue.settings.deploy_timeout):
-            metrics.deploy_finished("failed", time.monotonic() - started)
-            self.queue.finish(
-                deploy_id,
-                self.name,
-                error={
-                    "kind": TIMEOUT,
-                    "msg": (
-                        f"deploy of {record['environment']} took longer than "
-                        f"{self.queue.settings.deploy_timeout:g}s and was stopped"
-                    ),
-                    "details": {"timeout": self.queue.settings.deploy_timeout},
-                },
-            )
-            log.error("deploy #%s timed out; restarting worker", deploy_id)
-            if self.guard is not None:
-                self.guard.release(record.get("ticket"), actor=self.name)
-            os._exit(3)
-        self.queue.finish(deploy_id, self.name, **_outcome(record, outcome))
-        metrics.deploy_finished(
-            "failed" if "error" in outcome else "complete", time.monotonic() - started
-        )
-        return True
+        limit = self.queue.settings.deploy_timeout
+        if not done.wait(limit):
+            error = {
+                "kind": TIMEOUT,
+                "msg": (
+                    f"deploy of {record['environment']} took longer than {limit:g}s and was stopped"
+                ),
+                "details": {"timeout": limit},
+            }
+            return Outcome(deploy_id, error=error), True
+        return Outcome(deploy_id, **_outcome(record, found)), False
 
-    def _deploy(self, record: dict[str, Any]) -> dict[str, Any]:
-        # A remote fetched after the last request for this deploy already
-        # holds what the request was about: deploys queued together
-        # (deploy-all, a push of several branches) fetch each remote once.
-        stamp = record.get("requested_at") or record.get("queued_at")
-        requested_at = parse_iso(stamp).timestamp() if stamp else None
+    def _deploy(self, record: dict[str, Any], collection: Collection) -> dict[str, Any]:
         result = self.engine.deploy(
             record.get("requested_as") or record["environment"],
+            collection=collection,
             deploy_modules=bool(record.get("deploy_modules", True)),
-            fresh_after=requested_at,
+            purge=False,
         )
         return {
             "signature": result.signature,
@@ -217,27 +327,12 @@ class DeployWorker:
             "module_deploys": [module.to_json() for module in result.module_deploys],
         }
 
-    def run(self, stop: threading.Event) -> None:
-        """Work until ``stop`` is set, polling the queue when idle."""
-        self.recover()
-        last_recover = time.monotonic()
-        while not stop.is_set():
-            try:
-                if self.run_once():
-                    continue
-                if time.monotonic() - last_recover > 10:
-                    self.recover()
-                    last_recover = time.monotonic()
-            except GitStateError as ex:
-                log.error("deploy worker %s: %s", self.name, ex)
-            stop.wait(self.queue.settings.poll_interval)
 
-
-def _outcome(record: dict[str, Any], outcome: dict[str, Any]) -> dict[str, Any]:
-    """Turn what the engine did into ``finish`` arguments (result or error)."""
-    error = outcome.get("error")
+def _outcome(record: dict[str, Any], found: dict[str, Any]) -> dict[str, Any]:
+    """Turn what the engine did into :class:`Outcome` fields (result or error)."""
+    error = found.get("error")
     if error is None:
-        return {"result": outcome["result"]}
+        return {"result": found["result"]}
     if isinstance(error, DeployFailure):
         return {
             "error": {
@@ -254,7 +349,7 @@ def _outcome(record: dict[str, Any], outcome: dict[str, Any]) -> dict[str, Any]:
                 "details": error.details,
             }
         }
-    log.exception("deploy #%s failed unexpectedly", record["id"], exc_info=error)
+    log.error("deploy #%s failed unexpectedly", record["id"], exc_info=error)
     return {
         "error": {
             "kind": DEPLOY_FAILURE,

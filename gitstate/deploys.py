@@ -1,27 +1,35 @@
-"""The deploy queue, kept in the state branch.
+"""The deploy queue, kept in the state branch, one small record per entry.
 
 A deploy request becomes a record ``deploys/<bucket>/<id>.yaml`` with an
 increasing id and moves ``queued`` → ``deploying`` → ``complete`` | ``failed``;
-each move is one commit, so ``git log -- deploys/`` is the deploy history.
-Two small index records keep reads cheap however long that history grows:
+each move is a commit, so ``git log -- deploys/`` is the deploy history.
+Where a deploy stands is also told by *where* a small record of it lives,
+so that every move touches a constant number of records however long the
+queue is:
 
-* ``deploys/active.yaml`` — every deploy not finished yet, by id, with its
-  environment and status. A request for an environment that already has a
-  *queued* deploy joins it (same id) instead of queueing a second one; an
-  environment with a deploy *deploying* gets one queued behind it. Workers
-  claim the oldest queued deploy whose environment is not being deployed, so
-  one environment never deploys twice at once.
-* ``deploys/finished.yaml`` — the most recent finished deploys (status,
-  times, error), from which the status endpoint lists failures younger than
-  ``deploy_ttl``.
+``deploys/queued/<id>.yaml``
+    one per queued deploy (``<id>`` zero-padded, so the directory lists in
+    queue order), with its environment and, when a gate holds it back, why.
+    An environment has at most one: a request for an environment that
+    already has a queued deploy joins it (same id).
+``deploys/running/<env>.yaml``
+    the deploy of ``<env>`` that a worker is running. The path is the
+    environment, so two deploys of one environment can never run at once:
+    a worker claims only environments without this record.
+``deploys/failed/<id>.yaml``
+    failed deploys younger than ``deploy_ttl``, for the status list.
+``environments/<env>.yaml``
+    the last good deploy of each environment (signature, commits), written
+    in the commit that finishes it.
 
-The last good deploy of each environment is summarised in
-``environments/<name>.yaml`` (signature, environment-commit, code-commit), in
-the same commit that finishes the deploy.
+A worker claims several deploys in one commit when deploys are quick (a
+no-op deploy costs milliseconds, a commit with fsync several), takes each
+environment's gate ticket in that same commit, and records several outcomes
+(and gives the tickets back) in one commit; see
+:class:`gitstate.deploy_worker.DeployWorker` for how it sizes a batch.
 
-This module knows nothing of git trees or HTTP: it calls a deploy engine
-(:class:`gitstate.environments.Deployer`) through the small
-:class:`Engine` protocol and writes records through :mod:`gitstate.store`.
+This module knows nothing of git trees or HTTP: workers call the deploy
+engine (:class:`gitstate.environments.Deployer`) and record what it did here.
 """
 
 from __future__ import annotations
@@ -32,18 +40,24 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 from gitstate.errors import GitStateError
 from gitstate.store import Draft, Identity, Store
+from gitstate.tipwatch import TipWatch
 
 SCHEMA_VERSION = 1
-ACTIVE = "deploys/active.yaml"
-FINISHED = "deploys/finished.yaml"
 COUNTER = "deploys/counter.yaml"
-#: How many finished deploys the index keeps (older ones stay in git history).
-FINISHED_KEEP = 500
+QUEUED = "deploys/queued"
+RUNNING = "deploys/running"
+FAILED = "deploys/failed"
+#: Where queue version 1 kept every unfinished / finished deploy in one file.
+LEGACY_ACTIVE = "deploys/active.yaml"
+LEGACY_FINISHED = "deploys/finished.yaml"
 _BUCKET = 256
+#: A deploy whose worker died this many times is failed instead of queued again.
+MAX_INTERRUPTIONS = 2
 
 KIND_PREFIX = "puppetlabs.code-manager/"
 DEPLOY_FAILURE = KIND_PREFIX + "deploy-failure"
@@ -51,6 +65,7 @@ COLLECT_FAILED = KIND_PREFIX + "collect-failed"
 BAD_REQUEST = KIND_PREFIX + "bad-request"
 TIMEOUT = KIND_PREFIX + "timeout"
 INTERRUPTED = KIND_PREFIX + "deploy-interrupted"
+FINAL = ("complete", "failed")
 
 
 class DeployRequestError(GitStateError, ValueError):
@@ -71,22 +86,16 @@ class DeployNotFound(GitStateError, LookupError):
         super().__init__(f"no deploy with id {deploy_id}")
 
 
-class Engine(Protocol):
-    """What the queue needs from the deploy engine."""
+class Held(GitStateError):
+    """A queued deploy may not run now; raised by a claim's gate check.
 
-    def collect(self) -> Any:
-        """Fetch the control repositories and list their environments."""
+    Attributes:
+        reason: why, as the status shows it (``waiting-for``).
+    """
 
-    def deploy(
-        self, environment: str, *, collection: Any = None, deploy_modules: bool = True
-    ) -> Any:
-        """Build and publish one environment."""
-
-    def remove(self, environment: str) -> str | None:
-        """Unpublish one environment at once."""
-
-    def purge(self, collection: Any) -> list[str]:
-        """Unpublish environments whose branches are gone."""
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,11 +104,13 @@ class DeploySettings:
 
     Attributes:
         pool_size: deploy worker processes ``gitstate serve`` runs.
-        deploy_ttl: how long finished deploys stay in the status list.
+        deploy_ttl: how long failed deploys stay in the status list.
         wait_timeout: longest a ``wait: true`` request waits.
         deploy_timeout: longest one environment may take.
         fetch_timeout: longest a fetch of a remote may take.
-        poll_interval: how often an idle worker looks for work.
+        poll_interval: how often an idle worker looks again at deploys held
+            back by a closed gate (a time rule opens a gate without a
+            commit); new work wakes it at once.
     """
 
     pool_size: int = 2
@@ -107,7 +118,7 @@ class DeploySettings:
     wait_timeout: float = 700.0
     deploy_timeout: float = 600.0
     fetch_timeout: float = 30.0
-    poll_interval: float = 0.1
+    poll_interval: float = 1.0
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> DeploySettings:
@@ -162,6 +173,21 @@ def record_path(deploy_id: int) -> str:
     return f"deploys/{deploy_id // _BUCKET:05d}/{deploy_id}.yaml"
 
 
+def queued_path(deploy_id: int) -> str:
+    """Return where a queued deploy waits (ids padded: names sort in queue order)."""
+    return f"{QUEUED}/{deploy_id:010d}.yaml"
+
+
+def running_path(environment: str) -> str:
+    """Return the record of the deploy running for ``environment``."""
+    return f"{RUNNING}/{environment}.yaml"
+
+
+def failed_path(deploy_id: int) -> str:
+    """Return where a recently failed deploy is listed."""
+    return f"{FAILED}/{deploy_id:010d}.yaml"
+
+
 def environment_path(environment: str) -> str:
     """Return where the summary of one environment's last deploy lives."""
     return f"environments/{environment}.yaml"
@@ -179,6 +205,27 @@ class Requested:
     def to_json(self) -> dict[str, Any]:
         """Return Code Manager's entry for a request without ``wait``."""
         return {"environment": self.environment, "id": self.deploy_id, "status": self.status}
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What became of one claimed deploy, as :meth:`DeployQueue.finish` records it.
+
+    Exactly one of ``result`` (it completed), ``error`` (it failed) or
+    ``requeue`` (it was never started: its worker is stopping) is set.
+    """
+
+    deploy_id: int
+    result: Mapping[str, Any] | None = None
+    error: Mapping[str, Any] | None = None
+    requeue: bool = False
+
+
+#: A claim's gate check: ``(draft, environment, deploy id)`` → the ticket
+#: taken (None when the environment is not guarded); raises :class:`Held`.
+GateCheck = Callable[[Draft, str, int], str | None]
+#: Gives a finished deploy's ticket back inside the finishing commit.
+GateRelease = Callable[[Draft, str], None]
 
 
 class DeployQueue:
@@ -205,36 +252,36 @@ class DeployQueue:
         request_id: str | None = None,
         deploy_modules: bool = True,
         reason: str = "requested",
+        requested_at: float | None = None,
     ) -> list[Requested]:
         """Queue a deploy of each ``(requested name, corrected name)``, in one commit.
 
         The requested name is what the user asked for and what Code Manager
         reports back; the corrected name is the environment deployed. A
         request for an environment that already has a queued deploy joins it.
+        ``requested_at`` (default: now) is the moment the request's view of
+        the remotes starts: mirrors fetched since then are not fetched again.
         """
         if not environments:
             return []
 
         def change(draft: Draft) -> list[Requested]:
-            active = _active(draft)
+            _migrate(draft)
+            waiting = _queued_by_environment(draft)
             counter = draft.get(COUNTER) or {"schema_version": SCHEMA_VERSION, "next_id": 1}
             answers: list[Requested] = []
             stamp = now_iso(self.clock)
+            asked = now_iso(lambda: requested_at) if requested_at is not None else stamp
             for requested, corrected in environments:
-                waiting = [
-                    entry
-                    for entry in active.values()
-                    if entry["environment"] == corrected and entry["status"] == "queued"
-                ]
-                if waiting:
-                    entry = waiting[0]
-                    record = draft.get(record_path(entry["id"])) or {}
+                joined = waiting.get(corrected)
+                if joined is not None:
+                    record = draft.get(record_path(joined)) or {}
                     if deploy_modules:
                         record["deploy_modules"] = True
                     # The newest request decides how fresh the fetch must be.
-                    record["requested_at"] = stamp
-                    draft.put(record_path(entry["id"]), record)
-                    answers.append(Requested(requested, entry["id"], "queued", True))
+                    record["requested_at"] = max(str(record.get("requested_at", "")), asked)
+                    draft.put(record_path(joined), record)
+                    answers.append(Requested(requested, joined, "queued", True))
                     continue
                 deploy_id = int(counter["next_id"])
                 counter["next_id"] = deploy_id + 1
@@ -247,26 +294,30 @@ class DeployQueue:
                         "requested_as": requested,
                         "status": "queued",
                         "queued_at": stamp,
-                        "requested_at": stamp,
+                        "requested_at": asked,
                         "requested_by": actor,
                         "reason": reason,
                         "deploy_modules": deploy_modules,
                         "attempts": 0,
                     },
                 )
-                active[str(deploy_id)] = {
-                    "id": deploy_id,
-                    "environment": corrected,
-                    "status": "queued",
-                    "queued_at": stamp,
-                }
+                draft.put(
+                    queued_path(deploy_id),
+                    {
+                        "schema_version": SCHEMA_VERSION,
+                        "id": deploy_id,
+                        "environment": corrected,
+                        "requested_as": requested,
+                        "queued_at": stamp,
+                    },
+                )
+                waiting[corrected] = deploy_id
                 answers.append(Requested(requested, deploy_id, "queued", False))
             draft.put(COUNTER, counter)
-            _put_active(draft, active)
             new = [a for a in answers if not a.joined]
-            names = ", ".join(sorted({a.environment for a in answers}))
+            names = _names({a.environment for a in answers})
             if new:
-                ids = ", ".join(f"#{a.deploy_id}" for a in new)
+                ids = _ids(a.deploy_id for a in new)
                 draft.subject = f"{actor} queued deploy of {names} ({ids})"
             else:
                 draft.subject = f"{actor} asked again to deploy {names}"
@@ -279,6 +330,8 @@ class DeployQueue:
             identity=Identity(actor, request_id),
         )
         return done.value
+
+    # -- reads ---------------------------------------------------------------------
 
     def get(self, deploy_id: int, at: str | None = None) -> dict[str, Any]:
         """Return one deploy record.
@@ -299,233 +352,339 @@ class DeployQueue:
         return [record for record in found if record is not None]
 
     def active(self) -> list[dict[str, Any]]:
-        """Return every unfinished deploy (queued or deploying), oldest first."""
-        entries = _active_of(self.store.snapshot().get(ACTIVE))
-        return sorted(entries.values(), key=lambda entry: entry["id"])
+        """Return every unfinished deploy (queued or deploying), oldest first.
+
+        Each entry has ``id``, ``environment``, ``requested_as``, ``status``,
+        ``queued_at`` and, when a gate holds it back, ``blocked``.
+        """
+        snapshot = self.store.snapshot()
+        entries = []
+        for name in snapshot.names(QUEUED):
+            entry = snapshot.get(f"{QUEUED}/{name}")
+            if entry is not None:
+                entries.append({**entry, "status": "queued"})
+        for name in snapshot.names(RUNNING):
+            entry = snapshot.get(f"{RUNNING}/{name}")
+            if entry is not None:
+                entries.append({**entry, "status": "deploying"})
+        entries.extend(_legacy_active(snapshot.get(LEGACY_ACTIVE)))
+        for entry in entries:
+            entry.pop("schema_version", None)
+        return sorted(entries, key=lambda entry: entry["id"])
+
+    def running(self, environment: str) -> dict[str, Any] | None:
+        """Return the deploy running for ``environment`` now, if any."""
+        return self.store.snapshot().get(running_path(environment))
 
     def finished(self) -> list[dict[str, Any]]:
-        """Return finished deploys younger than ``deploy_ttl``, newest first."""
-        index = self.store.snapshot().get(FINISHED) or {}
-        horizon = datetime.fromtimestamp(self.clock(), UTC) - timedelta(
-            seconds=self.settings.deploy_ttl
-        )
-        entries = [
-            entry
-            for entry in index.get("deploys", [])
-            if parse_iso(entry["finished_at"]) >= horizon
-        ]
+        """Return failed deploys younger than ``deploy_ttl``, newest first."""
+        snapshot = self.store.snapshot()
+        horizon = self._horizon()
+        entries = []
+        for name in snapshot.names(FAILED):
+            entry = snapshot.get(f"{FAILED}/{name}")
+            if entry is not None and parse_iso(entry["finished_at"]) >= horizon:
+                entry.pop("schema_version", None)
+                entries.append({**entry, "status": "failed"})
         return sorted(entries, key=lambda entry: entry["id"], reverse=True)
 
     def deployed(self) -> dict[str, dict[str, Any]]:
         """Return each environment's last good deploy summary."""
         snapshot = self.store.snapshot()
         summaries = {}
-        for path, record in snapshot.records("environments"):
-            summaries[path.removeprefix("environments/").removesuffix(".yaml")] = record
+        for name in snapshot.names("environments"):
+            record = snapshot.get(f"environments/{name}")
+            if record is not None:
+                summaries[name.removesuffix(".yaml")] = record
         return summaries
+
+    def _horizon(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC) - timedelta(
+            seconds=self.settings.deploy_ttl
+        )
 
     # -- workers -------------------------------------------------------------------
 
-    def refresh_blocked(self, blocked: Callable[[str], str | None]) -> list[dict[str, Any]]:
-        """Record why queued deploys wait (closed gates); return the claimable ones.
-
-        ``blocked(environment)`` says why an environment may not be deployed
-        now, or None. A reason is written only when it changes, so a deploy
-        waiting for hours on a closed gate costs two commits, not one per
-        poll.
-        """
-        active = _active_of(self.store.snapshot().get(ACTIVE))
-        reasons = {
-            key: blocked(entry["environment"])
-            for key, entry in active.items()
-            if entry["status"] == "queued"
-        }
-        if any(active[key].get("blocked") != reason for key, reason in reasons.items()):
-
-            def change(draft: Draft) -> None:
-                fresh = _active(draft)
-                notes = []
-                for key, reason in reasons.items():
-                    entry = fresh.get(key)
-                    if (
-                        entry is None
-                        or entry["status"] != "queued"
-                        or entry.get("blocked") == reason
-                    ):
-                        continue
-                    if reason is None:
-                        entry.pop("blocked", None)
-                        notes.append(f"#{entry['id']} of {entry['environment']} may run")
-                    else:
-                        entry["blocked"] = reason
-                        notes.append(f"#{entry['id']} of {entry['environment']} waits: {reason}")
-                _put_active(draft, fresh)
-                draft.subject = "deploy " + "; ".join(notes) if notes else "deploy waits"
-
-            self.store.transact(
-                change,
-                subject="deploys wait for gates",
-                operation="deploy.wait",
-                identity=Identity("gitstate"),
-            )
-            active = _active_of(self.store.snapshot().get(ACTIVE))
-        return [entry for entry in _claimable(active) if not entry.get("blocked")]
+    def claimable(self) -> int:
+        """Count queued deploys whose environment is not being deployed (a cheap read)."""
+        snapshot = self.store.snapshot()
+        running = {name.removesuffix(".yaml") for name in snapshot.names(RUNNING)}
+        count = 0
+        for name in snapshot.names(QUEUED):
+            entry = snapshot.get(f"{QUEUED}/{name}")
+            if entry is not None and entry["environment"] not in running:
+                count += 1
+        if snapshot.get(LEGACY_ACTIVE) is not None:
+            count += 1  # the first claim moves the old index over
+        return count
 
     def claim(
-        self, worker: str, *, deploy_id: int | None = None, ticket: str | None = None
-    ) -> dict[str, Any] | None:
-        """Mark a queued deploy ``deploying`` for ``worker``.
+        self, worker: str, *, limit: int = 1, gate: GateCheck | None = None
+    ) -> list[dict[str, Any]]:
+        """Mark up to ``limit`` queued deploys ``deploying`` for ``worker``, in one commit.
 
-        Without ``deploy_id``, the oldest claimable one; with it, that one if
-        it is still claimable. A deploy is claimable when no other deploy of
-        its environment is being deployed. ``ticket`` is the gate ticket the
-        worker took for it. Returns the claimed record, or None when there is
-        no such work (without writing anything).
+        Queued deploys are taken in queue order, skipping environments that
+        are being deployed. ``gate`` is asked about each candidate inside the
+        transaction: it returns the gate ticket it took (kept in the record)
+        or raises :class:`Held`, and the deploy waits, its reason recorded
+        (only when it changes, so a deploy waiting hours costs two commits).
+
+        Returns the claimed records (empty when there is no such work).
         """
-        snapshot = self.store.snapshot()
-        if not _claimable(_active_of(snapshot.get(ACTIVE))):
-            return None
+        if limit < 1 or not self.claimable():
+            return []
 
-        def change(draft: Draft) -> dict[str, Any] | None:
-            active = _active(draft)
-            candidates = _claimable(active)
-            if deploy_id is not None:
-                candidates = [entry for entry in candidates if entry["id"] == deploy_id]
-            if not candidates:
-                return None
-            entry = candidates[0]
-            record = draft.get(record_path(entry["id"]))
-            if record is None:  # index and record disagree: drop the entry
-                active.pop(str(entry["id"]))
-                _put_active(draft, active)
-                return None
-            record.update(
-                status="deploying",
-                started_at=now_iso(self.clock),
-                worker=worker,
-                attempts=int(record.get("attempts", 0)) + 1,
-            )
-            if ticket is not None:
-                record["ticket"] = ticket
-            draft.put(record_path(entry["id"]), record)
-            # ``candidates`` are copies: mark the entry of the index itself.
-            indexed = active[str(entry["id"])]
-            indexed["status"] = "deploying"
-            indexed["worker"] = worker
-            indexed.pop("blocked", None)
-            _put_active(draft, active)
-            draft.subject = f"{worker} started deploying {record['environment']} (#{record['id']})"
-            return record
+        def change(draft: Draft) -> list[dict[str, Any]]:
+            _migrate(draft)
+            running = {name.removesuffix(".yaml") for name in draft.names(RUNNING)}
+            claimed: list[dict[str, Any]] = []
+            waits: list[str] = []
+            stamp = now_iso(self.clock)
+            for name in draft.names(QUEUED):
+                if len(claimed) >= limit:
+                    break
+                entry = draft.get(f"{QUEUED}/{name}")
+                if entry is None or entry["environment"] in running:
+                    continue
+                environment = entry["environment"]
+                deploy_id = int(entry["id"])
+                record = draft.get(record_path(deploy_id))
+                if record is None or record.get("status") != "queued":
+                    draft.delete(f"{QUEUED}/{name}")  # index and record disagree
+                    continue
+                try:
+                    ticket = gate(draft, environment, deploy_id) if gate is not None else None
+                except Held as held:
+                    if entry.get("blocked") != held.reason:
+                        entry["blocked"] = held.reason
+                        draft.put(f"{QUEUED}/{name}", entry)
+                        waits.append(f"#{deploy_id} of {environment} waits: {held.reason}")
+                    continue
+                record.update(
+                    status="deploying",
+                    started_at=stamp,
+                    worker=worker,
+                    attempts=int(record.get("attempts", 0)) + 1,
+                )
+                record.pop("ticket", None)
+                if ticket is not None:
+                    record["ticket"] = ticket
+                draft.put(record_path(deploy_id), record)
+                draft.delete(f"{QUEUED}/{name}")
+                draft.put(
+                    running_path(environment),
+                    {
+                        "schema_version": SCHEMA_VERSION,
+                        "id": deploy_id,
+                        "environment": environment,
+                        "requested_as": record.get("requested_as", environment),
+                        "queued_at": record.get("queued_at"),
+                        "worker": worker,
+                        "started_at": stamp,
+                        **({"ticket": ticket} if ticket is not None else {}),
+                    },
+                )
+                running.add(environment)
+                claimed.append(record)
+            if claimed:
+                names = _names(record["environment"] for record in claimed)
+                ids = _ids(record["id"] for record in claimed)
+                draft.subject = f"{worker} started deploying {names} ({ids})"
+                if waits:
+                    draft.body = "\n".join(waits)
+            elif waits:
+                draft.subject = "deploy " + "; ".join(waits)
+            return claimed
 
         return self.store.transact(
             change,
-            subject=f"{worker} claims a deploy",
+            subject=f"{worker} claims deploys",
             operation="deploy.start",
             identity=Identity(worker),
         ).value
 
     def finish(
         self,
-        deploy_id: int,
+        outcomes: Sequence[Outcome],
         worker: str,
         *,
-        result: Mapping[str, Any] | None = None,
-        error: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Record the outcome of a claimed deploy: ``result`` or ``error``."""
+        release: GateRelease | None = None,
+    ) -> list[dict[str, Any]]:
+        """Record what became of deploys ``worker`` claimed, in one commit.
 
-        def change(draft: Draft) -> dict[str, Any]:
-            active = _active(draft)
-            record = draft.get(record_path(deploy_id))
-            if record is None:
-                raise DeployNotFound(deploy_id)
+        A deploy that is no longer ``worker``'s (another worker queued it
+        again, believing this one dead) is left alone: it is recorded by
+        whoever runs it now, so it is never finished twice. ``release``
+        gives each deploy's gate ticket back in the same commit.
+
+        Returns the records written.
+        """
+        if not outcomes:
+            return []
+
+        def change(draft: Draft) -> list[dict[str, Any]]:
+            _migrate(draft)
             stamp = now_iso(self.clock)
-            record["finished_at"] = stamp
-            environment = record["environment"]
-            if error is None:
-                result_ = dict(result or {})
-                record.update(status="complete", **result_)
-                draft.put(
-                    environment_path(environment),
-                    {
-                        "schema_version": SCHEMA_VERSION,
-                        "environment": environment,
-                        "deploy_id": deploy_id,
-                        "deployed_at": stamp,
-                        **{
-                            key: result_[key]
-                            for key in ("signature", "environment_commit", "code_commit")
-                            if key in result_
-                        },
-                    },
+            written = []
+            lines = []
+            for outcome in outcomes:
+                record = draft.get(record_path(outcome.deploy_id))
+                if (
+                    record is None
+                    or record.get("status") != "deploying"
+                    or record.get("worker") != worker
+                ):
+                    continue
+                environment = record["environment"]
+                running = draft.get(running_path(environment))
+                if running is not None and running.get("id") == outcome.deploy_id:
+                    draft.delete(running_path(environment))
+                ticket = record.pop("ticket", None)
+                if ticket and release is not None:
+                    release(draft, str(ticket))
+                if outcome.requeue:
+                    line = self._requeue(draft, record, "its worker stopped before starting it")
+                elif outcome.error is None:
+                    line = self._complete(draft, record, dict(outcome.result or {}), stamp)
+                else:
+                    line = self._fail(draft, record, dict(outcome.error), stamp)
+                draft.put(record_path(outcome.deploy_id), record)
+                written.append(record)
+                lines.append(line)
+            if any(record["status"] == "failed" for record in written):
+                self._expire_failed(draft)
+            if len(lines) == 1:
+                draft.subject = lines[0]
+            elif lines:
+                draft.subject = f"{len(lines)} deploys finished: " + "; ".join(
+                    line.removeprefix("deploy ") for line in lines
                 )
-                outcome = "complete"
-                if result_.get("skipped"):
-                    outcome = "complete (unchanged)"
-                signature = str(result_.get("signature") or "")[:12]
-                draft.subject = (
-                    f"deploy #{deploy_id} of {environment} {outcome}: {signature}".rstrip(": ")
-                )
-            else:
-                record.update(status="failed", error=dict(error))
-                draft.subject = (
-                    f"deploy #{deploy_id} of {environment} failed: {error.get('msg', '')}"[:200]
-                )
-            draft.put(record_path(deploy_id), record)
-            active.pop(str(deploy_id), None)
-            _put_active(draft, active)
-            _remember_finished(draft, record)
-            return record
+                draft.body = "\n".join(lines)
+            return written
 
         return self.store.transact(
             change,
-            subject=f"deploy #{deploy_id} finished",
+            subject=f"{worker} finished deploys",
             operation="deploy.finish",
             identity=Identity(worker),
         ).value
 
-    def requeue_or_fail(
-        self, deploy_id: int, worker: str, *, max_attempts: int = 2
+    def _complete(
+        self, draft: Draft, record: dict[str, Any], result: dict[str, Any], stamp: str
+    ) -> str:
+        deploy_id, environment = record["id"], record["environment"]
+        record.update(status="complete", finished_at=stamp, **result)
+        draft.put(
+            environment_path(environment),
+            {
+                "schema_version": SCHEMA_VERSION,
+                "environment": environment,
+                "deploy_id": deploy_id,
+                "deployed_at": stamp,
+                **{
+                    key: result[key]
+                    for key in ("signature", "environment_commit", "code_commit")
+                    if key in result
+                },
+            },
+        )
+        outcome = "complete (unchanged)" if result.get("skipped") else "complete"
+        signature = str(result.get("signature") or "")[:12]
+        return f"deploy #{deploy_id} of {environment} {outcome}: {signature}".rstrip(": ")
+
+    def _fail(self, draft: Draft, record: dict[str, Any], error: dict[str, Any], stamp: str) -> str:
+        record.update(status="failed", finished_at=stamp, error=error)
+        draft.put(
+            failed_path(record["id"]),
+            {
+                "schema_version": SCHEMA_VERSION,
+                **{
+                    key: record[key]
+                    for key in (
+                        "id",
+                        "environment",
+                        "requested_as",
+                        "queued_at",
+                        "finished_at",
+                        "error",
+                    )
+                    if key in record
+                },
+            },
+        )
+        message = f"deploy #{record['id']} of {record['environment']} failed: "
+        return (message + str(error.get("msg", "")))[:200]
+
+    def _requeue(self, draft: Draft, record: dict[str, Any], why: str) -> str:
+        """Put a claimed deploy back in the queue (its claim counted as an attempt).
+
+        Another deploy of the environment may have been queued behind it
+        meanwhile; both wait, in id order, and the later one is most likely
+        a no-op.
+        """
+        deploy_id, environment = record["id"], record["environment"]
+        record.update(status="queued")
+        record.pop("worker", None)
+        record.pop("started_at", None)
+        draft.put(
+            queued_path(deploy_id),
+            {
+                "schema_version": SCHEMA_VERSION,
+                "id": deploy_id,
+                "environment": environment,
+                "requested_as": record.get("requested_as", environment),
+                "queued_at": record.get("queued_at"),
+            },
+        )
+        return f"deploy #{deploy_id} of {environment} queued again: {why}"
+
+    def _expire_failed(self, draft: Draft) -> None:
+        """Drop failed-list entries older than ``deploy_ttl`` (their records stay)."""
+        horizon = self._horizon()
+        for name in draft.names(FAILED):
+            entry = draft.get(f"{FAILED}/{name}")
+            if entry is None or parse_iso(entry["finished_at"]) < horizon:
+                draft.delete(f"{FAILED}/{name}")
+
+    def recover(
+        self,
+        deploy_id: int,
+        worker: str,
+        *,
+        release: GateRelease | None = None,
     ) -> dict[str, Any] | None:
-        """Handle a deploy whose worker died: queue it again once, then fail it."""
+        """Handle a deploy whose worker died: queue it again once, then fail it.
+
+        Returns the record written, or None when the deploy was no longer
+        running (its worker finished it meanwhile).
+        """
 
         def change(draft: Draft) -> dict[str, Any] | None:
-            active = _active(draft)
+            _migrate(draft)
             record = draft.get(record_path(deploy_id))
             if record is None or record.get("status") != "deploying":
                 return None
-            record.pop("ticket", None)  # the recovering worker gives it back
-            if int(record.get("attempts", 1)) < max_attempts:
-                record.update(status="queued")
-                record.pop("worker", None)
-                record.pop("started_at", None)
-                active[str(deploy_id)] = {
-                    "id": deploy_id,
-                    "environment": record["environment"],
-                    "status": "queued",
-                    "queued_at": record["queued_at"],
-                }
-                draft.subject = (
-                    f"deploy #{deploy_id} of {record['environment']} queued again: "
-                    "its worker stopped"
-                )
+            environment = record["environment"]
+            running = draft.get(running_path(environment))
+            if running is not None and running.get("id") == deploy_id:
+                draft.delete(running_path(environment))
+            ticket = record.pop("ticket", None)
+            if ticket and release is not None:
+                release(draft, str(ticket))
+            interruptions = int(record.get("interruptions", 0)) + 1
+            record["interruptions"] = interruptions
+            if interruptions < MAX_INTERRUPTIONS:
+                draft.subject = self._requeue(draft, record, "its worker stopped")
             else:
-                record.update(
-                    status="failed",
-                    finished_at=now_iso(self.clock),
-                    error={
-                        "kind": INTERRUPTED,
-                        "msg": f"deploy of {record['environment']} interrupted: its worker stopped",
-                        "details": {"attempts": record.get("attempts")},
-                    },
-                )
-                active.pop(str(deploy_id), None)
-                _remember_finished(draft, record)
-                draft.subject = (
-                    f"deploy #{deploy_id} of {record['environment']} failed: its worker stopped"
-                )
+                stamp = now_iso(self.clock)
+                error = {
+                    "kind": INTERRUPTED,
+                    "msg": f"deploy of {environment} interrupted: its worker stopped",
+                    "details": {"attempts": record.get("attempts")},
+                }
+                self._fail(draft, record, error, stamp)
+                draft.subject = f"deploy #{deploy_id} of {environment} failed: its worker stopped"
             draft.put(record_path(deploy_id), record)
-            _put_active(draft, active)
             return record
 
         return self.store.transact(
@@ -533,64 +692,125 @@ class DeployQueue:
         ).value
 
     def wait(
-        self, ids: Sequence[int], timeout: float, *, poll: float = 0.05
+        self,
+        ids: Sequence[int],
+        timeout: float,
+        *,
+        held: bool = False,
     ) -> list[dict[str, Any]]:
         """Wait until every deploy in ``ids`` is finished or ``timeout`` passes.
 
-        Returns the records as they stand at the end (unfinished ones still
-        ``queued`` or ``deploying``). Reading the branch tip costs a few
-        microseconds, so polling it is cheap.
+        Woken by every move of the state branch (:class:`TipWatch`), not by
+        polling. With ``held``, a queued deploy that a closed gate holds
+        back counts as settled too (for a caller that will not wait for the
+        gate). Returns the records as they stand at the end.
         """
-        until = time.monotonic() + timeout
-        last_head = None
-        records: list[dict[str, Any]] = []
-        while True:
+        last: dict[str, Any] = {"head": None, "done": False, "records": []}
+
+        def finished() -> bool:
             head = self.store.head()
-            if head != last_head:
-                last_head = head
-                records = self.records(ids)
-                if all(record.get("status") in ("complete", "failed") for record in records):
-                    return records
-            if time.monotonic() >= until:
-                return records
-            time.sleep(poll)
+            if head != last["head"]:
+                last["head"] = head
+                records = last["records"] = self.records(ids)
+                open_ = [r["id"] for r in records if r.get("status") not in FINAL]
+                last["done"] = len(records) == len(set(ids)) and (
+                    not open_ or (held and len(self.blocked(open_)) == len(open_))
+                )
+            return bool(last["done"])
+
+        TipWatch.of(Path(self.store.path)).wait(finished, timeout)
+        return list(last["records"])
+
+    def blocked(self, ids: Iterable[int]) -> dict[int, str]:
+        """Return the queued deploys among ``ids`` that a gate holds back, with why."""
+        wanted = {int(deploy_id) for deploy_id in ids}
+        snapshot = self.store.snapshot()
+        found = {}
+        for deploy_id in wanted:
+            entry = snapshot.get(queued_path(deploy_id))
+            if entry is not None and entry.get("blocked"):
+                found[deploy_id] = str(entry["blocked"])
+        return found
 
 
-def _active_of(record: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+def _queued_by_environment(draft: Draft) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for name in draft.names(QUEUED):
+        entry = draft.get(f"{QUEUED}/{name}")
+        if entry is not None:
+            found.setdefault(entry["environment"], int(entry["id"]))
+    return found
+
+
+def _legacy_active(record: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     if not record:
-        return {}
-    return {str(entry["id"]): dict(entry) for entry in record.get("deploys", [])}
+        return []
+    return [dict(entry) for entry in record.get("deploys", [])]
 
 
-def _active(draft: Draft) -> dict[str, dict[str, Any]]:
-    return _active_of(draft.get(ACTIVE))
+def _migrate(draft: Draft) -> None:
+    """Move queue version 1's two index files into one record per entry.
+
+    A datadir written before the queue kept one record per entry has
+    ``deploys/active.yaml`` (every unfinished deploy) and
+    ``deploys/finished.yaml`` (the last 500 finished); the first write of
+    the queue moves them over in its own commit.
+    """
+    active = draft.get(LEGACY_ACTIVE)
+    finished = draft.get(LEGACY_FINISHED)
+    if active is None and finished is None:
+        return
+    for entry in _legacy_active(active):
+        deploy_id = int(entry["id"])
+        record = draft.get(record_path(deploy_id))
+        if record is None or record.get("status") in FINAL:
+            continue
+        if record.get("status") == "deploying" and not draft.get(
+            running_path(record["environment"])
+        ):
+            draft.put(
+                running_path(record["environment"]),
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "id": deploy_id,
+                    "environment": record["environment"],
+                    "requested_as": record.get("requested_as", record["environment"]),
+                    "queued_at": record.get("queued_at"),
+                    "worker": record.get("worker", ""),
+                    "started_at": record.get("started_at"),
+                },
+            )
+        else:
+            record["status"] = "queued"
+            draft.put(record_path(deploy_id), record)
+            draft.put(
+                queued_path(deploy_id),
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "id": deploy_id,
+                    "environment": record["environment"],
+                    "requested_as": record.get("requested_as", record["environment"]),
+                    "queued_at": record.get("queued_at"),
+                },
+            )
+    for entry in (finished or {}).get("deploys", []):
+        if entry.get("status") == "failed":
+            draft.put(failed_path(int(entry["id"])), {"schema_version": SCHEMA_VERSION, **entry})
+    draft.delete(LEGACY_ACTIVE)
+    draft.delete(LEGACY_FINISHED)
 
 
-def _put_active(draft: Draft, active: Mapping[str, Mapping[str, Any]]) -> None:
-    entries = sorted(active.values(), key=lambda entry: entry["id"])
-    draft.put(ACTIVE, {"schema_version": SCHEMA_VERSION, "deploys": [dict(e) for e in entries]})
+def _names(environments: Iterable[str], limit: int = 5) -> str:
+    names = sorted(set(environments))
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])} and {len(names) - limit} more"
 
 
-def _claimable(active: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    busy = {entry["environment"] for entry in active.values() if entry["status"] == "deploying"}
-    queued = [
-        dict(entry)
-        for entry in active.values()
-        if entry["status"] == "queued" and entry["environment"] not in busy
-    ]
-    return sorted(queued, key=lambda entry: entry["id"])
-
-
-def _remember_finished(draft: Draft, record: Mapping[str, Any]) -> None:
-    index = draft.get(FINISHED) or {"schema_version": SCHEMA_VERSION, "deploys": []}
-    entry = {
-        key: record[key]
-        for key in ("id", "environment", "status", "queued_at", "finished_at", "error", "signature")
-        if key in record
-    }
-    deploys = [e for e in index["deploys"] if e["id"] != record["id"]] + [entry]
-    index["deploys"] = deploys[-FINISHED_KEEP:]
-    draft.put(FINISHED, index)
+def _ids(ids: Iterable[int], limit: int = 5) -> str:
+    ordered = sorted(ids)
+    shown = ", ".join(f"#{deploy_id}" for deploy_id in ordered[:limit])
+    return shown if len(ordered) <= limit else f"{shown} and {len(ordered) - limit} more"
 
 
 def worker_name(slot: int) -> str:

@@ -559,6 +559,15 @@ class Gates:
         return said
 
     @staticmethod
+    def wanted(gates: Any) -> list[_Wanted]:
+        """Read a test-and-set's ``gates`` body (``{group: {service: env(s)}}``).
+
+        Raises:
+            InvalidRequest, InvalidName: it is malformed.
+        """
+        return Gates._wanted(gates)
+
+    @staticmethod
     def _wanted(gates: Any) -> list[_Wanted]:
         missing = InvalidRequest(f"{_INVALID_JSON} Could not find gates")
         if not isinstance(gates, Mapping) or not gates:

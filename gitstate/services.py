@@ -32,7 +32,6 @@ class Services:
         )
         self.tokens = Tokens(self.store, AuthSettings.from_mapping(config.raw.get("auth")))
         self.gates = Gates(self.store, GateSettings.from_config(config.raw.get("gates")))
-        self.code_manager = CodeManager(config, self.store)
         self.deploy_guard = DeployGuard(
             self.gates,
             GuardSettings.from_mapping((config.raw.get("deploy") or {}).get("gates")),
@@ -41,6 +40,7 @@ class Services:
                 for source in Sources.from_config(config.raw.get("sources"))
             },
         )
+        self.code_manager = CodeManager(config, self.store, guard=self.deploy_guard)
         self.file_sync = self.code_manager.file_sync
         self.webhooks = Webhooks(
             self.code_manager, self.store, WebhookSettings.from_mapping(config.raw.get("webhooks"))

@@ -320,11 +320,30 @@ class Snapshot:
         return isinstance(path, str) and self.blob_id(path) is not None
 
     def paths(self, prefix: str = "") -> list[str]:
-        """Return the sorted paths of every record under directory ``prefix``."""
+        """Return the sorted paths of every record under directory ``prefix``.
+
+        A prefix is read from its subtree, so listing one directory costs
+        what it holds, not every record of the state (deploy records alone
+        grow by one per deploy, forever).
+        """
         if not prefix:
             return sorted(self._blobs())
-        start = prefix.rstrip("/") + "/"
-        return sorted(path for path in self._blobs() if path.startswith(start))
+        directory = prefix.rstrip("/")
+        if self._tree_id is None:
+            return []
+        check_path(directory)
+        found = self._store._subtree_blobs(self._tree_id, directory)
+        return sorted(f"{directory}/{rel}" for rel in found)
+
+    def names(self, directory: str) -> list[str]:
+        """Return the sorted names of the records directly in ``directory``.
+
+        One tree read: what a queue kept as one record per entry lists.
+        """
+        if self._tree_id is None:
+            return []
+        check_path(directory)
+        return self._store._list(self._tree_id, directory)
 
     def records(self, prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield ``(path, record)`` for every record under ``prefix``."""
@@ -353,6 +372,7 @@ class Draft:
         self.changes: dict[str, dict[str, Any] | None] = {}
         self._reads: dict[str, pygit2.Oid | None] = {}
         self._listings: dict[str, list[str]] = {}
+        self._names: dict[str, list[str]] = {}
         self._pinned = False
 
     @property
@@ -383,6 +403,20 @@ class Draft:
                     paths.add(path)
         return sorted(paths)
 
+    def names(self, directory: str) -> list[str]:
+        """Return the names of the records directly in ``directory`` as this draft sees them."""
+        listing = self._base.names(directory)
+        self._names.setdefault(directory, listing)
+        names = set(listing)
+        start = directory.rstrip("/") + "/"
+        for path, record in self.changes.items():
+            if path.startswith(start) and "/" not in path[len(start) :]:
+                if record is None:
+                    names.discard(path[len(start) :])
+                else:
+                    names.add(path[len(start) :])
+        return sorted(names)
+
     def put(self, path: str, record: Mapping[str, Any]) -> None:
         """Write ``record`` at ``path`` (validated when the draft is committed)."""
         check_path(path)
@@ -408,6 +442,8 @@ class Draft:
         for path, oid in self._reads.items():
             if snap.blob_id(path) != oid:
                 return False
+        if any(snap.names(name) != listing for name, listing in self._names.items()):
+            return False
         return all(snap.paths(prefix) == listing for prefix, listing in self._listings.items())
 
 
@@ -651,6 +687,41 @@ class Store:
             except KeyError:
                 return None
             return entry.id if entry.filemode == FileMode.BLOB else None
+
+    def _subtree(self, tree_id: pygit2.Oid, directory: str) -> pygit2.Tree | None:
+        """Return the tree at ``directory`` of tree ``tree_id`` (caller holds the mutex)."""
+        try:
+            entry = self._repo[tree_id][directory]
+        except KeyError:
+            return None
+        if entry.filemode != FileMode.TREE:
+            return None
+        return self._repo[entry.id]
+
+    def _list(self, tree_id: pygit2.Oid, directory: str) -> list[str]:
+        """Return the sorted blob names directly in ``directory``."""
+        with self._mutex:
+            tree = self._subtree(tree_id, directory)
+            if tree is None:
+                return []
+            return sorted(entry.name for entry in tree if entry.filemode == FileMode.BLOB)
+
+    def _subtree_blobs(self, tree_id: pygit2.Oid, directory: str) -> list[str]:
+        """Return the paths (relative to ``directory``) of every blob under it."""
+        with self._mutex:
+            top = self._subtree(tree_id, directory)
+            if top is None:
+                return []
+            found: list[str] = []
+            stack: list[tuple[str, pygit2.Tree]] = [("", top)]
+            while stack:
+                prefix, tree = stack.pop()
+                for entry in tree:
+                    if entry.filemode == FileMode.TREE:
+                        stack.append((prefix + entry.name + "/", self._repo[entry.id]))
+                    elif entry.filemode == FileMode.BLOB:
+                        found.append(prefix + entry.name)
+            return found
 
     def _walk(self, commit: pygit2.Commit | None) -> dict[str, pygit2.Oid]:
         """Index every record path of ``commit``'s tree (used for old commits)."""

@@ -81,6 +81,16 @@ def test_branch_names_are_corrected_and_reported_as_requested(running: Running) 
     assert [d["environment"] for d in deployed] == ["feature_login_banner"]
 
 
+def test_status_list_and_one_deploy_name_it_as_requested(idle: Running) -> None:
+    (entry,) = idle.client.simulate_post(
+        f"{CM}/deploys", json={"environments": ["feature/login-banner"]}
+    ).json
+    listed = idle.client.simulate_get(f"{CM}/deploys/status").json["deploys-status"]["queued"]
+    one = idle.client.simulate_get(f"{CM}/deploys/status", params={"id": str(entry["id"])}).json
+    assert [item["environment"] for item in listed] == ["feature/login-banner"]
+    assert one["environment"] == "feature/login-banner"
+
+
 def test_unknown_environment_fails_with_deploy_failure(running: Running) -> None:
     result = running.client.simulate_post(
         f"{CM}/deploys", json={"environments": ["nosuchenv"], "wait": True}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from gitstate.codec import decode
 from gitstate.sample import SampleRepos, git
 from tests.deploy_harness import CM, Running, deploy_config
 
@@ -121,21 +123,26 @@ def test_running_deploy_holds_a_ticket_on_its_gate(guarded: Running, tmp_path: P
         f"{CM}/deploys", json={"environments": ["production"], "wait": True}
     ).json
     assert result[0]["status"] == "complete"
+    deploy_id = result[0]["id"]
+    state = tmp_path / "data" / "state.git"
+    log = git("log", "--reverse", "--format=%H %s", "state", cwd=state).splitlines()
+    started = next(line.split()[0] for line in log if "started deploying production" in line)
+    finished = next(line.split()[0] for line in log if "of production complete" in line)
 
-    def log_once_released() -> list[str] | None:
-        # The worker gives the ticket back after it records the deploy
-        # complete, which is what the waiting request returns on.
-        state = tmp_path / "data" / "state.git"
-        lines = git("log", "--reverse", "--format=%s", "state", cwd=state).splitlines()
-        return lines if any("releases ticket" in line for line in lines) else None
+    def read(commit: str, path: str) -> dict:
+        return decode(git("show", f"{commit}:{path}", cwd=state).encode(), path, commit)
 
-    log = _wait_for(log_once_released)
-    assert log is not None
-    took = next(i for i, line in enumerate(log) if "takes code/puppet/production" in line)
-    started = next(i for i, line in enumerate(log) if "started deploying production" in line)
-    finished = next(i for i, line in enumerate(log) if "of production complete" in line)
-    released = next(i for i, line in enumerate(log) if "releases ticket" in line)
-    assert took < started < finished < released
+    def production_queue(commit: str) -> list[str]:
+        return read(commit, "gates/code/puppet.yaml")["environments"]["production"]["queue"]
+
+    # The commit that starts the deploy takes the gate with the deploy's
+    # ticket, and the commit that finishes it gives the ticket back: a
+    # pipeline's test-and-set sees the gate held exactly while it runs.
+    (ticket,) = production_queue(started)
+    assert read(started, f"deploys/00000/{deploy_id}.yaml")["ticket"] == ticket
+    held = read(started, f"tickets/{ticket[:2]}/{ticket}.yaml")
+    assert held["link"] == f"gitstate deploy #{deploy_id}"
+    assert production_queue(finished) == []
     # The gate is free again for pipelines.
     again = guarded.client.simulate_put(
         "/api/gates", json={"gates": {"code": {"puppet": "production"}}}
@@ -148,3 +155,82 @@ def test_unguarded_environment_deploys_normally(guarded: Running) -> None:
         f"{CM}/deploys", json={"environments": ["feature/login-banner"], "wait": True}
     ).json
     assert result[0]["status"] == "complete"
+
+
+class HeldEngine:
+    """The real engine, except that each deploy first waits to be let through."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.started = threading.Event()
+        self.go = threading.Event()
+
+    def deploy(self, *args, **kwargs):
+        self.started.set()
+        assert self.go.wait(60), "the test never let the deploy through"
+        return self._engine.deploy(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+
+def test_running_deploy_is_listed_and_a_second_request_queues_behind_it(
+    guarded: Running,
+) -> None:
+    held = guarded.worker.engine = HeldEngine(guarded.worker.engine)
+    (first,) = guarded.client.simulate_post(
+        f"{CM}/deploys", json={"environments": ["production"]}
+    ).json
+    assert held.started.wait(60)
+    deploying = _status(guarded)["deploys-status"]["deploying"]
+    assert [(d["id"], d["environment"]) for d in deploying] == [(first["id"], "production")]
+    # The running deploy holds the gate with its own ticket; a new request
+    # for the environment is queued behind it, as Code Manager queues it.
+    (second,) = guarded.client.simulate_post(
+        f"{CM}/deploys", json={"environments": ["production"]}
+    ).json
+    assert second == {"environment": "production", "id": first["id"] + 1, "status": "queued"}
+    held.go.set()
+    done = guarded.services.code_manager.queue.wait([first["id"], second["id"]], 60)
+    assert [record["status"] for record in done] == ["complete", "complete"]
+    assert _status(guarded)["deploys-status"]["deploying"] == []
+
+
+def test_deploy_all_with_wait_answers_a_closed_gate_at_once(guarded: Running) -> None:
+    guarded.client.simulate_put(f"{GATE}/production", json={"state": "closed", "message": "no"})
+    answer = guarded.client.simulate_post(
+        f"{CM}/deploys", json={"deploy-all": True, "wait": True}
+    ).json
+    by_env = {entry["environment"]: entry for entry in answer}
+    assert by_env["production"]["status"] == "failed"
+    assert by_env["production"]["error"]["kind"] == "puppetlabs.code-manager/gate-closed"
+    others = [entry for name, entry in by_env.items() if name != "production"]
+    assert others and {entry["status"] for entry in others} == {"complete"}
+    assert _status(guarded)["deploys-status"]["queued"] == []
+
+
+def test_wait_answers_a_deploy_that_a_gate_closed_after_the_request(guarded: Running) -> None:
+    held = guarded.worker.engine = HeldEngine(guarded.worker.engine)
+    (first,) = guarded.client.simulate_post(
+        f"{CM}/deploys", json={"environments": ["development"]}
+    ).json
+    assert held.started.wait(60)
+    # Queued while development's deploy runs; then a pipeline takes the gate.
+    result: list = []
+    waiter = threading.Thread(
+        target=lambda: result.append(
+            guarded.client.simulate_post(
+                f"{CM}/deploys", json={"environments": ["development"], "wait": True}
+            ).json
+        )
+    )
+    waiter.start()
+    assert _wait_for(lambda: _status(guarded)["deploys-status"]["queued"])
+    guarded.client.simulate_put(f"{GATE}/development", json={"state": "closed"})
+    held.go.set()
+    waiter.join(60)
+    (entry,) = result[0]
+    assert entry["status"] == "queued"
+    assert entry["error"]["kind"] == "puppetlabs.code-manager/gate-closed"
+    assert "code/puppet/development is closed" in entry["error"]["msg"]
+    assert guarded.services.code_manager.queue.get(first["id"])["status"] == "complete"

@@ -94,15 +94,21 @@ class _Queue:
         deploy_timeout = 60.0
 
     def __init__(self) -> None:
-        self.finished: list[dict[str, Any]] = []
+        self.finished: list[Any] = []
 
-    def finish(self, deploy_id: int, worker: str, **outcome: Any) -> None:
-        self.finished.append(outcome)
+    def finish(self, outcomes: list[Any], worker: str, **options: Any) -> None:
+        self.finished.extend(outcomes)
 
 
 class _Engine:
     def __init__(self, fail: bool) -> None:
         self.fail = fail
+
+    def collect(self, **options: Any) -> Any:
+        return object()
+
+    def purge(self, collection: Any) -> list[str]:
+        return []
 
     def deploy(self, environment: str, **options: Any) -> Any:
         if self.fail:
@@ -130,7 +136,7 @@ def test_deploy_durations_are_observed_by_outcome(tmp_path: Path) -> None:
     complete, failed = count("complete"), count("failed")
     for fail in (False, True, False):
         worker = DeployWorker(_Queue(), _Engine(fail), 0, tmp_path)  # type: ignore[arg-type]
-        worker._run({"id": 1, "environment": "production"})
+        worker._run_batch([{"id": 1, "environment": "production"}])
     assert count("complete") == complete + 2
     assert count("failed") == failed + 1
 

@@ -59,23 +59,6 @@ class DeploysResource:
                         "details": {"corrected-env-name": corrected},
                     },
                 }
-        guard = self._services.deploy_guard
-        for name in request.environments:
-            closed = None if name in denied else guard.blocked(correct_name(name))
-            if closed is not None:
-                denied[name] = {
-                    "environment": name,
-                    "status": "failed",
-                    "error": {
-                        "kind": closed.kind,
-                        "msg": str(closed),
-                        "details": {
-                            "corrected-env-name": closed.environment,
-                            "gate": closed.gate,
-                            "reason": closed.reason,
-                        },
-                    },
-                }
         allowed = tuple(name for name in request.environments if name not in denied)
         if not allowed and not request.deploy_all and not request.dry_run:
             resp.media = list(denied.values())

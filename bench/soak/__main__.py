@@ -17,6 +17,7 @@ from bench.soak import checks, hostile, report
 from bench.soak.cluster import HOSTILE_BRANCHES, Cluster, git
 from bench.soak.faults import FaultInjector, LockSampler
 from bench.soak.load import WAIT_TIMEOUT, Client, Recorder, run_clients
+from gitstate.audit import replay_deploys
 from tests.gate_replay import replay
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "soak.md"
@@ -29,6 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=32, help="client threads")
     parser.add_argument("--envs", type=int, default=20, help="fixture environments")
     parser.add_argument("--modules", type=int, default=15, help="fixture modules")
+    parser.add_argument("--deploy-workers", type=int, default=4, help="deploy worker processes")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     parser.add_argument("--out", type=Path, help="keep everything in DIR (default: a temp dir)")
     parser.add_argument("--no-docs", action="store_true", help="do not append to docs/soak.md")
@@ -56,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir()
     print(f"soak: seed {seed}, {args.duration:g}s, {args.clients} clients, in {out}", flush=True)
     began = time.monotonic()
-    cluster = Cluster(root, envs=args.envs, modules=args.modules)
+    cluster = Cluster(
+        root, envs=args.envs, modules=args.modules, deploy_workers=args.deploy_workers
+    )
     recorder = Recorder()
     sampler = LockSampler(
         [
@@ -121,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         results += [
             checks.acknowledged_writes(cluster, ops, replayed),
             checks.gates_replay(replayed),
+            checks.deploys_replay(replay_deploys(cluster.state_repo)),
             checks.locks(sampler),
             checks.live_dirs(cluster),
             checks.server_errors(ops, injector.kill_times("gunicorn-worker")),

@@ -22,6 +22,7 @@ from bench.soak.cluster import HOSTILE_BRANCHES, Cluster
 from bench.soak.faults import KINDS, Fault, LockSampler
 from bench.soak.hostile import DEPLOY_MARKERS, NO_TRACE
 from bench.soak.load import Op
+from gitstate.audit import DeployReplay, unfinished
 from gitstate.codec import decode
 from gitstate.deploys import parse_iso, record_path
 from gitstate.storage import Storage
@@ -163,7 +164,8 @@ def _all_deploys(repo: pygit2.Repository, tip: pygit2.Oid) -> list[dict[str, Any
         return []
     out = []
     for bucket in repo[tree["deploys"].id]:
-        if bucket.type_str != "tree":
+        # Numbered buckets hold the records; queued/, running/, failed/ index them.
+        if bucket.type_str != "tree" or not bucket.name.isdigit():
             continue
         for entry in repo[bucket.id]:
             out.append(decode(repo[entry.id].data, entry.name))
@@ -176,6 +178,21 @@ def gates_replay(replayed: GateReplay) -> Check:
     for violation in replayed.violations:
         check.fail(violation)
     check.detail = f"{replayed.commits} commits replayed"
+    return check
+
+
+def deploys_replay(replayed: DeployReplay) -> Check:
+    """Each deploy started once per attempt and finished once; one per environment at a time."""
+    check = Check("each deploy started once per attempt, finished once, one per environment")
+    for violation in replayed.violations:
+        check.fail(violation)
+    for deploy_id in unfinished(replayed):
+        check.fail(f"deploy #{deploy_id} never finished ({replayed.final[deploy_id]})")
+    attempts = sum(replayed.starts.values())
+    check.detail = (
+        f"{replayed.deploys} deploys, {attempts} starts, {sum(replayed.finishes.values())} "
+        f"finishes in {replayed.commits} commits"
+    )
     return check
 
 
