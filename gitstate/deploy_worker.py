@@ -38,6 +38,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -110,21 +111,32 @@ def _slot_of(worker: str) -> int | None:
 
 
 class Pace:
-    """The worker's recent seconds per deploy (an exponential moving average)."""
+    """The seconds per deploy of the worker's last batch.
 
-    def __init__(self, initial: float = BATCH_SECONDS, weight: float = 0.3) -> None:
+    The last batch, not a long average: a deploy-all that changes nothing
+    follows a cold one, and a worker should notice within one batch.
+    """
+
+    def __init__(self, initial: float = BATCH_SECONDS) -> None:
         self.seconds = initial
-        self._weight = weight
 
-    def observe(self, seconds: float) -> None:
-        """Account for one deploy that took ``seconds``."""
-        self.seconds += self._weight * (seconds - self.seconds)
+    def observe(self, deploys: int, seconds: float) -> None:
+        """Account for a batch of ``deploys`` that took ``seconds``."""
+        if deploys > 0:
+            self.seconds = seconds / deploys
 
     def batch(self, claimable: int, workers: int) -> int:
-        """Return how many deploys to claim: a time budget, and a fair share of the queue."""
-        share = math.ceil(claimable / max(1, workers))
+        """Return how many deploys to claim.
+
+        All of them when they fit in :data:`BATCH_SECONDS` at this pace
+        (one worker, two commits: deploys that change nothing are quicker
+        than the commits other workers would add); otherwise what fits,
+        at most a fair share of the queue, so every worker gets some.
+        """
         fits = int(BATCH_SECONDS / max(self.seconds, 1e-6))
-        return max(1, min(share, fits, MAX_BATCH))
+        if claimable > fits:
+            fits = min(fits, math.ceil(claimable / max(1, workers)))
+        return max(1, min(fits, MAX_BATCH))
 
 
 class DeployWorker:
@@ -146,6 +158,11 @@ class DeployWorker:
         self.name = worker_name(slot)
         self.pace = Pace()
         self._stop = threading.Event()
+        # One long-lived thread runs the engine: its repository handles are
+        # per thread, and opening every mirror again for each deploy cost
+        # more than a deploy that changes nothing. The worker's own thread
+        # waits on it with the deploy timeout.
+        self._engine_thread = ThreadPoolExecutor(1, thread_name_prefix=f"deploy-{slot}")
 
     # -- gates, inside the queue's commits ---------------------------------------------
 
@@ -239,14 +256,16 @@ class DeployWorker:
             collection = self.engine.collect(fresh_after=max(stamps) if stamps else None)
         except CollectFailed as ex:
             return ex
-        if len(batch) > 1:
-            with contextlib.suppress(GitStateError, OSError):
-                self.engine.prefetch(collection, [record["environment"] for record in batch])
+        with contextlib.suppress(GitStateError, OSError):
+            self.engine.prefetch(collection, [record["environment"] for record in batch])
         return collection
 
     def _run_batch(self, batch: list[dict[str, Any]]) -> None:
         collection = self._collection(batch)
+        # The pace is the deploys' own: fetches are shared by the batch.
+        began = time.monotonic()
         outcomes: list[Outcome] = []
+        ran = 0
         first_known: float | None = None
         for index, record in enumerate(batch):
             if self._stop.is_set():
@@ -255,19 +274,27 @@ class DeployWorker:
             started = time.monotonic()
             outcome, timed_out = self._run_one(record, collection)
             took = time.monotonic() - started
-            self.pace.observe(took)
             metrics.deploy_finished("failed" if outcome.error else "complete", took)
             outcomes.append(outcome)
+            ran += 1
             if timed_out:
                 outcomes += [Outcome(rest["id"], requeue=True) for rest in batch[index + 1 :]]
                 self.queue.finish(outcomes, self.name, release=self._release_gate)
                 log.error("deploy #%s timed out; restarting worker", record["id"])
                 os._exit(3)
+            rest = batch[index + 1 :]
+            if rest and time.monotonic() - began > 2 * BATCH_SECONDS:
+                # Slower than the pace promised (the last batch changed
+                # nothing, this one changes everything): give the rest
+                # back so idle workers share it.
+                outcomes += [Outcome(later["id"], requeue=True) for later in rest]
+                break
             first_known = first_known or time.monotonic()
-            if time.monotonic() - first_known >= BATCH_SECONDS and index < len(batch) - 1:
+            if rest and time.monotonic() - first_known >= BATCH_SECONDS:
                 self.queue.finish(outcomes, self.name, release=self._release_gate)
                 outcomes, first_known = [], None
         self.queue.finish(outcomes, self.name, release=self._release_gate)
+        self.pace.observe(ran, time.monotonic() - began)
         if not isinstance(collection, Exception):
             with contextlib.suppress(GitStateError, OSError):
                 self.engine.purge(collection)
@@ -298,8 +325,7 @@ class DeployWorker:
             finally:
                 done.set()
 
-        thread = threading.Thread(target=work, name=f"deploy-{deploy_id}", daemon=True)
-        thread.start()
+        self._engine_thread.submit(work)
         limit = self.queue.settings.deploy_timeout
         if not done.wait(limit):
             error = {

@@ -9,9 +9,9 @@ queue is:
 
 ``deploys/queued/<id>.yaml``
     one per queued deploy (``<id>`` zero-padded, so the directory lists in
-    queue order), with its environment and, when a gate holds it back, why.
-    An environment has at most one: a request for an environment that
-    already has a queued deploy joins it (same id).
+    queue order); empty but for why, when a gate holds the deploy back. A
+    request for an environment that already has a queued deploy joins it
+    (same id).
 ``deploys/running/<env>.yaml``
     the deploy of ``<env>`` that a worker is running. The path is the
     environment, so two deploys of one environment can never run at once:
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from gitstate.errors import GitStateError
-from gitstate.store import Draft, Identity, Store
+from gitstate.store import Draft, Identity, Snapshot, Store
 from gitstate.tipwatch import TipWatch
 
 SCHEMA_VERSION = 1
@@ -56,6 +56,11 @@ FAILED = "deploys/failed"
 LEGACY_ACTIVE = "deploys/active.yaml"
 LEGACY_FINISHED = "deploys/finished.yaml"
 _BUCKET = 256
+#: What ``deploys/queued/<id>.yaml`` holds unless a gate holds the deploy
+#: back: the same bytes for every queued deploy, so queueing a thousand
+#: deploys writes one blob for the queue, not a thousand (the environment
+#: and times are in the deploy's record).
+QUEUED_ENTRY: Mapping[str, Any] = {"schema_version": SCHEMA_VERSION}
 #: A deploy whose worker died this many times is failed instead of queued again.
 MAX_INTERRUPTIONS = 2
 
@@ -301,16 +306,7 @@ class DeployQueue:
                         "attempts": 0,
                     },
                 )
-                draft.put(
-                    queued_path(deploy_id),
-                    {
-                        "schema_version": SCHEMA_VERSION,
-                        "id": deploy_id,
-                        "environment": corrected,
-                        "requested_as": requested,
-                        "queued_at": stamp,
-                    },
-                )
+                draft.put(queued_path(deploy_id), QUEUED_ENTRY)
                 waiting[corrected] = deploy_id
                 answers.append(Requested(requested, deploy_id, "queued", False))
             draft.put(COUNTER, counter)
@@ -359,10 +355,19 @@ class DeployQueue:
         """
         snapshot = self.store.snapshot()
         entries = []
-        for name in snapshot.names(QUEUED):
-            entry = snapshot.get(f"{QUEUED}/{name}")
-            if entry is not None:
-                entries.append({**entry, "status": "queued"})
+        for deploy_id in _queued_ids(snapshot):
+            record = snapshot.get(record_path(deploy_id))
+            if record is None:
+                continue
+            entry = {
+                key: record[key]
+                for key in ("id", "environment", "requested_as", "queued_at")
+                if key in record
+            }
+            blocked = (snapshot.get(queued_path(deploy_id)) or {}).get("blocked")
+            if blocked:
+                entry["blocked"] = blocked
+            entries.append({**entry, "status": "queued"})
         for name in snapshot.names(RUNNING):
             entry = snapshot.get(f"{RUNNING}/{name}")
             if entry is not None:
@@ -410,9 +415,9 @@ class DeployQueue:
         snapshot = self.store.snapshot()
         running = {name.removesuffix(".yaml") for name in snapshot.names(RUNNING)}
         count = 0
-        for name in snapshot.names(QUEUED):
-            entry = snapshot.get(f"{QUEUED}/{name}")
-            if entry is not None and entry["environment"] not in running:
+        for deploy_id in _queued_ids(snapshot):
+            record = snapshot.get(record_path(deploy_id))
+            if record is not None and record["environment"] not in running:
                 count += 1
         if snapshot.get(LEGACY_ACTIVE) is not None:
             count += 1  # the first claim moves the old index over
@@ -440,24 +445,23 @@ class DeployQueue:
             claimed: list[dict[str, Any]] = []
             waits: list[str] = []
             stamp = now_iso(self.clock)
-            for name in draft.names(QUEUED):
+            for deploy_id in _queued_ids(draft):
                 if len(claimed) >= limit:
                     break
-                entry = draft.get(f"{QUEUED}/{name}")
-                if entry is None or entry["environment"] in running:
-                    continue
-                environment = entry["environment"]
-                deploy_id = int(entry["id"])
                 record = draft.get(record_path(deploy_id))
                 if record is None or record.get("status") != "queued":
-                    draft.delete(f"{QUEUED}/{name}")  # index and record disagree
+                    draft.delete(queued_path(deploy_id))  # index and record disagree
+                    continue
+                environment = record["environment"]
+                if environment in running:
                     continue
                 try:
                     ticket = gate(draft, environment, deploy_id) if gate is not None else None
                 except Held as held:
+                    entry = draft.get(queued_path(deploy_id)) or dict(QUEUED_ENTRY)
                     if entry.get("blocked") != held.reason:
                         entry["blocked"] = held.reason
-                        draft.put(f"{QUEUED}/{name}", entry)
+                        draft.put(queued_path(deploy_id), entry)
                         waits.append(f"#{deploy_id} of {environment} waits: {held.reason}")
                     continue
                 record.update(
@@ -470,7 +474,7 @@ class DeployQueue:
                 if ticket is not None:
                     record["ticket"] = ticket
                 draft.put(record_path(deploy_id), record)
-                draft.delete(f"{QUEUED}/{name}")
+                draft.delete(queued_path(deploy_id))
                 draft.put(
                     running_path(environment),
                     {
@@ -574,20 +578,24 @@ class DeployQueue:
     ) -> str:
         deploy_id, environment = record["id"], record["environment"]
         record.update(status="complete", finished_at=stamp, **result)
-        draft.put(
-            environment_path(environment),
-            {
-                "schema_version": SCHEMA_VERSION,
-                "environment": environment,
-                "deploy_id": deploy_id,
-                "deployed_at": stamp,
-                **{
-                    key: result[key]
-                    for key in ("signature", "environment_commit", "code_commit")
-                    if key in result
+        summary = draft.get(environment_path(environment))
+        if not (result.get("skipped") and _same_version(summary, result)):
+            # A deploy that changed nothing leaves the summary of the one
+            # that put this version in storage (its time is when it landed).
+            draft.put(
+                environment_path(environment),
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "environment": environment,
+                    "deploy_id": deploy_id,
+                    "deployed_at": stamp,
+                    **{
+                        key: result[key]
+                        for key in ("signature", "environment_commit", "code_commit")
+                        if key in result
+                    },
                 },
-            },
-        )
+            )
         outcome = "complete (unchanged)" if result.get("skipped") else "complete"
         signature = str(result.get("signature") or "")[:12]
         return f"deploy #{deploy_id} of {environment} {outcome}: {signature}".rstrip(": ")
@@ -626,16 +634,7 @@ class DeployQueue:
         record.update(status="queued")
         record.pop("worker", None)
         record.pop("started_at", None)
-        draft.put(
-            queued_path(deploy_id),
-            {
-                "schema_version": SCHEMA_VERSION,
-                "id": deploy_id,
-                "environment": environment,
-                "requested_as": record.get("requested_as", environment),
-                "queued_at": record.get("queued_at"),
-            },
-        )
+        draft.put(queued_path(deploy_id), QUEUED_ENTRY)
         return f"deploy #{deploy_id} of {environment} queued again: {why}"
 
     def _expire_failed(self, draft: Draft) -> None:
@@ -733,12 +732,24 @@ class DeployQueue:
         return found
 
 
+def _same_version(summary: Mapping[str, Any] | None, result: Mapping[str, Any]) -> bool:
+    """Tell whether an environment's summary already names the version ``result`` deployed."""
+    return summary is not None and all(
+        summary.get(key) == result.get(key) for key in ("signature", "environment_commit")
+    )
+
+
+def _queued_ids(reader: Snapshot | Draft) -> list[int]:
+    """Return the ids of the queued deploys, oldest first."""
+    return [int(name.removesuffix(".yaml")) for name in reader.names(QUEUED)]
+
+
 def _queued_by_environment(draft: Draft) -> dict[str, int]:
     found: dict[str, int] = {}
-    for name in draft.names(QUEUED):
-        entry = draft.get(f"{QUEUED}/{name}")
-        if entry is not None:
-            found.setdefault(entry["environment"], int(entry["id"]))
+    for deploy_id in _queued_ids(draft):
+        record = draft.get(record_path(deploy_id))
+        if record is not None:
+            found.setdefault(record["environment"], deploy_id)
     return found
 
 
@@ -783,16 +794,7 @@ def _migrate(draft: Draft) -> None:
         else:
             record["status"] = "queued"
             draft.put(record_path(deploy_id), record)
-            draft.put(
-                queued_path(deploy_id),
-                {
-                    "schema_version": SCHEMA_VERSION,
-                    "id": deploy_id,
-                    "environment": record["environment"],
-                    "requested_as": record.get("requested_as", record["environment"]),
-                    "queued_at": record.get("queued_at"),
-                },
-            )
+            draft.put(queued_path(deploy_id), QUEUED_ENTRY)
     for entry in (finished or {}).get("deploys", []):
         if entry.get("status") == "failed":
             draft.put(failed_path(int(entry["id"])), {"schema_version": SCHEMA_VERSION, **entry})

@@ -223,6 +223,8 @@ class Deployer:
             ``git.default_ref``); None makes such modules fail, as r10k 4 does.
         fetch_workers: how many remotes are fetched at once.
         private_key: ssh private key for ssh remotes (else the ssh agent).
+        fsync: make each published version durable before its ref moves
+            (``state.fsync``).
     """
 
     def __init__(
@@ -235,6 +237,7 @@ class Deployer:
         default_ref: str | None = None,
         fetch_workers: int = 8,
         private_key: str | None = None,
+        fsync: bool = False,
     ) -> None:
         self.datadir = Path(datadir)
         self.sources = sources
@@ -245,7 +248,7 @@ class Deployer:
             workers=fetch_workers,
             private_key=private_key,
         )
-        self.storage = Storage(self.datadir / "storage.git")
+        self.storage = Storage(self.datadir / "storage.git", fsync=fsync)
         self.forge = Forge(forge_url, self.storage, timeout=fetch_timeout)
         self.lockdir = self.datadir / "locks"
         self._puppetfiles: dict[bytes, Puppetfile | PuppetfileError] = {}
@@ -274,6 +277,7 @@ class Deployer:
             default_ref=deploy.get("default_ref"),
             fetch_workers=int(deploy.get("fetch_workers") or 8),
             private_key=deploy.get("private_key"),
+            fsync=bool(getattr(getattr(config, "state", None), "fsync", False)),
         )
 
     # -- collecting ---------------------------------------------------------------------
@@ -582,15 +586,9 @@ class Deployer:
     ) -> tuple[pygit2.Repository | None, pygit2.Commit | None, str | None]:
         url = module.url
         assert url is not None
-        static = module.ref_kind in ("tag", "commit") or (
-            desired is not None and _HEX40.match(desired)
-        )
-        repo = None
-        if static and self.mirrors.exists(url):
-            repo = self.mirrors.open(url)
-            commit = _lookup(repo, desired, module.ref_kind)
-            if commit is not None:
-                return repo, commit, desired
+        known = self._static(module, desired)
+        if known is not None:
+            return known
         self._fetch_once(url, collection)
         repo = self.mirrors.open(url)
         for candidate, kind in ((desired, module.ref_kind), (default, None)):
@@ -599,6 +597,24 @@ class Deployer:
                 if commit is not None:
                     return repo, commit, candidate
         return repo, None, None
+
+    def _static(
+        self, module: Module, desired: str | None
+    ) -> tuple[pygit2.Repository, pygit2.Commit, str | None] | None:
+        """Resolve a tag or commit the mirror already holds, without fetching.
+
+        A tag or a commit id names the same commit forever (r10k does not
+        fetch them again either); branches always need a fetch.
+        """
+        assert module.url is not None
+        static = module.ref_kind in ("tag", "commit") or (
+            desired is not None and _HEX40.match(desired)
+        )
+        if not static or not self.mirrors.exists(module.url):
+            return None
+        repo = self.mirrors.open(module.url)
+        commit = _lookup(repo, desired, module.ref_kind)
+        return (repo, commit, desired) if commit is not None else None
 
     def _fetch_once(self, url: str, collection: Collection) -> None:
         with collection._lock:
@@ -616,10 +632,12 @@ class Deployer:
             raise error
 
     def prefetch(self, collection: Collection, environments: list[str] | None = None) -> None:
-        """Fetch, in parallel, every git module remote the environments name.
+        """Fetch, in parallel, the git module remotes the environments need fetched.
 
-        Optional: :meth:`deploy` fetches what it needs on its own, one remote
-        at a time; calling this first for a deploy-all overlaps the waits.
+        Remotes of modules pinned to a tag or commit the mirror already
+        holds are not fetched. Optional: :meth:`deploy` fetches what it needs
+        on its own, one remote at a time; calling this first for several
+        environments overlaps the waits.
         """
         urls: set[str] = set()
         for env in environments or collection.names():
@@ -632,7 +650,12 @@ class Deployer:
                 puppetfile = self._puppetfile(control, commit.tree, env)
             except (PuppetfileError, FetchFailed, KeyError):
                 continue
-            urls.update(m.url for m in puppetfile.modules if m.kind == "git" and m.url)
+            for module in puppetfile.modules:
+                if module.kind != "git" or not module.url:
+                    continue
+                desired = source.branch if module.ref == CONTROL_BRANCH else module.ref
+                if self._static(module, desired) is None:
+                    urls.add(module.url)
         with collection._lock:
             todo = [url for url in sorted(urls) if url not in collection._fetched]
         results = self.mirrors.fetch_all(todo, fresh_after=collection.fresh_after)

@@ -53,6 +53,7 @@ from typing import Any
 import pygit2
 from pygit2.enums import FileMode
 
+from gitstate import durable
 from gitstate.errors import GitStateError
 from gitstate.hostlock import LockTimeout, break_stale_ref_locks, flocked
 
@@ -180,9 +181,15 @@ class Storage:
     LOCK_TIMEOUT = 600.0
 
     def __init__(
-        self, path: Path, *, deadline: float = 30.0, lock_timeout: float = LOCK_TIMEOUT
+        self,
+        path: Path,
+        *,
+        deadline: float = 30.0,
+        lock_timeout: float = LOCK_TIMEOUT,
+        fsync: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.fsync = fsync
         self.deadline = deadline
         self.lock_timeout = lock_timeout
         init_storage(self.path)
@@ -423,6 +430,8 @@ class Storage:
             parent = self.environment_tip(environment)
             parents = [pygit2.Oid(hex=parent)] if parent else []
             commit = repo.create_commit(None, sig, sig, message, tree, parents)
+            if self.fsync:
+                durable.flush(self.path)
             try:
                 if parent is None:
                     repo.references.create(name, commit, force=False)
@@ -484,7 +493,10 @@ class Storage:
         try:
             with self._host_lock(self.lock_timeout):
                 until = time.monotonic() + self.deadline
-                return self._publish_locked(updates, message, until)
+                published = self._publish_locked(updates, message, until)
+            if self.fsync:
+                durable.flush(self.path)  # the ref, before clients are told
+            return published
         except LockTimeout as ex:
             raise PublishConflict(
                 CODE_REF, 0, f"another publisher held {ex.path.name} for {ex.waited:.1f}s"
@@ -542,6 +554,10 @@ class Storage:
                 log.warning("writing the code-commit failed (%s); retrying", ex)
                 time.sleep(0.005)
                 continue
+            if self.fsync:
+                # Every object of this version (copied packs included) is on
+                # disk before the code ref names it.
+                durable.flush(self.path)
             if self._advance(tip, commit, message):
                 return str(commit)
             # We hold the publishers' host lock: an old .lock is a dead writer's.

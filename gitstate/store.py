@@ -45,7 +45,7 @@ from typing import Any, Generic, TypeVar
 import pygit2
 from pygit2.enums import FileMode, ObjectType, SortMode
 
-from gitstate import codec, metrics
+from gitstate import codec, durable, metrics
 from gitstate.errors import GitStateError
 from gitstate.hostlock import HostLock, break_stale_ref_locks
 
@@ -595,7 +595,8 @@ class Store:
     Args:
         path: the bare repository (created if ``create`` and missing).
         ref: the branch holding the state.
-        fsync: flush objects and refs to disk before a commit is acknowledged.
+        fsync: flush objects, then the ref, to disk before a commit is
+            acknowledged (:mod:`gitstate.durable`).
         deadline: default seconds a write may take before :class:`StoreBusy`.
         stale_lock_after: age in seconds after which a ``.lock`` file on the
             ref is taken to be left by a dead process and removed.
@@ -647,8 +648,6 @@ class Store:
     @property
     def _repo(self) -> pygit2.Repository:
         if self._repo_obj is None:
-            if self.fsync:
-                pygit2.settings.enable_fsync_gitdir(True)
             repo = pygit2.Repository(str(self.path))
             _pin_ident(repo)
             self._repo_obj = repo
@@ -971,6 +970,11 @@ class Store:
             # (it reads the commit back) and the metrics (whose first use
             # imports prometheus-client, tens of milliseconds).
             tally.committed = outcome.commit is not None
+            if self.fsync and tally.committed:
+                # The ref itself, before the write is acknowledged. Outside
+                # the host lock: the next writer need not wait for it, and
+                # one flush covers every writer that flushes at once.
+                durable.flush(self.path)
             snap = self._follow(outcome)
             return Committed(outcome.value, outcome.commit_hex, snap, tally.runs)
         finally:
@@ -1091,6 +1095,9 @@ class Store:
         if written is None:
             return _Outcome(value, base)
         commit_id, tree_id = written
+        if self.fsync:
+            # The objects reach the disk before the ref that names them.
+            durable.flush(self.path)
         if not self._advance(base, ref, commit_id, draft.subject, job.until):
             tally.conflicts += 1
             return None
@@ -1155,7 +1162,8 @@ class Store:
         repo = self._repo
         if self._odbs is None:
             loose = pygit2.Odb()
-            loose.add_backend(pygit2.OdbBackendLoose(str(self.path / "objects"), -1, self.fsync), 1)
+            # No fsync per object: durable.flush covers them before the ref moves.
+            loose.add_backend(pygit2.OdbBackendLoose(str(self.path / "objects"), -1, False), 1)
             self._odbs = (repo.odb, loose)
         whole, loose = self._odbs
         repo.set_odb(loose)

@@ -107,6 +107,9 @@ class _Engine:
     def collect(self, **options: Any) -> Any:
         return object()
 
+    def prefetch(self, collection: Any, environments: list[str]) -> None:
+        pass
+
     def purge(self, collection: Any) -> list[str]:
         return []
 
