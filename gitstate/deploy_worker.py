@@ -223,7 +223,12 @@ class DeployWorker:
         """Work until ``stop`` is set; sleep until the state branch moves when idle."""
         self._stop = stop
         watch = TipWatch.of(Path(self.queue.store.path))
-        self.recover()
+        recovered = self.recover()
+        log.info(
+            "deploy worker %s ready (recovered %s)",
+            self.name,
+            ", ".join(f"#{deploy_id}" for deploy_id in recovered) or "nothing",
+        )
         last_recover = time.monotonic()
         while not stop.is_set():
             head = self.queue.store.head()
