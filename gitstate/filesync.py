@@ -50,7 +50,8 @@ from pygit2.enums import FileMode
 
 from gitstate.deploys import duration
 from gitstate.errors import GitStateError
-from gitstate.storage import ENVIRONMENTS_DIR, MANIFEST, link_escape
+from gitstate.manifest import ENVIRONMENTS_DIR, ManifestReader
+from gitstate.storage import link_escape
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +192,10 @@ def read_targets(repo: pygit2.Repository, code_commit: str) -> dict[str, Target]
     name no live directory may hold, are left out (and logged).
     """
     tree = repo[code_commit].peel(pygit2.Commit).tree
-    manifest: dict[str, Any] = {}
-    if MANIFEST in tree:
-        manifest = json.loads(repo[tree[MANIFEST].id].data).get("environments", {})
+    manifest = {
+        env: {"tree": item.tree, "commit": item.commit, "signature": item.signature}
+        for env, item in ManifestReader().all(repo, tree).items()
+    }
     names: dict[str, str] = {}
     if ENVIRONMENTS_DIR in tree:
         names = {entry.name: str(entry.id) for entry in repo[tree[ENVIRONMENTS_DIR].id]}
