@@ -138,6 +138,7 @@ class ObjectStore:
         hexid = str(oid)
         base = object_name(hexid, executable)
         generation = self._generation.get(base, 0)
+        retried = False
         while True:
             name = base if generation == 0 else f"{base}{_GENERATION}{generation}"
             path = self.path(name)
@@ -150,9 +151,11 @@ class ObjectStore:
             try:
                 os.link(path, dest)
             except FileNotFoundError:
-                if name not in self._checked or written:
+                if retried or written:
                     raise
-                self._checked.discard(name)  # removed behind our back: write it again
+                # Removed behind our back since it was checked: write it again.
+                self._checked.discard(name)
+                retried = True
                 continue
             except OSError as ex:
                 if ex.errno != errno.EMLINK:

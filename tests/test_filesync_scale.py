@@ -330,3 +330,32 @@ def test_a_check_in_stays_small_whatever_the_live_directory_holds(
     )
     assert answer.status_code == 200, answer.text
     assert answer.json()["local_edits_total"] == 100
+
+
+def test_a_blob_linked_more_often_than_the_file_system_allows_gets_a_second_object(
+    storage: Storage, tmp_path: Path
+) -> None:
+    limit = os.pathconf(tmp_path, "PC_LINK_MAX")
+    if limit > 100_000:
+        pytest.skip(f"this file system allows {limit} links to one file")
+    same = storage.write_blob(b"# the same in every module\n")
+    tree = str(
+        storage.write_tree({f"m{index}/LICENSE": (same, FileMode.BLOB) for index in range(3)})
+    )
+    live = LiveDir(tmp_path / "live")
+    with live.locked():
+        live.apply(_repo(storage), publish(storage, {"production": tree}))
+        shared = live.environments / "production" / "m0" / "LICENSE"
+        filler = tmp_path / "filler"
+        filler.mkdir()
+        for index in range(limit - os.lstat(shared).st_nlink - 1):
+            os.link(shared, filler / str(index))
+        # One link left: the second environment's second file needs another copy.
+        report = live.apply(_repo(storage), publish(storage, {"development": tree}))
+        assert (report.written, report.linked) == (1, 2)
+        development = live.environments / "development"
+        assert live_files(development) == storage.files(tree)
+        # One file took the last link of the first copy; two share a new one (and its object).
+        links = sorted(os.lstat(development / f"m{i}" / "LICENSE").st_nlink for i in range(3))
+        assert links == [3, 3, limit]
+        assert live.apply(_repo(storage), report.code_commit, verify=True).local_edits == []
