@@ -359,3 +359,30 @@ def test_a_blob_linked_more_often_than_the_file_system_allows_gets_a_second_obje
         links = sorted(os.lstat(development / f"m{i}" / "LICENSE").st_nlink for i in range(3))
         assert links == [3, 3, limit]
         assert live.apply(_repo(storage), report.code_commit, verify=True).local_edits == []
+
+
+def test_a_live_directory_of_the_previous_layout_is_rebuilt_not_trusted(
+    storage: Storage, tmp_path: Path
+) -> None:
+    tree = env_tree(storage, {"data/common.yaml": "a: 1\n"})
+    code = publish(storage, {"production": tree})
+    live = tmp_path / "live"
+    # What gitstate wrote before objects: a copy of each file and a JSON index.
+    old = live / ".versions" / "production" / tree
+    for path, data in storage.files(tree).items():
+        (old / path).parent.mkdir(parents=True, exist_ok=True)
+        (old / path).write_bytes(data)
+    index = {"schema_version": 1, "tree": tree, "files": {}, "links": {}}
+    (live / ".versions" / "production" / f"{tree}.json").write_text(json.dumps(index))
+    (live / "environments").mkdir()
+    os.symlink(f"../.versions/production/{tree}", live / "environments" / "production")
+    state = {"schema_version": 1, "code_commit": code, "environments": {}}
+    (live / ".gitstate-sync.json").write_text(json.dumps(state))
+
+    live_dir = LiveDir(live)
+    with live_dir.locked():
+        report = live_dir.apply(_repo(storage), code)
+        assert report.updated == ["production"]
+        assert live_dir.current("production") != tree  # a new version of the same tree
+        assert live_files(live / "environments" / "production") == storage.files(tree)
+        assert live_dir.apply(_repo(storage), code, verify=True).updated == []
