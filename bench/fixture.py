@@ -240,6 +240,27 @@ def change_branch(out: Path, branch: str, serial: int) -> str:
     return commits[stream.mark]
 
 
+def change_module(out: Path, module: str, serial: int) -> str:
+    """Commit one changed manifest on ``main`` of module ``module``; return the new commit.
+
+    Every environment whose Puppetfile follows the module's ``main`` branch
+    (a third of them, see :func:`puppetfile`) gets it at its next deploy.
+    """
+    repo = Path(out) / "modules" / f"{module}.git"
+    stream = _Stream()
+    stream.parts.append(b"reset refs/heads/main\nfrom refs/heads/main^0\n\n")
+    stream.commit(
+        "refs/heads/main",
+        f"change {serial}\n",
+        {
+            "manifests/init.pp": f"class {module} (\n  String $ensure = 'present',\n) {{\n}}\n# {serial}\n"
+        },
+        replace_all=False,
+    )
+    commits = stream.run(repo)
+    return commits[stream.mark]
+
+
 def branches(out: Path) -> Iterator[str]:
     """Yield the control repository's branch names."""
     listed = subprocess.run(

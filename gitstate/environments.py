@@ -424,7 +424,7 @@ class Deployer:
             source = dataclasses.replace(source, sha=str(current.target))
         commit = control[pygit2.Oid(hex=source.sha)].peel(pygit2.Commit)
         puppetfile = self._puppetfile(control, commit.tree, env)
-        published = self.storage.published().get(env)
+        published = self.storage.published_one(env)
         previous = self._previous_modules(published) if published else None
 
         resolved = [

@@ -2,27 +2,46 @@
 
 A live directory looks like this::
 
-    LIVE/environments/<env>          symlink → ../.versions/<env>/<version>
-    LIVE/.versions/<env>/<version>/  one complete environment (files only)
-    LIVE/.versions/<env>/<version>.json   what was written there (the index)
-    LIVE/.gitstate-sync.json         the last applied code-commit (check-in data)
-    LIVE/.gitstate-sync.lock         one client per live directory (flock)
+    LIVE/environments/<env>               symlink → ../.versions/<env>/<version>
+    LIVE/.versions/<env>/<version>/       one complete environment, every file a
+                                          hard link to an object
+    LIVE/.versions/<env>/<version>.json   the version's marker, written once the
+                                          version is complete
+    LIVE/.objects/                        one file per blob (gitstate.filesync_objects)
+    LIVE/.trash/                          pruned versions, deleted after the sync
+    LIVE/.gitstate-sync.json              the applied code-commit (check-in data)
+    LIVE/.gitstate-sync.lock              one client per live directory (flock)
 
-``<version>`` is the environment's tree id (``<tree>~<n>`` when a version
-of the same tree had to be rebuilt because of local edits). A version is
-written completely, its index is written, the directory is renamed into
-place and only then does the environment's symlink change, by
-``os.replace`` of a fresh symlink over the old one: one atomic step. A
-reader that resolves ``environments/<env>`` once (``realpath``, ``chdir``)
-sees one complete version from start to end, even while newer ones arrive.
+``<version>`` is the environment's tree id (``<tree>~<n>`` when a version of
+the same tree had to be rebuilt because of local edits), so git itself says
+what a version holds: the client keeps no per-file index.
 
-Writing is cheap because versions share files: a blob whose id and mode
-match a file already on disk (the environment's previous version, or any
-version written in the same run) is hard-linked, not written. The index
-records each file's blob id, mode and stat fingerprint (inode, size,
-mtime); a file whose fingerprint no longer matches was edited in place and
-is neither linked again nor trusted: the environment is rebuilt and the edit
-reported (r10k's "Overwriting local modifications").
+**A sync costs what changed.** The state file names the code-commit the
+live directory shows; the next one is compared with it tree to tree, so
+only environments whose tree changed are looked at, and a sync to the
+code-commit already shown reads nothing but the state file. A new version
+is written complete under a staging name, renamed, marked, and only then
+made visible by ``os.replace`` of a fresh symlink over
+``environments/<env>``: one atomic step. A reader that resolved the
+environment once (``realpath``, ``chdir``) sees one complete version from
+start to end. Every file of a version is a hard link to an object, so a
+version costs one ``link()`` per file and one write per blob that no
+version held yet.
+
+**Local edits** (r10k's "Overwriting local modifications") are found by
+:mod:`gitstate.filesync_check`: by the objects, for content written in
+place, and by the directories' ctimes, for files added, removed or
+replaced. The full check (``verify``) looks at every current version that
+way; a version about to be replaced is looked at before it goes, and an
+object is checked before it is linked, so an edit is reported once and
+never carried into a new version. An environment showing an edit is
+rebuilt.
+
+**Interrupted syncs.** The state file says which code-commit a sync was
+applying while it runs; a sync that finds that mark (the previous one was
+killed or failed) compares every environment with the target instead of
+trusting the tree comparison. Leftovers of a killed sync are removed when
+the next one takes the lock.
 
 Nothing here talks to a server: :mod:`gitstate.filesync_client` decides
 *when* to apply which commit, from a local storage repository or a fetched
@@ -33,15 +52,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import fcntl
+import functools
 import json
 import logging
 import os
 import re
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +69,24 @@ from pygit2.enums import FileMode
 
 from gitstate.deploys import duration
 from gitstate.errors import GitStateError
-from gitstate.storage import ENVIRONMENTS_DIR, MANIFEST, link_escape
+from gitstate.filesync_check import BlobSearch, DirCheck, Subtrees, check_dirs, safe_name
+from gitstate.filesync_objects import OBJECTS, ObjectStore
+from gitstate.manifest import ENVIRONMENTS_DIR
+from gitstate.storage import link_escape
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+#: The state file and version markers; version 1 was a per-file JSON index.
+SCHEMA_VERSION = 2
 VERSIONS = ".versions"
+TRASH = ".trash"
 STATE_FILE = ".gitstate-sync.json"
 LOCK_FILE = ".gitstate-sync.lock"
 DEFAULT_KEEP_VERSIONS = 3
+#: Local edits kept in the state file (and so in check-ins).
+MAX_EDITS = 100
+#: A marker is a few hundred bytes; anything larger is an index of layout 1.
+_MARKER_MAX = 1024
 _TREE = int(FileMode.TREE)
 _LINK = int(FileMode.LINK)
 _COMMIT = int(FileMode.COMMIT)
@@ -113,7 +141,10 @@ class FileSyncSettings:
         clients: the clients ``gitstate serve`` runs and ``wait`` waits for.
         keep_versions: versions of each environment kept in a live dir.
         reconcile_interval: seconds between full checks of a live dir
-            (local edits, missed events).
+            (local edits, missed events), at least.
+        reconcile_budget: the share of one core full checks may use: a
+            check that took C seconds of CPU is followed by the next one
+            no sooner than C / budget seconds later.
         long_poll_timeout: longest a ``latest-commit`` request is held.
         check_in_interval: seconds between heartbeats of an idle client.
         sync_timeout: longest ``wait: true`` waits for the clients
@@ -124,6 +155,7 @@ class FileSyncSettings:
     clients: tuple[ClientSpec, ...] = ()
     keep_versions: int = DEFAULT_KEEP_VERSIONS
     reconcile_interval: float = 60.0
+    reconcile_budget: float = 0.02
     long_poll_timeout: float = 30.0
     check_in_interval: float = 30.0
     sync_timeout: float = 60.0
@@ -163,6 +195,7 @@ class FileSyncSettings:
                 reconcile_interval=duration(
                     section.get("reconcile_interval", cls.reconcile_interval)
                 ),
+                reconcile_budget=float(section.get("reconcile_budget", cls.reconcile_budget)),
                 long_poll_timeout=duration(section.get("long_poll_timeout", cls.long_poll_timeout)),
                 check_in_interval=duration(section.get("check_in_interval", cls.check_in_interval)),
                 sync_timeout=duration(timeouts.get("sync", cls.sync_timeout)),
@@ -171,40 +204,36 @@ class FileSyncSettings:
             raise FileSyncConfigError("", str(ex)) from ex
         if keep < 1:
             raise FileSyncConfigError("keep_versions", "must be at least 1")
+        if not 0 < settings.reconcile_budget <= 1:
+            raise FileSyncConfigError("reconcile_budget", "must be above 0 and at most 1")
         return settings
 
 
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """What a code-commit publishes for one environment."""
+def environment_trees(repo: pygit2.Repository, code_commit: str) -> dict[str, str]:
+    """Return environment → tree id of what a code-commit publishes.
 
-    environment: str
-    tree: str
-    commit: str
-    signature: str
-
-
-def read_targets(repo: pygit2.Repository, code_commit: str) -> dict[str, Target]:
-    """Return the environments a code-commit publishes, from its manifest.
-
-    Environments named in the manifest but absent from the tree, or with a
-    name no live directory may hold, are left out (and logged).
+    Read from the code-commit's ``environments/`` tree, which is what a
+    client writes; entries with a name no live directory may hold are left
+    out (and logged).
     """
-    tree = repo[code_commit].peel(pygit2.Commit).tree
-    manifest: dict[str, Any] = {}
-    if MANIFEST in tree:
-        manifest = json.loads(repo[tree[MANIFEST].id].data).get("environments", {})
-    names: dict[str, str] = {}
-    if ENVIRONMENTS_DIR in tree:
-        names = {entry.name: str(entry.id) for entry in repo[tree[ENVIRONMENTS_DIR].id]}
-    targets = {}
-    for env, item in manifest.items():
-        if not _ENV_NAME.match(env) or env in (".", ".."):
-            log.warning("code-commit %s names environment %r; not a safe name", code_commit, env)
+    root = repo[code_commit].peel(pygit2.Commit).tree
+    return _trees(repo, root[ENVIRONMENTS_DIR].id if ENVIRONMENTS_DIR in root else None)
+
+
+def _trees(repo: pygit2.Repository, oid: pygit2.Oid | None) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for entry in repo[oid] if oid is not None else ():
+        name = entry.name or ""
+        if entry.filemode != _TREE or not _ENV_NAME.match(name):
+            log.warning("code-commit names environment %r; not a safe name", name)
             continue
-        tree_id = names.get(env, item.get("tree"))
-        targets[env] = Target(env, tree_id, item.get("commit", ""), item.get("signature", ""))
-    return targets
+        found[name] = str(entry.id)
+    return found
+
+
+def _environments_tree(repo: pygit2.Repository, code_commit: str) -> pygit2.Oid | None:
+    root = repo[code_commit].peel(pygit2.Commit).tree
+    return root[ENVIRONMENTS_DIR].id if ENVIRONMENTS_DIR in root else None
 
 
 @dataclasses.dataclass
@@ -222,7 +251,21 @@ class LocalEdit:
 
 @dataclasses.dataclass
 class SyncReport:
-    """What one :meth:`LiveDir.apply` did."""
+    """What one :meth:`LiveDir.apply` did.
+
+    Attributes:
+        code_commit: the code-commit applied.
+        updated: environments whose visible version changed.
+        removed: environments taken out.
+        local_edits: edits found (and overwritten).
+        written: files whose bytes were written (blobs no object held).
+        linked: files hard-linked to an object already on disk.
+        examined: environments whose version on disk was looked at; a sync
+            examines only those whose tree changed (all of them when it
+            verifies, or after an interrupted sync).
+        hashed: files whose content was hashed because their metadata moved.
+        refused_links: symlinks not written because they leave the environment.
+    """
 
     code_commit: str
     updated: list[str] = dataclasses.field(default_factory=list)
@@ -230,42 +273,33 @@ class SyncReport:
     local_edits: list[LocalEdit] = dataclasses.field(default_factory=list)
     written: int = 0
     linked: int = 0
+    examined: int = 0
+    hashed: int = 0
     refused_links: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
-class _Dir:
-    """A version directory; its path changes once, when staging is renamed."""
-
-    path: str
-
-
-@dataclasses.dataclass
-class _Source:
-    """A file on disk that can be hard-linked for ``(blob id, mode)``."""
-
-    directory: _Dir
-    rel: str
-    fingerprint: tuple[int, int, int]
-    owner: tuple[str, str] | None = None  # (env, path) when in the env's current version
-
-    @property
-    def path(self) -> str:
-        """Where the file is now."""
-        return os.path.join(self.directory.path, self.rel)
-
-
-@dataclasses.dataclass
 class _Run:
-    """Bookkeeping shared by every environment built in one apply."""
+    """Bookkeeping of one apply."""
 
     report: SyncReport
-    pool: dict[tuple[str, int], _Source] = dataclasses.field(default_factory=dict)
-    seeded: bool = False
+    #: env → the version it showed before this apply replaced it.
+    replaced: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: environments built (or swapped) by this apply.
+    built: set[str] = dataclasses.field(default_factory=set)
+    #: environments whose current version shows an edit: rebuilt at the end.
+    edited: set[str] = dataclasses.field(default_factory=set)
+    _seen: set[tuple[str, str, str]] = dataclasses.field(default_factory=set)
 
-
-def _fingerprint(stat: os.stat_result) -> tuple[int, int, int]:
-    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    def edits(self, found: list[LocalEdit], *, rebuild: bool) -> None:
+        """Report edits (once each); with ``rebuild``, their environments are rebuilt."""
+        for edit in found:
+            key = (edit.environment, edit.path, edit.change)
+            if key not in self._seen:
+                self._seen.add(key)
+                self.report.local_edits.append(edit)
+            if rebuild:
+                self.edited.add(edit.environment)
 
 
 class LiveDir:
@@ -283,6 +317,9 @@ class LiveDir:
         self.keep_versions = max(1, keep_versions)
         self.environments = self.root / "environments"
         self.versions = self.root / VERSIONS
+        self.objects = ObjectStore(self.root / OBJECTS)
+        self.trash = self.root / TRASH
+        self._subtrees = Subtrees()
 
     # -- locking and state ----------------------------------------------------------
 
@@ -302,6 +339,8 @@ class LiveDir:
                 raise LiveDirBusy(self.root) from ex
             self.environments.mkdir(exist_ok=True)
             self.versions.mkdir(exist_ok=True)
+            self.objects.root.mkdir(exist_ok=True)
+            self.trash.mkdir(exist_ok=True)
             self._remove_leftovers()
             yield
         finally:
@@ -318,12 +357,13 @@ class LiveDir:
         _write_json_atomically(self.root / STATE_FILE, state)
 
     def current(self, env: str) -> str | None:
-        """Return the version ``environments/<env>`` points at, if any."""
+        """Return the version ``environments/<env>`` points at, if it points at one."""
         try:
             target = os.readlink(self.environments / env)
         except OSError:
             return None
-        return os.path.basename(target)
+        version = os.path.basename(target)
+        return version if target == f"../{VERSIONS}/{env}/{version}" else None
 
     def version_path(self, env: str, version: str) -> Path:
         """Return the directory of one version of an environment."""
@@ -347,64 +387,105 @@ class LiveDir:
     ) -> SyncReport:
         """Make the live directory show ``code_commit``.
 
-        Environments whose current version already holds the published tree
-        are left alone (and, with ``verify``, checked for local edits, which
-        makes them be rebuilt). The caller holds :meth:`locked`.
+        Only environments whose tree differs between the code-commit shown
+        and ``code_commit`` are looked at. With ``verify`` (the full check)
+        every environment is compared with the code-commit and every
+        current version checked for local edits, which makes it be rebuilt.
+        The caller holds :meth:`locked`.
 
         Args:
             repo: a repository holding the code-commit and its objects.
             code_commit: the code-commit to show.
-            verify: check unchanged environments for local edits too.
+            verify: compare every environment and check for local edits.
         """
-        targets = read_targets(repo, code_commit)
-        run = _Run(SyncReport(code_commit))
-        envs_state: dict[str, Any] = {}
-        for env, target in sorted(targets.items()):
-            current = self.current(env)
-            index = self._read_index(env, current) if current else None
-            if current is not None and index is not None and _tree_of(current) == target.tree:
-                edits = self._check(env, current, index) if verify else []
-                run.report.local_edits.extend(edits)
-                if edits:
-                    current = self._build(repo, env, target, current, index, run, edits_known=True)
-                    run.report.updated.append(env)
-            else:
-                current = self._build(repo, env, target, current, index, run)
-                run.report.updated.append(env)
-            envs_state[env] = {
-                "environment-commit": target.commit,
-                "deploy-signature": target.signature,
-                "tree": target.tree,
-                "version": current,
-            }
-        for env in self.live_environments():
-            if env not in targets:
-                self._remove(env)
-                run.report.removed.append(env)
-        for edit in run.report.local_edits:
+        report = SyncReport(code_commit)
+        state = self.state()
+        layout = state.get("schema_version") == SCHEMA_VERSION
+        shown = state.get("code_commit") if layout and not state.get("applying") else None
+        if shown == code_commit and not verify:
+            return report
+        self.objects.trusted_before = int(state.get("objects_checked") or 0) if layout else 0
+        self.objects.start_run()
+        hashed = self.objects.hashed
+        target = _environments_tree(repo, code_commit)
+        changed, removed = self._changes(repo, shown, target, full=verify)
+        if changed or removed:
+            # Until this sync ends, the tree comparison cannot be trusted.
+            self._write_state({**state, "applying": code_commit})
+        run = _Run(report)
+        for env, tree in sorted(changed.items()):
+            report.examined += 1
+            self._converge(repo, env, tree, run)
+        for env in removed:
+            self._remove(env)
+            report.removed.append(env)
+        if verify:
+            self._check(repo, run)
+        self._repair(repo, run)
+        report.hashed = self.objects.hashed - hashed
+        for edit in report.local_edits:
             log.warning(
                 "Overwriting local modification in %s: %s (%s)",
                 edit.environment,
                 edit.path,
                 edit.change,
             )
-        previous = self.state()
-        edits = previous.get("local_edits") or []
-        edits_at = previous.get("local_edits_at")
-        if run.report.local_edits:
-            edits = [edit.to_json() for edit in run.report.local_edits][:100]
+        edits = state.get("local_edits") if layout else []
+        edits_at = state.get("local_edits_at") if layout else None
+        if report.local_edits:
+            edits = [edit.to_json() for edit in report.local_edits][:MAX_EDITS]
             edits_at = time.time()
+        synced_at = state.get("synced_at")
+        if shown != code_commit or report.updated or report.removed or not synced_at:
+            synced_at = time.time()
         self._write_state(
             {
                 "schema_version": SCHEMA_VERSION,
                 "code_commit": code_commit,
-                "synced_at": time.time(),
-                "environments": envs_state,
-                "local_edits": edits,
+                "applying": None,
+                "synced_at": synced_at,
+                "local_edits": edits or [],
                 "local_edits_at": edits_at,
+                "objects_checked": self.objects.trusted_before,
             }
         )
-        return run.report
+        return report
+
+    def _changes(
+        self, repo: pygit2.Repository, shown: str | None, target: pygit2.Oid | None, *, full: bool
+    ) -> tuple[dict[str, str], list[str]]:
+        """Return environments to converge (env → tree) and environments to remove.
+
+        Compared with the code-commit shown when that can be trusted:
+        identical ``environments/`` trees cost nothing, and otherwise only
+        the entries of two trees are compared. Else every environment.
+        """
+        if not full and shown is not None:
+            try:
+                before = _environments_tree(repo, shown)
+            except (KeyError, ValueError):
+                before = None  # not in this repository: compare everything
+            else:
+                if before == target:
+                    return {}, []
+                old, wanted = _trees(repo, before), _trees(repo, target)
+                changed = {env: tree for env, tree in wanted.items() if old.get(env) != tree}
+                return changed, sorted(env for env in old if env not in wanted)
+        wanted = _trees(repo, target)
+        return wanted, [env for env in self.live_environments() if env not in wanted]
+
+    def _converge(self, repo: pygit2.Repository, env: str, tree: str, run: _Run) -> None:
+        """Make ``env`` show ``tree``, unless it already does."""
+        version = self.current(env)
+        since = self._since(env, version) if version is not None else None
+        if since is not None and version is not None:
+            if _tree_of(version) == tree:
+                return
+            # Replaced: whatever was edited in it is overwritten now.
+            run.replaced[env] = version
+            run.edits(self._check_version(repo, env, version, since), rebuild=False)
+        self._build(repo, env, tree, run)
+        run.report.updated.append(env)
 
     # -- building one version -------------------------------------------------------
 
@@ -412,145 +493,126 @@ class LiveDir:
         self,
         repo: pygit2.Repository,
         env: str,
-        target: Target,
-        current: str | None,
-        index: Mapping[str, Any] | None,
+        tree: str,
         run: _Run,
         *,
-        edits_known: bool = False,
+        reuse: bool = True,
     ) -> str:
-        """Write ``target`` as a new version of ``env`` and swap it in; return its name.
+        """Write ``tree`` as a new version of ``env`` and swap it in; return its name.
 
-        Files of the current version that were edited are not linked; they
-        are reported as local edits unless ``edits_known`` (already reported).
+        With ``reuse``, an intact version of the same tree still kept (a
+        rollback, a reverted branch) is swapped back instead.
         """
         env_versions = self.versions / env
         env_versions.mkdir(parents=True, exist_ok=True)
-        if index is not None and current is not None:
-            self._seed(run, env, current, index, own=not edits_known)
-        elif not run.seeded:
-            # A new environment: it most likely shares modules with the others.
-            run.seeded = True
-            for other in self.live_environments():
-                version = self.current(other)
-                other_index = self._read_index(other, version) if version else None
-                if version and other_index is not None:
-                    self._seed(run, other, version, other_index)
-        kept = self._kept_version(env, target.tree) if not edits_known else None
+        run.built.add(env)
+        kept = self._kept_version(repo, env, tree) if reuse else None
         if kept is not None:
-            # A version of this tree is still on disk, unedited (a rollback,
-            # or a branch reverted): swapping back to it costs nothing.
-            os.utime(env_versions / f"{kept}.json")
             self._swap(env, kept)
             self._prune(env, keep=kept)
             return kept
-        version = target.tree
+        version = tree
         if (env_versions / version).exists() or (env_versions / f"{version}.json").exists():
-            version = f"{target.tree}~{time.time_ns()}"
-        staging = _Dir(str(env_versions / f".tmp-{version}"))
-        files, links = self._write_tree(repo, target.tree, staging, run)
-        index_data = {
-            "schema_version": SCHEMA_VERSION,
-            "environment": env,
-            "tree": target.tree,
-            "environment-commit": target.commit,
-            "deploy-signature": target.signature,
-            "files": files,
-            "links": links,
-        }
-        _write_json_atomically(env_versions / f"{version}.json", index_data)
-        os.rename(staging.path, env_versions / version)
-        staging.path = str(env_versions / version)
+            version = f"{tree}~{time.time_ns()}"
+        staging = env_versions / f".tmp-{version}"
+        self._write_tree(repo, tree, str(staging), run.report)
+        os.rename(staging, env_versions / version)
+        # Written after the rename (which sets the directory's ctime): the
+        # marker's mtime is the baseline of the version's directories.
+        _write_json_atomically(
+            env_versions / f"{version}.json",
+            {"schema_version": SCHEMA_VERSION, "environment": env, "tree": tree},
+        )
         self._swap(env, version)
         self._prune(env, keep=version)
         return version
 
-    def _kept_version(self, env: str, tree: str) -> str | None:
-        """Return a retained, unedited version of ``tree``, if there is one."""
+    def _write_tree(
+        self, repo: pygit2.Repository, tree: str, staging: str, report: SyncReport
+    ) -> None:
+        """Write a tree under ``staging``: directories, symlinks, links to objects."""
+        os.mkdir(staging)
+        objects = self.objects
+        stack: list[tuple[str, str, pygit2.Oid]] = [(staging, "", pygit2.Oid(hex=tree))]
+        while stack:
+            directory, prefix, oid = stack.pop()
+            for entry in repo[oid]:
+                mode = entry.filemode
+                name = entry.name
+                if mode == _COMMIT or not safe_name(name):
+                    continue
+                path = f"{directory}/{name}"
+                if mode == _TREE:
+                    os.mkdir(path)
+                    stack.append((path, f"{prefix}{name}/", entry.id))
+                elif mode == _LINK:
+                    target = repo[entry.id].data.decode("utf-8", "surrogateescape")
+                    if link_escape(prefix, target) > 0:
+                        # Storage refuses such trees; a client never trusts that alone.
+                        log.warning(
+                            "not writing symlink %s -> %s: leaves the environment",
+                            prefix + name,
+                            target,
+                        )
+                        report.refused_links.append(prefix + name)
+                        continue
+                    os.symlink(target, path)
+                elif objects.place(repo, entry.id, mode == _EXECUTABLE, path):
+                    report.written += 1
+                else:
+                    report.linked += 1
+
+    def _kept_version(self, repo: pygit2.Repository, env: str, tree: str) -> str | None:
+        """Return a retained, intact version of ``tree``, if there is one."""
         try:
             names = sorted(os.listdir(self.versions / env))
         except FileNotFoundError:
             return None
+        current = self.current(env)
         for name in names:
-            if name.startswith(".") or name.endswith(".json") or _tree_of(name) != tree:
+            if name.startswith(".") or name.endswith(".json") or name == current:
                 continue
-            index = self._read_index(env, name)
-            if index is not None and not self._check(env, name, index):
+            if _tree_of(name) != tree:
+                continue
+            since = self._since(env, name)
+            if since is None:
+                continue
+            check = functools.partial(self._intact, repo, env, name, since)
+            if self._rebaseline(env, name, since, check):
                 return name
         return None
 
-    def _seed(
-        self, run: _Run, env: str, version: str, index: Mapping[str, Any], *, own: bool = False
-    ) -> None:
-        base = _Dir(str(self.version_path(env, version)))
-        for rel, (oid, mode, ino, size, mtime) in index.get("files", {}).items():
-            owner = (env, rel) if own else None
-            run.pool.setdefault((oid, mode), _Source(base, rel, (ino, size, mtime), owner))
+    def _intact(self, repo: pygit2.Repository, env: str, version: str, since: int) -> bool:
+        """Return whether a kept version still holds exactly its tree.
 
-    def _write_tree(
-        self, repo: pygit2.Repository, tree_id: str, staging: _Dir, run: _Run
-    ) -> tuple[dict[str, list[Any]], dict[str, str]]:
-        """Write a tree under ``staging``; return the index of its files and links."""
-        files: dict[str, list[Any]] = {}
-        links: dict[str, str] = {}
-        report = run.report
-        os.mkdir(staging.path)
-        stack: list[tuple[str, pygit2.Oid]] = [("", pygit2.Oid(hex=tree_id))]
-        odb = repo.odb
+        Its directories are checked as in the full check; and, since it may
+        link an object found edited after it stopped being current, every
+        file is compared with the store's unedited objects (one ``lstat``
+        per file: this is a rollback, not a sync).
+        """
+        found = self._check_dirs(repo, env, version, since)
+        if found.edits or found.missing:
+            return False
+        root = str(self.version_path(env, version))
+        inodes: dict[tuple[str, bool], set[int]] = {}
+        stack: list[tuple[str, pygit2.Oid]] = [("", pygit2.Oid(hex=_tree_of(version)))]
         while stack:
             prefix, oid = stack.pop()
             for entry in repo[oid]:
                 mode = entry.filemode
-                rel = prefix + entry.name
-                path = os.path.join(staging.path, rel)
                 if mode == _TREE:
-                    os.mkdir(path)
-                    stack.append((rel + "/", entry.id))
-                elif mode == _LINK:
-                    target = odb.read(entry.id)[1].decode("utf-8", "surrogateescape")
-                    if link_escape(prefix, target) > 0:
-                        # Storage refuses such trees; a client never trusts that alone.
-                        log.warning(
-                            "not writing symlink %s -> %s: leaves the environment", rel, target
-                        )
-                        report.refused_links.append(rel)
-                        continue
-                    os.symlink(target, path)
-                    links[rel] = target
-                elif mode != _COMMIT:
-                    key = (str(entry.id), mode)
-                    stat = self._link(run, run.pool.get(key), path)
-                    if stat is None:
-                        stat = _write_file(path, odb.read(entry.id)[1], mode)
-                        report.written += 1
-                        run.pool[key] = _Source(staging, rel, _fingerprint(stat))
-                    else:
-                        report.linked += 1
-                    files[rel] = [key[0], mode, *_fingerprint(stat)]
-        return files, links
-
-    def _link(self, run: _Run, source: _Source | None, path: str) -> os.stat_result | None:
-        """Hard-link ``source`` at ``path`` if it is still as written."""
-        if source is None:
-            return None
-        try:
-            stat = os.lstat(source.path)
-        except OSError:
-            stat = None
-        if stat is None or _fingerprint(stat) != source.fingerprint:
-            if source.owner is not None:
-                run.report.local_edits.append(
-                    LocalEdit(*source.owner, "modified" if stat else "removed")
-                )
-                source.owner = None
-            return None
-        try:
-            os.link(source.path, path)
-        except OSError as ex:
-            if ex.errno in (errno.EMLINK, errno.EXDEV, errno.EPERM):
-                return None
-            raise
-        return stat
+                    stack.append((f"{prefix}{entry.name}/", entry.id))
+                elif mode not in (_LINK, _COMMIT):
+                    key = (str(entry.id), mode == _EXECUTABLE)
+                    if key not in inodes:
+                        inodes[key] = self.objects.inodes(repo, *key)
+                    try:
+                        inode = os.lstat(f"{root}/{prefix}{entry.name}").st_ino
+                    except OSError:
+                        return False
+                    if inode not in inodes[key]:
+                        return False
+        return True
 
     def _swap(self, env: str, version: str) -> None:
         """Point ``environments/<env>`` at ``version`` in one atomic step."""
@@ -569,31 +631,128 @@ class LiveDir:
 
     # -- checking for local edits ---------------------------------------------------
 
-    def _check(self, env: str, version: str, index: Mapping[str, Any]) -> list[LocalEdit]:
-        """Compare a version on disk with its index; return what was edited."""
-        base = self.version_path(env, version)
-        files: dict[str, list[Any]] = dict(index.get("files", {}))
-        links: dict[str, str] = dict(index.get("links", {}))
-        edits: list[LocalEdit] = []
-        for directory, dirnames, filenames in os.walk(base):
-            rel_dir = os.path.relpath(directory, base)
-            linked_dirs = [d for d in dirnames if os.path.islink(os.path.join(directory, d))]
-            for name in filenames + linked_dirs:
-                rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-                full = os.path.join(directory, name)
-                if os.path.islink(full):
-                    target = links.pop(rel, None)
-                    if target is None:
-                        edits.append(LocalEdit(env, rel, "added"))
-                    elif os.readlink(full) != target:
-                        edits.append(LocalEdit(env, rel, "modified"))
+    def _since(self, env: str, version: str) -> int | None:
+        """Return the baseline of a complete version of this layout (None if it is not one).
+
+        The baseline is the mtime of the version's marker: a file-system
+        time after every change the client made to the version.
+        """
+        marker = self.versions / env / f"{version}.json"
+        try:
+            found = os.stat(marker)
+            if found.st_size > _MARKER_MAX:
+                return None
+            data = json.loads(marker.read_bytes())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+            return None
+        if not (self.versions / env / version).is_dir():
+            return None
+        return found.st_mtime_ns
+
+    def _check(self, repo: pygit2.Repository, run: _Run) -> None:
+        """The full check: every object, then every current version's directories."""
+        self.objects.scan(repo)
+        for env in self.live_environments():
+            if env in run.built:
+                continue
+            version = self.current(env)
+            since = self._since(env, version) if version is not None else None
+            if version is None or since is None:
+                continue
+            run.edits(self._check_version(repo, env, version, since), rebuild=True)
+
+    def _check_version(
+        self, repo: pygit2.Repository, env: str, version: str, since: int
+    ) -> list[LocalEdit]:
+        """Return the edits made in one version's directories."""
+        found = self._check_dirs(repo, env, version, since)
+        if found.listed and not found.edits and not found.missing:
+            # Directories written in the tick the marker was (or touched and
+            # put back): move the baseline past them, so they are not listed
+            # at every check.
+            self._rebaseline(
+                env, version, since, lambda: not self._check_dirs(repo, env, version, since).edits
+            )
+        if found.missing:
+            return [LocalEdit(env, ".", "removed")]
+        return [LocalEdit(env, path, change) for path, change in found.edits]
+
+    def _check_dirs(self, repo: pygit2.Repository, env: str, version: str, since: int) -> DirCheck:
+        inodes: dict[tuple[str, bool], set[int]] = {}
+
+        def objects(oid: str, executable: bool) -> set[int]:
+            key = (oid, executable)
+            if key not in inodes:
+                inodes[key] = self.objects.inodes(repo, oid, executable)
+            return inodes[key]
+
+        return check_dirs(
+            repo,
+            str(self.version_path(env, version)),
+            pygit2.Oid(hex=_tree_of(version)),
+            since,
+            self._subtrees,
+            objects,
+        )
+
+    def _rebaseline(self, env: str, version: str, since: int, clean: Callable[[], bool]) -> bool:
+        """Move a version's baseline to now if ``clean()`` holds after the move.
+
+        The marker is touched *before* looking again (with the old
+        baseline), so a change made while looking is after the new one; if
+        the version is not clean the old baseline is put back.
+        """
+        marker = self.versions / env / f"{version}.json"
+        os.utime(marker)
+        if clean():
+            return True
+        with contextlib.suppress(OSError):
+            os.utime(marker, ns=(since, since))
+        return False
+
+    def _repair(self, repo: pygit2.Repository, run: _Run) -> None:
+        """Report objects found edited and rebuild every environment showing an edit."""
+        for _round in range(3):
+            if self.objects.bad:
+                bad, self.objects.bad = self.objects.bad, {}
+                search = BlobSearch(repo, set(bad.values()))
+                shown = [(env, self.current(env)) for env in self.live_environments()]
+                for env, version in shown:
+                    if version is not None:
+                        run.edits(self._showing(search, bad, env, version), rebuild=True)
+                for env, version in run.replaced.items():
+                    run.edits(self._showing(search, bad, env, version), rebuild=False)
+            pending = sorted(run.edited)
+            run.edited = set()
+            if not pending:
+                return
+            for env in pending:
+                version = self.current(env)
+                if version is None:
                     continue
-                item = files.pop(rel, None)
-                if item is None:
-                    edits.append(LocalEdit(env, rel, "added"))
-                elif _fingerprint(os.lstat(full)) != tuple(item[2:5]):
-                    edits.append(LocalEdit(env, rel, "modified"))
-        edits.extend(LocalEdit(env, rel, "removed") for rel in sorted({*files, *links}))
+                self._build(repo, env, _tree_of(version), run, reuse=False)
+                if env not in run.report.updated:
+                    run.report.updated.append(env)
+
+    def _showing(
+        self,
+        search: BlobSearch,
+        bad: Mapping[int, tuple[str, bool]],
+        env: str,
+        version: str,
+    ) -> list[LocalEdit]:
+        """Return the files of a version that link one of the ``bad`` inodes."""
+        root = self.version_path(env, version)
+        edits = []
+        for path, _oid, _executable in search.paths(pygit2.Oid(hex=_tree_of(version))):
+            try:
+                inode = os.lstat(root / path).st_ino
+            except OSError:
+                continue
+            if inode in bad:
+                edits.append(LocalEdit(env, path, "modified"))
         return edits
 
     # -- removing and pruning -------------------------------------------------------
@@ -604,8 +763,8 @@ class LiveDir:
         if link.is_symlink() or link.is_file():
             os.unlink(link)
         elif link.is_dir():
-            shutil.rmtree(link)
-        shutil.rmtree(self.versions / env, ignore_errors=True)
+            self._discard(link)
+        self._discard(self.versions / env)
         log.info("Environment %s removed", env)
 
     def _prune(self, env: str, keep: str) -> None:
@@ -623,9 +782,36 @@ class LiveDir:
             kept.add(name)
         for _stamp, name in found:
             if name not in kept:
-                shutil.rmtree(env_versions / name, ignore_errors=True)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(env_versions / f"{name}.json")
+                self._discard(env_versions / name)
+
+    def _discard(self, path: Path) -> None:
+        """Move a directory to the trash: one rename now, deleted by :meth:`empty_trash`."""
+        try:
+            os.rename(path, self.trash / f"{time.time_ns()}-{path.name}")
+        except FileNotFoundError:
+            pass
+        except OSError:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def empty_trash(self) -> int:
+        """Delete pruned versions and removed environments; return how many.
+
+        Kept out of :meth:`apply` so that a sync's new versions are visible
+        and checked in before the old ones' files are unlinked.
+        """
+        try:
+            doomed = list(os.scandir(self.trash))
+        except FileNotFoundError:
+            return 0
+        for item in doomed:
+            if item.is_dir(follow_symlinks=False):
+                shutil.rmtree(item.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(item.path)
+        return len(doomed)
 
     def _remove_leftovers(self) -> None:
         """Remove what a killed client left half-written (we hold the lock)."""
@@ -633,48 +819,33 @@ class LiveDir:
             if item.name.startswith(".") and ".swap-" in item.name:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(item.path)
+        self.objects.remove_leftovers()
         for env_dir in os.scandir(self.versions):
             if not env_dir.is_dir(follow_symlinks=False):
                 continue
-            for item in os.scandir(env_dir.path):
-                if item.name.startswith(".tmp-") or item.name.startswith(".json-"):
-                    if item.is_dir(follow_symlinks=False):
-                        shutil.rmtree(item.path, ignore_errors=True)
+            current = self.current(env_dir.name)
+            names = set(os.listdir(env_dir.path))
+            for name in names:
+                path = os.path.join(env_dir.path, name)
+                if name.startswith((".tmp-", ".json-")):
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path, ignore_errors=True)
                     else:
                         with contextlib.suppress(FileNotFoundError):
-                            os.unlink(item.path)
-                elif item.name.endswith(".json") and not os.path.isdir(
-                    item.path.removesuffix(".json")
-                ):
-                    # The index of a version whose rename never happened.
-                    os.unlink(item.path)
-
-    def _read_index(self, env: str, version: str) -> dict[str, Any] | None:
-        try:
-            data = json.loads((self.versions / env / f"{version}.json").read_text("utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not (self.versions / env / version).is_dir():
-            return None
-        return dict(data)
+                            os.unlink(path)
+                elif name.startswith("."):
+                    continue
+                elif name.endswith(".json"):
+                    if name.removesuffix(".json") not in names:
+                        # The marker of a version whose directory is gone.
+                        os.unlink(path)
+                elif f"{name}.json" not in names and name != current:
+                    # Renamed into place, killed before its marker was written.
+                    shutil.rmtree(path, ignore_errors=True)
 
 
 def _tree_of(version: str) -> str:
     return version.split("~", 1)[0]
-
-
-def _write_file(path: str, data: bytes, mode: int) -> os.stat_result:
-    """Create ``path`` with ``data``; return its stat."""
-    fd = os.open(
-        path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755 if mode == _EXECUTABLE else 0o644
-    )
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        return os.fstat(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:

@@ -10,12 +10,22 @@ the directory's size is bounded by the number of clients. What the clients
 
 Local clients (same host as the server) write their file directly; remote
 ones post it to ``/file-sync/v1/check-ins`` and the server writes it.
+
+A check-in names the code-commit the client's live directory shows; the
+environments, environment-commits and signatures that make up are read
+from that code-commit in storage when the status is asked for, so a
+check-in's size does not grow with the number of environments (clients
+before that listed every environment; such lists are still accepted and
+stored). Writers of check-ins are seen by :meth:`CheckIns.wait_for_change`:
+those in this process directly, the others (local clients, other server
+processes) by inotify on the directory.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,10 +33,13 @@ from typing import Any
 from gitstate.deploys import now_iso
 from gitstate.errors import GitStateError
 from gitstate.filesync import CLIENT_NAME
+from gitstate.filesync_watch import DirectoryWatch
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Largest check-in accepted, in bytes of JSON.
 MAX_CHECK_IN = 256 * 1024
+#: Local edits kept of one check-in.
+MAX_EDITS = 100
 _SHA = frozenset("0123456789abcdef")
 
 
@@ -51,6 +64,10 @@ class CheckIns:
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
+        self._changed = threading.Condition()
+        self._generation = 0
+        self._watch: DirectoryWatch | None = None
+        self._watch_lock = threading.Lock()
 
     def record(self, name: str, report: Mapping[str, Any]) -> dict[str, Any]:
         """Store a client's check-in, stamped with the server's time.
@@ -75,24 +92,29 @@ class CheckIns:
         edits = report.get("local_edits") or []
         if not isinstance(environments, Mapping) or not isinstance(edits, list):
             raise InvalidCheckIn("environments must be an object and local_edits a list")
-        record = {
+        edits = [edit for edit in edits[:MAX_EDITS] if isinstance(edit, Mapping)]
+        total = report.get("local_edits_total")
+        record: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "name": name,
             "last_check_in_time": now_iso(),
             "client_time": report.get("time"),
             "code_commit": commit,
             "synced_at": report.get("synced_at"),
-            "environments": {
+            "local_edits": edits,
+            "local_edits_total": total if isinstance(total, int) else len(edits),
+            "local_edits_at": report.get("local_edits_at"),
+        }
+        if environments:
+            # A client from before check-ins named only their code-commit.
+            record["environments"] = {
                 str(env): {
                     key: str(value)
                     for key, value in (item.items() if isinstance(item, Mapping) else ())
                     if key in ("environment-commit", "deploy-signature", "tree", "version")
                 }
                 for env, item in environments.items()
-            },
-            "local_edits": [edit for edit in edits[:100] if isinstance(edit, Mapping)],
-            "local_edits_at": report.get("local_edits_at"),
-        }
+            }
         data = json.dumps(record, indent=1, sort_keys=True).encode()
         if len(data) > MAX_CHECK_IN:
             raise InvalidCheckIn(f"check-in larger than {MAX_CHECK_IN} bytes")
@@ -100,6 +122,7 @@ class CheckIns:
         temporary = self.directory / f".{name}.{os.getpid()}.tmp"
         temporary.write_bytes(data)
         os.replace(temporary, self.directory / f"{name}.json")
+        self._notify()
         return record
 
     def get(self, name: str) -> dict[str, Any] | None:
@@ -125,15 +148,47 @@ class CheckIns:
                     found[record.get("name", file_name[:-5])] = record
         return found
 
-    def stamp(self) -> tuple[tuple[str, int], ...]:
-        """Return a cheap fingerprint that changes whenever a check-in is written."""
-        try:
-            return tuple(
-                sorted(
-                    (item.name, item.stat().st_mtime_ns)
-                    for item in os.scandir(self.directory)
-                    if item.name.endswith(".json")
-                )
-            )
-        except FileNotFoundError:
-            return ()
+    # -- waiting for check-ins ------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever a check-in is written (once watching)."""
+        return self._generation
+
+    def watch(self) -> None:
+        """Start noticing check-ins written by other processes (idempotent).
+
+        Call it before reading the check-ins a wait depends on, so that
+        none written after that read is missed.
+        """
+        with self._watch_lock:
+            if self._watch is None:
+                self._watch = DirectoryWatch(
+                    self.directory, self._notify, accept=_is_check_in
+                ).start()
+
+    def wait_for_change(self, generation: int, timeout: float) -> int:
+        """Wait until a check-in is written after :attr:`generation` was ``generation``.
+
+        Returns at once if one was; otherwise when one is, or after
+        ``timeout`` seconds. Returns the generation now.
+        """
+        with self._changed:
+            self._changed.wait_for(lambda: self._generation != generation, max(0.0, timeout))
+            return self._generation
+
+    def close(self) -> None:
+        """Stop watching."""
+        with self._watch_lock:
+            watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
+
+def _is_check_in(name: str) -> bool:
+    return name.endswith(".json") and not name.startswith(".")

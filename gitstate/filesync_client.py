@@ -13,9 +13,12 @@ two ways:
   ``refs/heads/code`` with ``git fetch`` over smart HTTP into a private
   bare copy, sending the token in ``X-Authentication``.
 
-Either way a periodic full reconcile (``reconcile_interval``) re-checks
+Either way a periodic full reconcile (``reconcile_interval``, stretched
+when a check would use more than ``reconcile_budget`` of a core) re-checks
 every environment for local edits and catches anything an event missed,
 and the client checks in after each sync and every ``check_in_interval``.
+A check-in names the code-commit the live directory shows, not its
+environments, so its size does not grow with them.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ LATEST_PATH = "/file-sync/v1/latest-commit"
 CHECK_IN_PATH = "/file-sync/v1/check-ins"
 TOKEN_HEADER = "X-Authentication"
 CACHE = ".gitstate-cache.git"
+#: Most bytes of local edits a check-in carries (the server takes 64 KiB bodies).
+EDITS_BUDGET = 32 * 1024
 
 
 class StorageUnreachable(GitStateError, ConnectionError):
@@ -285,15 +290,7 @@ class SyncClient:
         if not force and time.monotonic() < self._next_check_in:
             return
         state = self.live.state()
-        report = {
-            "code_commit": state.get("code_commit"),
-            "synced_at": state.get("synced_at"),
-            "environments": state.get("environments", {}),
-            "local_edits": state.get("local_edits", []),
-            "local_edits_at": state.get("local_edits_at"),
-            "time": time.time(),
-            "host": socket.gethostname(),
-        }
+        report = check_in_report(state)
         try:
             self.source.check_in(self.name, report)
             self._next_check_in = time.monotonic() + self.settings.check_in_interval
@@ -311,22 +308,70 @@ class SyncClient:
                 try:
                     wait = 0.0 if full else self._idle_wait(next_full)
                     commit = self.source.next_commit(self.applied, wait)
+                    spent = time.thread_time()
                     if commit is not None and (commit != self.applied or full):
                         self.sync(commit, verify=full)
                     if full:
-                        next_full = time.monotonic() + self.settings.reconcile_interval
+                        next_full = time.monotonic() + self._full_interval(
+                            time.thread_time() - spent
+                        )
                     self.check_in()
+                    self.live.empty_trash()
                     backoff = 0.5
                 except (GitStateError, pygit2.GitError, OSError, KeyError) as ex:
                     log.warning("%s: sync failed: %s; retrying in %.1fs", self.name, ex, backoff)
                     stop.wait(backoff)
                     backoff = min(backoff * 2, 10.0)
 
+    def _full_interval(self, cpu: float) -> float:
+        """Seconds until the next full check, after one that took ``cpu`` seconds of CPU.
+
+        ``reconcile_interval``, or longer when the check is so costly that
+        it would use more than ``reconcile_budget`` of a core.
+        """
+        interval = max(self.settings.reconcile_interval, cpu / self.settings.reconcile_budget)
+        if interval > self.settings.reconcile_interval:
+            log.info(
+                "%s: the full check took %.2fs of CPU; the next one in %.0fs",
+                self.name,
+                cpu,
+                interval,
+            )
+        return interval
+
     def _idle_wait(self, next_full: float) -> float:
         """How long the next wait for a new commit may last."""
         remaining = max(0.0, next_full - time.monotonic())
         check_in_due = max(0.0, self._next_check_in - time.monotonic())
         return min(remaining, check_in_due, self.settings.long_poll_timeout)
+
+
+def check_in_report(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a check-in from a live directory's state.
+
+    Its size does not depend on the number of environments: the code-commit
+    names every environment's tree, environment-commit and signature
+    exactly, and the server holds that commit (the client got it from
+    there). Local edits are sent while the body stays under
+    :data:`EDITS_BUDGET` bytes, with their total count.
+    """
+    edits = [edit for edit in state.get("local_edits") or [] if isinstance(edit, Mapping)]
+    sent: list[Mapping[str, Any]] = []
+    size = 0
+    for edit in edits:
+        size += len(json.dumps(edit)) + 2
+        if size > EDITS_BUDGET:
+            break
+        sent.append(edit)
+    return {
+        "code_commit": state.get("code_commit"),
+        "synced_at": state.get("synced_at"),
+        "local_edits": sent,
+        "local_edits_total": len(edits),
+        "local_edits_at": state.get("local_edits_at"),
+        "time": time.time(),
+        "host": socket.gethostname(),
+    }
 
 
 def run_client(

@@ -155,7 +155,7 @@ class Rollbacks:
         """
         env = request.environment
         with self._env_lock(env):
-            current = self.storage.published().get(env)
+            current = self.storage.published_one(env)
             if current is None:
                 raise RollbackTargetNotFound(env, request.to, f"environment {env} is not deployed")
             target = self._pick(env, current, request.to)

@@ -10,8 +10,9 @@ Three things, all behind one token check (:meth:`FileSyncService.authorize`):
   same one after a bounded wait. The wait is woken by inotify on the
   storage refs (one watcher per server process, started on first use);
 * **check-ins**, kept as files (:mod:`gitstate.filesync_checkins`), from
-  which the ``file-sync-client-status`` of ``/deploys/status`` is built and
-  for which ``wait: true`` deploys wait.
+  which the ``file-sync-client-status`` of ``/deploys/status`` is built (a
+  client's environments are read from the code-commit it checked in with)
+  and for which ``wait: true`` deploys wait, woken by each check-in.
 
 Nothing here knows HTTP: :mod:`gitstate.web.filesync` translates.
 """
@@ -43,6 +44,11 @@ from gitstate.store import Store
 
 #: Largest (decompressed) upload-pack request accepted.
 MAX_NEGOTIATION = 32 * 1024 * 1024
+#: Longest a wait for clients sleeps without looking, should an inotify
+#: event be lost (a full event queue); check-ins wake it at once.
+WAIT_SAFETY_NET = 5.0
+#: Code-commits whose environment lists are kept for the status.
+_DEPLOYED_CACHE = 8
 _CHUNK = 64 * 1024
 _PROTOCOL = re.compile(r"^[A-Za-z0-9=:.-]{1,64}$")
 
@@ -91,6 +97,9 @@ class FileSyncService:
         self._store = store
         self._lockdir = config.datadir / "locks"
         self._rollbacks: Rollbacks | None = None
+        self._storage: Storage | None = None
+        self._deployed: dict[str, list[tuple[str, str, str]]] = {}
+        self._deployed_lock = threading.Lock()
         self.check_ins = CheckIns(config.datadir / "clients")
         self._local = threading.local()
         self._changed = threading.Condition()
@@ -122,6 +131,12 @@ class FileSyncService:
             init_storage(self.storage_path)
             repo = self._local.repo = pygit2.Repository(str(self.storage_path))
         return repo
+
+    def storage(self) -> Storage:
+        """Return the storage repository (one object per service, shared by threads)."""
+        if self._storage is None:
+            self._storage = Storage(self.storage_path)
+        return self._storage
 
     def code_commit(self) -> str | None:
         """Return the current code-commit (None before the first deploy)."""
@@ -239,7 +254,7 @@ class FileSyncService:
         request = RollbackRequest.from_json(body)
         wait = isinstance(body, Mapping) and body.get("wait") is True
         if self._rollbacks is None:
-            self._rollbacks = Rollbacks(Storage(self.storage_path), self._store, self._lockdir)
+            self._rollbacks = Rollbacks(self.storage(), self._store, self._lockdir)
         answer = self._rollbacks.rollback(request, actor=actor, request_id=request_id)
         code = answer["file-sync"]["code-commit"]
         if wait and code:
@@ -286,7 +301,14 @@ class FileSyncService:
             record = check_ins.get(name) or {}
             commit = record.get("code_commit")
             synced = bool(record) and commit == tip
-            synced_at = record.get("synced_at")
+            date = _iso(record.get("synced_at"))
+            if "environments" in record:  # listed by a client from before code-commit check-ins
+                deployed = [
+                    (env, item.get("deploy-signature"), item.get("environment-commit"))
+                    for env, item in sorted(record["environments"].items())
+                ]
+            else:
+                deployed = self._environments_of(commit)
             clients[name] = {
                 "last_check_in_time": record.get("last_check_in_time"),
                 "synced-with-file-sync-storage": synced,
@@ -294,11 +316,11 @@ class FileSyncService:
                 "deployed": [
                     {
                         "environment": env,
-                        "date": _iso(synced_at),
-                        "deploy-signature": item.get("deploy-signature"),
-                        "environment-commit": item.get("environment-commit"),
+                        "date": date,
+                        "deploy-signature": signature,
+                        "environment-commit": env_commit,
                     }
-                    for env, item in sorted(record.get("environments", {}).items())
+                    for env, signature, env_commit in deployed
                 ],
                 "local-edits": record.get("local_edits", []),
                 "local-edits-at": _iso(record.get("local_edits_at")),
@@ -307,6 +329,30 @@ class FileSyncService:
             "all-synced": all(item["synced-with-file-sync-storage"] for item in clients.values()),
             "file-sync-clients": clients,
         }
+
+    def _environments_of(self, commit: str | None) -> list[tuple[str, str, str]]:
+        """Return (environment, signature, environment-commit) of what a code-commit publishes.
+
+        Kept for a few code-commits: every client on the current one shares
+        one list, and a status request at 1,000 environments reads the
+        manifest once.
+        """
+        if not commit:
+            return []
+        with self._deployed_lock:
+            found = self._deployed.get(commit)
+        if found is not None:
+            return found
+        try:
+            published = self.storage().published(commit)
+        except (KeyError, ValueError, pygit2.GitError):
+            return []  # not in storage (replaced since?): nothing to show
+        found = [(env, item.signature, item.commit) for env, item in sorted(published.items())]
+        with self._deployed_lock:
+            if len(self._deployed) >= _DEPLOYED_CACHE:
+                self._deployed.pop(next(iter(self._deployed)))
+            self._deployed[commit] = found
+        return found
 
     def behind(self, commits: Sequence[str]) -> list[str]:
         """Return the configured clients that lack any of ``commits``.
@@ -327,20 +373,20 @@ class FileSyncService:
         return late
 
     def wait_for_clients(self, commits: Sequence[str], timeout: float) -> list[str]:
-        """Wait until every configured client has ``commits``; return those still behind."""
+        """Wait until every configured client has ``commits``; return those still behind.
+
+        Woken by each check-in: written in this process, or seen by inotify
+        on the check-ins' directory when another process writes one.
+        """
         until = time.monotonic() + timeout
-        stamp: tuple[tuple[str, int], ...] | None = None
-        late: list[str] = []
+        self.check_ins.watch()
         while True:
-            current = self.check_ins.stamp()
-            if current != stamp:
-                stamp = current
-                late = self.behind(commits)
-                if not late:
-                    return []
-            if time.monotonic() >= until:
+            seen = self.check_ins.generation
+            late = self.behind(commits)
+            remaining = until - time.monotonic()
+            if not late or remaining <= 0:
                 return late
-            time.sleep(0.02)
+            self.check_ins.wait_for_change(seen, min(remaining, WAIT_SAFETY_NET))
 
 
 def _contains(repo: pygit2.Repository, have: str, commit: str) -> bool:

@@ -18,8 +18,9 @@ Layout:
 
         environments/<env>/...    each environment's tree (same tree id as
                                   its environment-commit's tree)
-        environments.json         env → environment-commit, signature and
-                                  the deploy key used to skip no-op deploys
+        published/<env>.json      its environment-commit, signature and the
+                                  deploy key used to skip no-op deploys
+        environments.json         a stub (see :mod:`gitstate.manifest`)
 
     Every publish or removal is a new commit whose first parent is the
     previous tip, made by compare-and-swap on the ref with retries, so
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import posixpath
@@ -56,13 +56,12 @@ from pygit2.enums import FileMode
 from gitstate import durable
 from gitstate.errors import GitStateError
 from gitstate.hostlock import LockTimeout, break_stale_ref_locks, flocked
+from gitstate.manifest import ManifestReader, Published, publish_tree
 
 log = logging.getLogger(__name__)
 
 CODE_REF = "refs/heads/code"
 ENVIRONMENT_REF_PREFIX = "refs/environments/"
-ENVIRONMENTS_DIR = "environments"
-MANIFEST = "environments.json"
 SERVICE = "gitstate"
 PACK_THRESHOLD = 64  # copy this many objects or more as one pack
 OUTSIDE = 1 << 30  # the escape of an absolute symlink: outside at any depth
@@ -138,17 +137,6 @@ class _Scan:
     changed: bool
 
 
-@dataclasses.dataclass(frozen=True)
-class Published:
-    """What the code-commit says about one environment."""
-
-    environment: str
-    commit: str
-    tree: str
-    signature: str
-    deploy_key: str
-
-
 def link_escape(directory: str, target: str) -> int:
     """Return how many levels above the tree root a symlink reaches.
 
@@ -197,6 +185,7 @@ class Storage:
         self._memo: dict[tuple[bytes, bool], Imported] = {}
         self._scans: dict[bytes, _Scan] = {}
         self._memo_lock = threading.Lock()
+        self._manifests = ManifestReader()
 
     @property
     def repo(self) -> pygit2.Repository:
@@ -460,21 +449,30 @@ class Storage:
             return None
 
     def published(self, commit: str | None = None) -> dict[str, Published]:
-        """Return what the code-commit (tip by default) publishes."""
+        """Return every environment the code-commit (tip by default) publishes.
+
+        O(environments); a caller after one environment uses
+        :meth:`published_one`.
+        """
+        root = self._code_tree(commit)
+        return self._manifests.all(self.repo, root) if root is not None else {}
+
+    def published_one(self, environment: str, commit: str | None = None) -> Published | None:
+        """Return what the code-commit (tip by default) publishes for one environment.
+
+        Reads one small blob (a code-commit older than the per-environment
+        manifest is parsed whole, once per process).
+        """
+        root = self._code_tree(commit)
+        if root is None:
+            return None
+        return self._manifests.one(self.repo, root, environment)
+
+    def _code_tree(self, commit: str | None) -> pygit2.Tree | None:
         commit = commit or self.code_commit()
         if commit is None:
-            return {}
-        manifest = _read_manifest(self.repo, self.repo[commit].peel(pygit2.Commit).tree)
-        return {
-            env: Published(
-                environment=env,
-                commit=item["commit"],
-                tree=item["tree"],
-                signature=item.get("signature", ""),
-                deploy_key=item.get("deploy_key", ""),
-            )
-            for env, item in manifest.items()
-        }
+            return None
+        return self.repo[commit].peel(pygit2.Commit).tree
 
     def publish(self, updates: Mapping[str, Published | None], message: str) -> str | None:
         """Add, replace or (with None) remove environments in the code-commit.
@@ -512,34 +510,8 @@ class Storage:
             repo = self.repo
             tip = self.code_commit()
             base = repo[tip].peel(pygit2.Commit).tree if tip else None
-            manifest = _read_manifest(repo, base) if base is not None else {}
-            envs_entry = (
-                base[ENVIRONMENTS_DIR] if base is not None and ENVIRONMENTS_DIR in base else None
-            )
-            envs = (
-                repo.TreeBuilder(repo[envs_entry.id])
-                if envs_entry is not None
-                else repo.TreeBuilder()
-            )
-            for env, item in updates.items():
-                if item is None:
-                    if env in manifest:
-                        manifest.pop(env)
-                    if envs.get(env) is not None:
-                        envs.remove(env)
-                else:
-                    manifest[env] = {
-                        "commit": item.commit,
-                        "tree": item.tree,
-                        "signature": item.signature,
-                        "deploy_key": item.deploy_key,
-                    }
-                    envs.insert(env, pygit2.Oid(hex=item.tree), FileMode.TREE)
             try:
-                root = repo.TreeBuilder(base) if base is not None else repo.TreeBuilder()
-                root.insert(ENVIRONMENTS_DIR, envs.write(), FileMode.TREE)
-                root.insert(MANIFEST, repo.create_blob(_manifest_bytes(manifest)), FileMode.BLOB)
-                tree = root.write()
+                tree = publish_tree(repo, base, updates, self._manifests)
                 if base is not None and tree == base.id:
                     return tip
                 sig = self.signature()
@@ -676,18 +648,6 @@ def _place(nested: dict[str, Any], path: str, value: Any) -> None:
     ):
         raise ValueError(f"{path} would hide content placed inside it")
     node[parts[-1]] = value
-
-
-def _read_manifest(repo: pygit2.Repository, tree: pygit2.Tree) -> dict[str, dict[str, str]]:
-    if MANIFEST not in tree:
-        return {}
-    data = json.loads(repo[tree[MANIFEST].id].data)
-    return dict(data.get("environments", {}))
-
-
-def _manifest_bytes(manifest: Mapping[str, Mapping[str, str]]) -> bytes:
-    data = {"schema_version": 1, "environments": dict(sorted(manifest.items()))}
-    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
 def init_storage(path: Path) -> None:

@@ -365,6 +365,11 @@ def _schemas() -> dict[str, Any]:
                 "time": {},
                 "synced_at": {},
                 "environments": {
+                    "description": (
+                        "Sent by clients before 2026-12 only: the environments are read "
+                        "from `code_commit` in storage."
+                    ),
+                    "deprecated": True,
                     "type": "object",
                     "additionalProperties": {
                         "type": "object",
@@ -375,6 +380,10 @@ def _schemas() -> dict[str, Any]:
                     },
                 },
                 "local_edits": {"type": "array", "items": {"type": "object"}},
+                "local_edits_total": {
+                    "type": "integer",
+                    "description": "How many edits there were; `local_edits` may hold fewer.",
+                },
                 "local_edits_at": {},
             },
         ),
