@@ -298,11 +298,13 @@ class DeployWorker:
             if rest and time.monotonic() - first_known >= BATCH_SECONDS:
                 self.queue.finish(outcomes, self.name, release=self._release_gate)
                 outcomes, first_known = [], None
-        self.queue.finish(outcomes, self.name, release=self._release_gate)
-        self.pace.observe(ran, time.monotonic() - began)
         if not isinstance(collection, Exception):
+            # r10k purges deleted branches' environments on every deploy;
+            # before the outcomes, so a waiting request sees them gone.
             with contextlib.suppress(GitStateError, OSError):
                 self.engine.purge(collection)
+        self.queue.finish(outcomes, self.name, release=self._release_gate)
+        self.pace.observe(ran, time.monotonic() - began)
 
     def _run_one(
         self, record: dict[str, Any], collection: Collection | Exception
