@@ -54,6 +54,7 @@ import pygit2
 from pygit2.enums import FileMode
 
 from gitstate import durable
+from gitstate.bare import create_bare
 from gitstate.errors import GitStateError
 from gitstate.hostlock import LockTimeout, break_stale_ref_locks, flocked
 from gitstate.manifest import ManifestReader, Published, publish_tree
@@ -652,16 +653,16 @@ def _place(nested: dict[str, Any], path: str, value: Any) -> None:
 
 def init_storage(path: Path) -> None:
     """Create the bare storage repository if it does not exist."""
-    if (path / "HEAD").exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    repo = pygit2.init_repository(str(path), bare=True, initial_head="code")
-    config = repo.config
-    config["core.logAllRefUpdates"] = "always"
-    config["user.name"] = SERVICE
-    config["user.email"] = f"{SERVICE}@{socket.gethostname()}"
-    config["receive.denyNonFastForwards"] = True
-    repo.free()
+    create_bare(
+        Path(path),
+        "code",
+        {
+            "core.logAllRefUpdates": "always",
+            "user.name": SERVICE,
+            "user.email": f"{SERVICE}@{socket.gethostname()}",
+            "receive.denyNonFastForwards": True,
+        },
+    )
 
 
 def normalise(path: str) -> str:

@@ -46,6 +46,7 @@ import pygit2
 from pygit2.enums import FileMode, ObjectType, SortMode
 
 from gitstate import codec, durable, metrics
+from gitstate.bare import create_bare
 from gitstate.errors import GitStateError
 from gitstate.hostlock import HostLock, break_stale_ref_locks
 
@@ -1359,22 +1360,19 @@ def init_repository(path: str | os.PathLike[str]) -> None:
     update, kept forever, a service identity for reflog entries, and a
     refusal of pushes that would rewrite or delete history.
     """
-    path = Path(path)
-    if (path / "HEAD").exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    repo = pygit2.init_repository(
-        str(path), bare=True, initial_head=DEFAULT_REF.removeprefix("refs/heads/")
+    create_bare(
+        Path(path),
+        DEFAULT_REF.removeprefix("refs/heads/"),
+        {
+            "core.logAllRefUpdates": "always",
+            "gc.reflogExpire": "never",
+            "gc.reflogExpireUnreachable": "never",
+            "receive.denyNonFastForwards": True,
+            "receive.denyDeletes": True,
+            "user.name": SERVICE_NAME,
+            "user.email": f"{SERVICE_NAME}@{socket.gethostname()}",
+        },
     )
-    config = repo.config
-    config["core.logAllRefUpdates"] = "always"
-    config["gc.reflogExpire"] = "never"
-    config["gc.reflogExpireUnreachable"] = "never"
-    config["receive.denyNonFastForwards"] = True
-    config["receive.denyDeletes"] = True
-    config["user.name"] = SERVICE_NAME
-    config["user.email"] = f"{SERVICE_NAME}@{socket.gethostname()}"
-    repo.free()
 
 
 def _message(subject: str, body: str, operation: str, identity: Identity) -> str:

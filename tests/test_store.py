@@ -722,3 +722,29 @@ def test_every_read_waits_while_the_store_writes_through_loose_objects(
         waited, outcome = _read_during_write_window(store, read)
         assert waited, f"{name}: ran inside the write window and gave {outcome}"
         assert outcome == [expected], name
+
+
+def test_processes_creating_the_state_repository_at_once_all_succeed(tmp_path) -> None:
+    # gunicorn starts its workers together; on a first start each creates
+    # the repository. None may fail, and the result is configured.
+    import multiprocessing
+
+    from gitstate.store import init_repository
+
+    path = tmp_path / "data" / "state.git"
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(8)
+
+    def create() -> None:
+        start.wait()
+        init_repository(path)
+
+    processes = [context.Process(target=create) for _ in range(8)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    assert [process.exitcode for process in processes] == [0] * 8
+    config = pygit2.Repository(str(path)).config
+    assert config["receive.denyDeletes"] == "true"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["state.git"]
