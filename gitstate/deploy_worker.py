@@ -67,6 +67,24 @@ BATCH_SECONDS = 0.25
 MAX_BATCH = 64
 #: Seconds between looks for deploys of dead workers while idle.
 RECOVER_EVERY = 10.0
+#: Held (``flock``) by the worker claiming deploys right now, in DATADIR/locks.
+CLAIM_LOCK = "deploy-claim.lock"
+
+
+@contextlib.contextmanager
+def _try_flock(path: Path) -> Iterator[bool]:
+    """Hold ``path``'s flock if it is free; yield whether it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+        else:
+            yield True
+    finally:
+        os.close(fd)
 
 
 def slot_lock_path(lockdir: Path, slot: int) -> Path:
@@ -213,7 +231,13 @@ class DeployWorker:
         if not claimable:
             return False
         limit = self.pace.batch(claimable, self.queue.settings.pool_size)
-        batch = self.queue.claim(self.name, limit=limit, gate=self._take_gate)
+        with _try_flock(self.lockdir / CLAIM_LOCK) as mine:
+            if not mine:
+                # Another worker is claiming: its commit wakes this one, which
+                # then claims what is left, instead of both preparing claims
+                # of the same deploys and one redoing its work.
+                return False
+            batch = self.queue.claim(self.name, limit=limit, gate=self._take_gate)
         if not batch:
             return False
         self._run_batch(batch)
