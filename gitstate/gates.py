@@ -53,7 +53,7 @@ from gitstate.gate_rules import (
     parse_rules,
     parse_timezone,
 )
-from gitstate.store import Draft, Identity, Snapshot, Store
+from gitstate.store import Change, Draft, Identity, Snapshot, Store
 
 #: ``document_version`` of gatekeeper's service documents, kept in answers.
 DOCUMENT_VERSION = 2.2
@@ -649,33 +649,26 @@ class Gates:
         check_name("service", service)
         check_name("environment", environment)
         snap = self.store.snapshot()
-        changes = self.store.history(gate_path(group, service))
-        if not changes:
-            raise GateNotFound(group, service)
+        # Newest first, each version compared with the one before it, so a
+        # short page reads only as far back as it needs.
         entries: list[dict[str, Any]] = []
-        before: dict[str, Any] | None = None
-        seen = False
-        for change in reversed(changes):
+        newer: tuple[Change, dict[str, Any] | None] | None = None
+        any_version = False
+        for change in self.store.iter_history(gate_path(group, service)):
+            any_version = True
             env = (change.record or {}).get("environments", {}).get(environment)
-            if env != before:
-                seen = True
-                entries.append(
-                    {
-                        "commit": change.commit,
-                        "time": change.time.isoformat(),
-                        "actor": change.actor,
-                        "operation": change.operation,
-                        "subject": change.subject,
-                        "present": env is not None,
-                        "state": env["state"] if env else None,
-                        "message": env["message"] if env else None,
-                        "queue": list(env["queue"]) if env else [],
-                    }
-                )
-            before = env
-        if not seen:
+            if newer is not None and newer[1] != env:
+                entries.append(_history_entry(*newer))
+                if limit is not None and len(entries) >= limit:
+                    break
+            newer = (change, env)
+        else:
+            if newer is not None and newer[1] is not None:
+                entries.append(_history_entry(*newer))
+        if not any_version:
+            raise GateNotFound(group, service)
+        if not entries:
             raise EnvironmentNotFound(environment)
-        entries.reverse()
         if limit is not None:
             entries = entries[:limit]
         return Answer(
@@ -1244,3 +1237,18 @@ def _dropped(ids: list[str]) -> str:
     if not ids:
         return ""
     return f" (drops expired ticket{'s' if len(ids) > 1 else ''} {_labels([i[:8] for i in ids])})"
+
+
+def _history_entry(change: Change, env: dict[str, Any] | None) -> dict[str, Any]:
+    """One entry of an environment's history: the commit and the environment it left."""
+    return {
+        "commit": change.commit,
+        "time": change.time.isoformat(),
+        "actor": change.actor,
+        "operation": change.operation,
+        "subject": change.subject,
+        "present": env is not None,
+        "state": env["state"] if env else None,
+        "message": env["message"] if env else None,
+        "queue": list(env["queue"]) if env else [],
+    }

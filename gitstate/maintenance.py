@@ -3,9 +3,11 @@
 Every state write and every deploy adds loose objects (a commit, a few
 trees, the changed blobs: about 20 KiB per state commit on disk). Left
 alone, the object directories grow by hundreds of MiB per 100,000 writes
-and reading history slows down. Maintenance packs them, writes a
+and reading them slows down. Maintenance packs them, writes a
 commit-graph (with changed-path Bloom filters, which ``git log -- PATH``
-and :meth:`gitstate.store.Store.history` benefit from) and packs the refs.
+benefits from) and packs the refs. It also brings the state repository's
+history index (:mod:`gitstate.history_index`) up to the tip, building it
+if the repository has none, so that no user's request pays for that.
 
 It is safe while gitstate writes: git never deletes an object that is not
 in a pack unless it is older than the prune grace period (two weeks), so an
@@ -48,6 +50,7 @@ from typing import Any
 
 from gitstate.errors import GitStateError
 from gitstate.hostlock import HostLock
+from gitstate.store import Store
 
 STRATEGIES = ("incremental", "gc")
 DEFAULT_INTERVAL = 3600.0
@@ -233,5 +236,13 @@ def repositories(datadir: Path) -> list[Path]:
 
 
 def maintain_all(datadir: Path, settings: MaintenanceSettings) -> list[Report]:
-    """Maintain every repository of the data directory."""
-    return [maintain(repo, settings.strategy) for repo in repositories(datadir)]
+    """Maintain every repository of the data directory and index the state's history."""
+    reports = [maintain(repo, settings.strategy) for repo in repositories(datadir)]
+    state = datadir / "state.git"
+    if (state / "HEAD").exists():
+        store = Store(state, create=False)
+        try:
+            store.index_history(wait=LOCK_TIMEOUT)
+        finally:
+            store.close()
+    return reports

@@ -517,21 +517,6 @@ def test_listing_after_long_runs_of_own_and_foreign_writes(state_path: Path) -> 
     assert Store(state_path, create=False).snapshot().paths() == sorted(expected)
 
 
-def test_history_without_the_git_command_matches(
-    state_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = Store(state_path)
-    for n in range(6):
-        target = "a.yaml" if n % 2 == 0 else "b.yaml"
-        store.transact(_set(target, n=n), subject=f"step {n}", operation="x")
-    store.transact(lambda d: d.delete("a.yaml"), subject="drop a", operation="x")
-    with_git = store.history("a.yaml")
-    assert [c.subject for c in with_git] == ["drop a", "step 4", "step 2", "step 0"]
-    monkeypatch.setattr(store, "_changed_by_git", lambda tip, path, limit: None)
-    assert store.history("a.yaml") == with_git
-    assert store.history("a.yaml", limit=2) == with_git[:2]
-
-
 def test_failed_object_write_is_retried(state_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = Store(state_path, deadline=5)
     real = store._write_blobs
