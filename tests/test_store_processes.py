@@ -73,11 +73,15 @@ def test_eight_processes_two_hundred_increments_each(state_path: Path) -> None:
     assert all(actors.count(f"writer{n}") == 200 for n in range(8))
 
 
+# Self-contained (no test module, no pytest to import), so that under load
+# the writer is committing well before it is killed.
 _LOOPING_WRITER = """
-import sys
 from gitstate.store import Store, Identity
-sys.path.insert(0, {tests!r})
-from test_store_processes import increment
+def increment(draft):
+    record = draft.get({counter!r}) or {{"schema_version": 1, "value": 0}}
+    record["value"] += 1
+    draft.put({counter!r}, record)
+    return record["value"]
 store = Store({path!r}, create=False, deadline=60, stale_lock_after=1)
 while True:
     store.transact(
@@ -91,11 +95,18 @@ while True:
 
 def test_writers_killed_at_random_leave_a_valid_branch(state_path: Path) -> None:
     Store(state_path)
-    script = _LOOPING_WRITER.format(tests=str(Path(__file__).parent), path=str(state_path))
+    script = _LOOPING_WRITER.format(counter=COUNTER, path=str(state_path))
     rng = random.Random(20261123)
+    watcher = Store(state_path, create=False)
     for _round in range(12):
+        before = watcher.head()
         proc = subprocess.Popen([sys.executable, "-c", script])
-        time.sleep(0.3 + rng.random() * 0.4)
+        # Killed at a random moment once it has committed at least once, however
+        # slowly it started on a loaded machine.
+        while watcher.head() == before:
+            assert proc.poll() is None, "looping writer died on its own"
+            time.sleep(0.01)
+        time.sleep(rng.random() * 0.3)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     # A writer killed anywhere, even between taking the ref lock and renaming
