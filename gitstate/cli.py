@@ -197,11 +197,12 @@ def _token(args: argparse.Namespace) -> int:
     import getpass
     import os
 
-    from gitstate.auth import Tokens
-    from gitstate.store import Store
+    from gitstate.auth import AuthSettings, Tokens
+    from gitstate.services import open_store
 
     config = _local_config(args)
-    tokens = Tokens(Store(config.state_repo))
+    # The store as the server opens it: a token write is as durable as any other.
+    tokens = Tokens(open_store(config), AuthSettings.from_mapping(config.raw.get("auth")))
     actor = f"local:{getpass.getuser()}"
     if args.token_command == "create":
         issued = tokens.issue(

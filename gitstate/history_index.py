@@ -12,9 +12,12 @@ It is an SQLite database in the state repository
 (``seq``) and listing, for every record path, the commits that changed it.
 It is derived data and never authoritative:
 
-* every writer brings it up to its new tip after a commit, outside the
-  writers' host lock, and skips that if another process is updating it at
-  that moment (the next writer or reader covers the gap);
+* a writer brings it up to its new tip after every ``INDEX_EVERY``-th
+  commit of its own, outside the writers' host lock, and skips that if
+  another process is updating it at that moment; so a reader is never more
+  than a few dozen commits per writing process behind, and the cost of an
+  SQLite transaction (about half a millisecond) is shared by that many
+  commits;
 * a reader first brings it up to the tip it read, so an answer never misses
   a commit, whoever wrote it and whether or not the writer indexed it;
 * when the commit it was built up to is no longer on the branch (the branch
@@ -48,6 +51,10 @@ FILENAME = "gitstate-history.sqlite"
 CHUNK = 5000
 #: Commits read per query while iterating a record's history.
 PAGE = 64
+#: A writer brings the index up to date after this many of its own commits.
+INDEX_EVERY = 16
+#: Most memory SQLite may use for its page cache, per connection (KiB).
+CACHE_KIB = 131072
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS head (
@@ -97,6 +104,9 @@ class HistoryIndex:
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=OFF")
+                # A build from the root inserts commit ids in random order;
+                # with SQLite's default 2 MiB cache that thrashes at 1M commits.
+                db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
                 db.executescript(_SCHEMA)
             except sqlite3.DatabaseError:
                 db.close()

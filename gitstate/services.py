@@ -19,17 +19,22 @@ from gitstate.store import Store
 from gitstate.webhooks import Webhooks, WebhookSettings
 
 
+def open_store(config: Config) -> Store:
+    """Open the state store with the configured durability, deadline and lock age."""
+    return Store(
+        config.state_repo,
+        fsync=config.state.fsync,
+        deadline=config.state.deadline,
+        stale_lock_after=config.state.stale_lock_after,
+    )
+
+
 class Services:
     """The services of one gitstate process, sharing one state store."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.store = Store(
-            config.state_repo,
-            fsync=config.state.fsync,
-            deadline=config.state.deadline,
-            stale_lock_after=config.state.stale_lock_after,
-        )
+        self.store = open_store(config)
         self.tokens = Tokens(self.store, AuthSettings.from_mapping(config.raw.get("auth")))
         self.gates = Gates(self.store, GateSettings.from_config(config.raw.get("gates")))
         self.deploy_guard = DeployGuard(

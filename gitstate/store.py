@@ -48,10 +48,9 @@ from typing import Any, Generic, TypeVar
 import pygit2
 from pygit2.enums import FileMode, ObjectType, SortMode
 
-from gitstate import codec, durable, metrics
+from gitstate import codec, durable, history_index, metrics
 from gitstate.bare import create_bare
 from gitstate.errors import GitStateError
-from gitstate.history_index import HistoryIndex
 from gitstate.hostlock import HostLock, break_stale_ref_locks
 
 T = TypeVar("T")
@@ -652,7 +651,8 @@ class Store:
         self._optimism = _Optimism()
         # The repository's own object database and a loose-only one for writes.
         self._odbs: tuple[pygit2.Odb, pygit2.Odb] | None = None
-        self._index = HistoryIndex(self.path, self.ref)
+        self._index = history_index.HistoryIndex(self.path, self.ref)
+        self._since_indexed = 0
 
     @property
     def _repo(self) -> pygit2.Repository:
@@ -1030,8 +1030,13 @@ class Store:
             self._writer.release()
             tally.report(operation)
         if outcome.commit is not None:
-            # PERF: after every lock is released; a few per cent of a commit.
-            self._index_after_commit(outcome.commit)
+            self._since_indexed += 1
+            if self._since_indexed >= history_index.INDEX_EVERY:
+                # PERF: after every lock is released, and one commit in
+                # INDEX_EVERY: an SQLite transaction would add about half
+                # a millisecond to each (see bench/history_bench.py).
+                self._since_indexed = 0
+                self._index_after_commit(outcome.commit)
         return Committed(outcome.value, outcome.commit_hex, snap, tally.runs)
 
     def _index_after_commit(self, commit: pygit2.Oid) -> None:

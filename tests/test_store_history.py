@@ -183,11 +183,11 @@ def test_gate_history_pages_match_the_whole_history(tmp_path: Path) -> None:
         assert gates.history("g", "svc", "live", limit=limit).body["history"] == whole[:limit]
 
 
-def test_index_is_current_after_each_write(tmp_path: Path) -> None:
-    """Writers keep the index at the tip, so a reader has nothing to catch up."""
+def test_writers_keep_the_index_current(tmp_path: Path) -> None:
+    """Writers keep the index near the tip, so a reader has little to catch up."""
     repo = tmp_path / "state.git"
     store = Store(repo)
-    _fill(store, 10, ["a.yaml"])
+    _fill(store, 2 * history_index.INDEX_EVERY, ["a.yaml"])
     probe = history_index.HistoryIndex(repo, store.ref)
     db = probe._connect(0.0)
     (head,) = db.execute("SELECT oid FROM head").fetchone()
