@@ -1,0 +1,1 @@
+"""File sync: live code directories, the clients that mirror storage into them, their check-ins, the server side and rollback."""
