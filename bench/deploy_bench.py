@@ -34,8 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.fixture import change_branch, make_fixture
-from gitstate.environments import Deployer
-from gitstate.sources import Sources
+from gitstate.engine.environments import Deployer
+from gitstate.engine.sources import Sources
 
 HERE = Path(__file__).resolve().parent
 ENV = {

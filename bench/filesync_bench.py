@@ -38,9 +38,9 @@ from ruamel.yaml import YAML
 
 from bench.deploy_bench import deploy_all
 from bench.fixture import make_fixture
-from gitstate.filesync import LiveDir
-from gitstate.sample import build
-from gitstate.storage import CODE_REF
+from gitstate.cli.sample import build
+from gitstate.engine.storage import CODE_REF
+from gitstate.filesync.livedir import LiveDir
 
 ENV = {
     **os.environ,

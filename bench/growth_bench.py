@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from gitstate.gates import Gates, GateSettings
-from gitstate.maintenance import count_objects, maintain
-from gitstate.store import Store
+from gitstate.gates.service import Gates, GateSettings
+from gitstate.process.maintenance import count_objects, maintain
+from gitstate.store.branch import Store
 
 ENVIRONMENTS = ["develop", "staging", "live"]
 

@@ -10,10 +10,10 @@ then measures:
 * **index build**: bringing the history index from nothing to the tip (what
   ``gitstate maintenance`` does once for a repository that never had one;
   writers keep it current from then on);
-* **history, 20 entries**: :meth:`gitstate.store.Store.history` of a busy
+* **history, 20 entries**: :meth:`gitstate.store.branch.Store.history` of a busy
   record and of the rare one, p50 and p99 over 50 calls;
 * **a commit, with and without the index update**: the mean of 200
-  :meth:`gitstate.store.Store.transact` calls (a writer updates the index
+  :meth:`gitstate.store.branch.Store.transact` calls (a writer updates the index
   after every ``INDEX_EVERY``-th commit of its own, so the mean is what it
   pays), to show what keeping the index current costs a writer;
 * the peer, in the same run: ``git log --first-parent -n 20 -- PATH`` on the
@@ -34,8 +34,8 @@ import pygit2
 
 from bench.deploy_path_bench import percentile
 from bench.fixture import GIT_ENV
-from gitstate import history_index
-from gitstate.store import DEFAULT_REF, Store
+from gitstate.store import history_index
+from gitstate.store.branch import DEFAULT_REF, Store
 
 RECORDS = 500
 RARE = "gates/rare/only.yaml"

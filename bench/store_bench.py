@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 from bench.raw import COUNTER, raw_commits_per_second, raw_rates, seed_records
-from gitstate import metrics
-from gitstate.store import Store
+from gitstate.base import metrics
+from gitstate.store.branch import Store
 
 
 def increment(draft, path: str = COUNTER):

@@ -2,6 +2,6 @@
 
 import sys
 
-from gitstate.cli import main
+from gitstate.cli.main import main
 
 sys.exit(main())

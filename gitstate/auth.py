@@ -32,9 +32,9 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from gitstate.deploys import duration, now_iso, parse_iso
+from gitstate.base.times import duration, now_iso, parse_iso
 from gitstate.errors import GitStateError
-from gitstate.store import Draft, Identity, Store
+from gitstate.store.branch import Draft, Identity, Store
 
 SCHEMA_VERSION = 1
 TOKEN_PREFIX = "gst_"

@@ -16,9 +16,9 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 
-from gitstate.deploys import DeployQueue
-from gitstate.filesync_checkins import CheckIns
-from gitstate.storage import Storage
+from gitstate.deploys.queue import DeployQueue
+from gitstate.engine.storage import Storage
+from gitstate.filesync.checkins import CheckIns
 
 #: Statuses reported even when no deploy has them, so alerts see a zero.
 QUEUE_STATUSES = ("queued", "deploying")

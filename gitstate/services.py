@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from gitstate.auth import AuthSettings, Tokens
-from gitstate.code_manager import CodeManager
+from gitstate.codemanager.service import CodeManager
+from gitstate.codemanager.webhooks import Webhooks, WebhookSettings
 from gitstate.config import Config
-from gitstate.deploy_guard import DeployGuard, GuardSettings
-from gitstate.gates import Gates, GateSettings
-from gitstate.sources import Sources
-from gitstate.store import Store
-from gitstate.webhooks import Webhooks, WebhookSettings
+from gitstate.deploys.guard import DeployGuard, GuardSettings
+from gitstate.engine.sources import Sources
+from gitstate.gates.service import Gates, GateSettings
+from gitstate.store.branch import Store
 
 
 def open_store(config: Config) -> Store:

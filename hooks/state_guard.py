@@ -6,7 +6,7 @@ compare-and-swap through libgit2, which runs no hooks; a *push* to
 goes through ``git receive-pack``, and this hook refuses any push that would
 delete ``refs/heads/state`` or move it to a commit that does not contain the
 current tip. ``receive.denyNonFastForwards`` and ``receive.denyDeletes``,
-which :func:`gitstate.store.init_repository` sets, say the same; the hook
+which :func:`gitstate.store.branch.init_repository` sets, say the same; the hook
 keeps saying it if someone turns those off.
 
 pre-receive runs while the pushed objects are still in git's quarantine

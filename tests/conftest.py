@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gitstate.sample import SampleRepos, build
+from gitstate.cli.sample import SampleRepos, build
 
 _GIT_ENV_SCRUB = (
     "GIT_DIR",

@@ -12,8 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
-from gitstate.environments import Deployer
-from gitstate.sources import Sources
+from gitstate.engine.environments import Deployer
+from gitstate.engine.sources import Sources
 from tests.helpers import git
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import falcon.testing
 
+from gitstate.cli.sample import SampleRepos
 from gitstate.config import Config
-from gitstate.deploy_worker import DeployWorker
-from gitstate.sample import SampleRepos
+from gitstate.deploys.worker import DeployWorker
 from gitstate.services import Services
 from gitstate.web.app import create_app
 

@@ -18,8 +18,8 @@ from openapi_core import OpenAPI
 from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
 from werkzeug.wrappers import Request, Response
 
+from gitstate.cli.sample import SampleRepos
 from gitstate.config import Config
-from gitstate.sample import SampleRepos
 from gitstate.web.openapi import routed
 
 FILE_SYNC_TOKEN = "file-sync-secret"

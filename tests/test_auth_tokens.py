@@ -17,7 +17,7 @@ from gitstate.auth import (
     Tokens,
     Unauthenticated,
 )
-from gitstate.store import Store
+from gitstate.store.branch import Store
 from tests.helpers import git
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from gitstate.sample import SampleRepos, git
+from gitstate.cli.sample import SampleRepos, git
 from tests.deploy_harness import CM, Running, deploy_config
 
 

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from gitstate import codec
-from gitstate.codec import RecordError
+from gitstate.store import codec
+from gitstate.store.codec import RecordError
 
 TRICKY_STRINGS = [
     "",

@@ -8,9 +8,9 @@ import subprocess
 import pygit2
 import pytest
 
-from gitstate.environments import CollectFailed, Deployer, DeployFailure
-from gitstate.sources import Sources
-from gitstate.storage import CODE_REF
+from gitstate.engine.environments import CollectFailed, Deployer, DeployFailure
+from gitstate.engine.sources import Sources
+from gitstate.engine.storage import CODE_REF
 from tests.deploy_fixtures import Link, Remote, deployer, module_files, tree_files
 from tests.helpers import git
 
@@ -369,8 +369,8 @@ def test_concurrent_deploys_from_threads_all_land(tmp_path, repos):
 _WORKER = """
 import sys
 from pathlib import Path
-from gitstate.environments import Deployer
-from gitstate.sources import Sources
+from gitstate.engine.environments import Deployer
+from gitstate.engine.sources import Sources
 dep = Deployer(Path(sys.argv[1]), Sources.from_config({"puppet": {"remote": sys.argv[2]}}))
 for env in sys.argv[3:]:
     dep.deploy(env, purge=False)

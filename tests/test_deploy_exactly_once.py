@@ -1,7 +1,7 @@
 """Each deploy runs exactly once, however many workers compete for it.
 
 The proof is read from the audit trail: after the workers are done, the
-state branch's history is replayed (:mod:`gitstate.audit`) and every deploy
+state branch's history is replayed (:mod:`gitstate.deploys.audit`) and every deploy
 must have been started once per attempt and finished once, and no
 environment may have had two deploys running in the same commit.
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from gitstate.audit import replay_deploys, unfinished
-from gitstate.deploy_worker import DeployWorker
-from gitstate.sample import SampleRepos
+from gitstate.cli.sample import SampleRepos
+from gitstate.deploys.audit import replay_deploys, unfinished
+from gitstate.deploys.worker import DeployWorker
 from gitstate.services import Services
 from tests.deploy_harness import deploy_config
 

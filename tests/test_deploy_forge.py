@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from gitstate.environments import DeployFailure
+from gitstate.engine.environments import DeployFailure
 from tests.deploy_fixtures import Remote, deployer, tree_files
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gitstate.codec import decode
-from gitstate.sample import SampleRepos, git
+from gitstate.cli.sample import SampleRepos, git
+from gitstate.store.codec import decode
 from tests.deploy_harness import CM, Running, deploy_config
 
 GATE = "/api/gates/code/puppet"

@@ -169,8 +169,8 @@ def test_gitstate_deploys_what_r10k_deploys(fixture):
 @pytest.mark.skipif(R10K is None, reason="r10k is not installed (apt-get install r10k)")
 def test_benchmark_fixture_matches_r10k(tmp_path):
     from bench.fixture import make_fixture
-    from gitstate.environments import Deployer
-    from gitstate.sources import Sources
+    from gitstate.engine.environments import Deployer
+    from gitstate.engine.sources import Sources
 
     out = make_fixture(tmp_path / "fx", envs=5, modules=3, files_per_module=4)
     run = subprocess.run(

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from gitstate.audit import replay_deploys
+from gitstate.cli.sample import SampleRepos, git
 from gitstate.config import Config
-from gitstate.deploys import DeployQueue, DeploySettings
-from gitstate.sample import SampleRepos, git
-from gitstate.store import Store
+from gitstate.deploys.audit import replay_deploys
+from gitstate.deploys.queue import DeployQueue, DeploySettings
+from gitstate.store.branch import Store
 
 
 class StallThenRefuse(socketserver.ThreadingTCPServer):

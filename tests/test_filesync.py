@@ -13,13 +13,13 @@ import falcon.testing
 import pygit2
 import pytest
 
+from gitstate.cli.sample import SampleRepos
 from gitstate.config import Config
-from gitstate.deploy_worker import DeployWorker
-from gitstate.filesync import FileSyncSettings, LiveDir
-from gitstate.filesync_client import LocalSource, SyncClient
-from gitstate.sample import SampleRepos
+from gitstate.deploys.worker import DeployWorker
+from gitstate.engine.storage import CODE_REF, Storage
+from gitstate.filesync.client import LocalSource, SyncClient
+from gitstate.filesync.livedir import FileSyncSettings, LiveDir
 from gitstate.services import Services
-from gitstate.storage import CODE_REF, Storage
 from gitstate.web.app import create_app
 from tests.helpers import git
 

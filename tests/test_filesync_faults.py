@@ -13,9 +13,9 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from gitstate.filesync import LiveDir
-from gitstate.sample import SampleRepos
-from gitstate.storage import Storage
+from gitstate.cli.sample import SampleRepos
+from gitstate.engine.storage import Storage
+from gitstate.filesync.livedir import LiveDir
 from tests.test_filesync import Harness, assert_matches_storage, live_files, make_config, push
 
 

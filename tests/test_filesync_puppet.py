@@ -10,8 +10,8 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from gitstate.filesync import LiveDir
-from gitstate.sample import SampleRepos
+from gitstate.cli.sample import SampleRepos
+from gitstate.filesync.livedir import LiveDir
 from tests.test_filesync import Harness, make_config
 
 

@@ -23,8 +23,8 @@ import pytest
 import requests
 from ruamel.yaml import YAML
 
-from gitstate.sample import SampleRepos, build
-from gitstate.storage import CODE_REF
+from gitstate.cli.sample import SampleRepos, build
+from gitstate.engine.storage import CODE_REF
 from tests.helpers import free_port, git, wait_for_http
 from tests.test_filesync import assert_matches_storage, push
 

@@ -22,17 +22,17 @@ import requests
 from pygit2.enums import FileMode
 
 from gitstate.config import Config
-from gitstate.filesync import FileSyncSettings, LiveDir
-from gitstate.filesync_checkins import CheckIns
-from gitstate.filesync_client import (
+from gitstate.engine.storage import Published, Storage
+from gitstate.filesync.checkins import CheckIns
+from gitstate.filesync.client import (
     CACHE,
     CHECK_IN_PATH,
     RemoteSource,
     SyncClient,
     check_in_report,
 )
+from gitstate.filesync.livedir import FileSyncSettings, LiveDir
 from gitstate.services import Services
-from gitstate.storage import Published, Storage
 from gitstate.web.app import create_app
 from gitstate.web.request import MAX_BODY
 from tests.helpers import free_port

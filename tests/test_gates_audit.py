@@ -218,8 +218,8 @@ def test_the_release_check_sees_the_state_the_release_commits_on(tmp_path) -> No
     and refuses, and nothing is written.
     """
     from gitstate.auth import PermissionDenied
-    from gitstate.gates import Gates
-    from gitstate.store import Store
+    from gitstate.gates.service import Gates
+    from gitstate.store.branch import Store
 
     path = tmp_path / "state.git"
     gates, other = Gates(Store(path)), Gates(Store(path, create=False))

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from gitstate.config import ConfigError
-from gitstate.gate_rules import (
+from gitstate.gates.rules import (
     Holiday,
     RuleError,
     Schedule,
@@ -18,7 +18,7 @@ from gitstate.gate_rules import (
     parse_span,
     parse_timezone,
 )
-from gitstate.gates import GateSettings
+from gitstate.gates.service import GateSettings
 from tests.test_gates_support import make_client
 
 UTC = dt.UTC

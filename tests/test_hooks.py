@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from gitstate.cli import main
+from gitstate.cli.main import main
 from gitstate.hooks.dispatch import main as dispatch
 from gitstate.hooks.install import MARKER, HookExists, install_post_receive
 from gitstate.hooks.post_receive import RefUpdate, read_updates, summary
 from gitstate.hooks.post_receive import run as post_receive
 from gitstate.hooks.state_guard import refusals
-from gitstate.store import Identity, Store, init_repository
+from gitstate.store.branch import Identity, Store, init_repository
 from tests.deploy_fixtures import Remote
 from tests.helpers import free_port, git, wait_for_http
 
@@ -323,7 +323,7 @@ def test_fast_forward_push_to_the_state_branch_is_accepted(
 
 
 def test_demo_installs_both_hooks(tmp_path: Path) -> None:
-    from gitstate.demo import prepare
+    from gitstate.cli.demo import prepare
 
     config, _, repos = prepare(tmp_path / "demo", 18170)
     assert MARKER in (repos.control / "hooks" / "post-receive").read_text()

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from gitstate import hostlock
-from gitstate.hostlock import HostLock
+from gitstate.base import hostlock
+from gitstate.base.hostlock import HostLock
 
 _HOLDER = """
 import sys, time, pathlib
-from gitstate import hostlock
-from gitstate.hostlock import HostLock
+from gitstate.base import hostlock
+from gitstate.base.hostlock import HostLock
 lock = HostLock(sys.argv[1])
 assert lock.acquire(30)
 pathlib.Path(sys.argv[2]).write_text("held")
@@ -196,8 +196,8 @@ def test_first_in_line_times_out_and_leaves_the_queue(tmp_path: Path, where: str
 
 _QUEUED = """
 import sys, pathlib
-from gitstate import hostlock
-from gitstate.hostlock import HostLock
+from gitstate.base import hostlock
+from gitstate.base.hostlock import HostLock
 lock = HostLock(sys.argv[1], spin=60.0)
 pathlib.Path(sys.argv[2]).write_text("queued")
 lock.acquire(60)
@@ -225,8 +225,8 @@ def test_a_killed_first_in_line_does_not_block_the_queue(tmp_path: Path) -> None
 
 _INCREMENTS = """
 import sys, pathlib
-from gitstate import hostlock
-from gitstate.hostlock import HostLock
+from gitstate.base import hostlock
+from gitstate.base.hostlock import HostLock
 counter = pathlib.Path(sys.argv[2])
 lock = HostLock(sys.argv[1], spin=float(sys.argv[3]))
 for _ in range(int(sys.argv[4])):

@@ -15,7 +15,7 @@ import falcon.testing
 import pytest
 import requests
 
-from gitstate import logs
+from gitstate.base import logs
 from gitstate.config import Config
 from gitstate.services import Services
 from gitstate.web.app import create_app

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from gitstate.cli import main
-from gitstate.maintenance import (
+from gitstate.cli.main import main
+from gitstate.process.maintenance import (
     MaintenanceConfigError,
     MaintenanceSettings,
     count_objects,
     maintain,
     repositories,
 )
-from gitstate.store import Store
+from gitstate.store.branch import Store
 from tests.helpers import git
 
 

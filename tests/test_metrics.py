@@ -17,10 +17,10 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from gitstate.config import Config
-from gitstate.deploy_worker import DeployWorker
-from gitstate.filesync_checkins import CheckIns
-from gitstate.metrics_gauges import SyncLagGauge
-from gitstate.storage import CODE_REF
+from gitstate.deploys.worker import DeployWorker
+from gitstate.engine.storage import CODE_REF
+from gitstate.filesync.checkins import CheckIns
+from gitstate.gauges import SyncLagGauge
 from gitstate.web.app import create_app
 from tests.helpers import free_port, wait_for_http
 
@@ -130,7 +130,7 @@ class _Engine:
 
 
 def test_deploy_durations_are_observed_by_outcome(tmp_path: Path) -> None:
-    from gitstate import metrics
+    from gitstate.base import metrics
 
     def count(status: str) -> float:
         text = metrics.exposition()[0].decode()
@@ -264,7 +264,7 @@ def test_gunicorn_workers_are_summed_in_one_scrape(served: tuple[str, Path]) -> 
         [
             sys.executable,
             "-c",
-            "from gitstate import metrics; metrics.deploy_finished('complete', 3.0)",
+            "from gitstate.base import metrics; metrics.deploy_finished('complete', 3.0)",
         ],
         env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(datadir / "metrics")},
         check=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gitstate.mirrors import FetchFailed, Mirrors, UnsafeURL, check_url, mirror_name
+from gitstate.engine.mirrors import FetchFailed, Mirrors, UnsafeURL, check_url, mirror_name
 from tests.deploy_fixtures import Remote
 
 
@@ -85,7 +85,7 @@ def test_ssh_credentials_use_the_configured_key_or_the_agent(tmp_path):
     import pygit2
     from pygit2.enums import CredentialType
 
-    from gitstate.mirrors import _Callbacks
+    from gitstate.engine.mirrors import _Callbacks
 
     key = tmp_path / "id_ed25519"
     key.write_text("not really a key\n")

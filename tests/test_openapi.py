@@ -19,7 +19,7 @@ import falcon.testing
 import pytest
 from openapi_spec_validator import validate
 
-from gitstate.sample import SampleRepos
+from gitstate.cli.sample import SampleRepos
 from gitstate.web.app import create_app
 from gitstate.web.openapi import build
 from tests.deploy_harness import CM, Running

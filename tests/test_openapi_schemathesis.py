@@ -25,8 +25,8 @@ from schemathesis.config._checks import (
 )
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from gitstate.cli.sample import build
 from gitstate.config import Config
-from gitstate.sample import build
 from gitstate.services import Services
 from gitstate.web.app import create_app
 from gitstate.web.openapi import routed

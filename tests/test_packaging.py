@@ -45,7 +45,7 @@ def test_wheel_maps_web_and_hooks_under_gitstate(tmp_path: Path) -> None:
     assert "web" not in top_level
     assert "hooks" not in top_level
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "gitstate = gitstate.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "gitstate = gitstate.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_plain_install_runs_outside_the_source_tree(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gitstate.puppetfile import (
+from gitstate.engine.puppetfile import (
     CONTROL_BRANCH,
     DuplicateModules,
     InstallPathOutside,

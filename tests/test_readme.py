@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from gitstate.cli import build_parser
+from gitstate.cli.main import build_parser
 from gitstate.config import Config
 from gitstate.services import Services
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gitstate.sample import SampleRepos
-from gitstate.storage import Storage
+from gitstate.cli.sample import SampleRepos
+from gitstate.engine.storage import Storage
 from tests.helpers import git
 from tests.test_filesync import Harness, make_config, push
 

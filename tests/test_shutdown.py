@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from gitstate.store import Store
+from gitstate.store.branch import Store
 from tests.helpers import free_port, wait_for_http
 
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from gitstate.sources import (
+from gitstate.engine.sources import (
     Branch,
     EnvironmentCollision,
     Source,
@@ -33,7 +33,7 @@ def test_correction_is_ascii_only():
 
 
 def test_error_mode_is_the_default_and_skips_with_r10k_message(caplog):
-    with caplog.at_level(logging.ERROR, logger="gitstate.sources"):
+    with caplog.at_level(logging.ERROR, logger="gitstate.engine.sources"):
         assert name("feature/foo-bar") is None
     assert (
         'Environment "feature/foo-bar" contained non-word characters, ignoring it.' in caplog.text
@@ -42,7 +42,7 @@ def test_error_mode_is_the_default_and_skips_with_r10k_message(caplog):
 
 
 def test_correct_and_warn_warns(caplog):
-    with caplog.at_level(logging.WARNING, logger="gitstate.sources"):
+    with caplog.at_level(logging.WARNING, logger="gitstate.engine.sources"):
         assert name("a-b", invalid_branches="correct_and_warn") == "a_b"
     assert "contained non-word characters, correcting name to a_b" in caplog.text
 

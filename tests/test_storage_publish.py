@@ -12,7 +12,7 @@ import pygit2
 import pytest
 from pygit2.enums import FileMode
 
-from gitstate.storage import PublishConflict, Published, Storage
+from gitstate.engine.storage import PublishConflict, Published, Storage
 
 
 def _environment(storage: Storage, name: str, text: str) -> Published:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from gitstate import codec, metrics
-from gitstate.codec import RecordError
-from gitstate.store import (
+from gitstate.base import metrics
+from gitstate.store import codec
+from gitstate.store.branch import (
     Identity,
     PathError,
     RevisionNotFound,
@@ -22,6 +22,7 @@ from gitstate.store import (
     StoreBusy,
     commit_bytes,
 )
+from gitstate.store.codec import RecordError
 from tests.helpers import git, slow_transaction
 
 
@@ -714,7 +715,7 @@ def test_processes_creating_the_state_repository_at_once_all_succeed(tmp_path) -
     # the repository. None may fail, and the result is configured.
     import multiprocessing
 
-    from gitstate.store import init_repository
+    from gitstate.store.branch import init_repository
 
     path = tmp_path / "data" / "state.git"
     context = multiprocessing.get_context("fork")

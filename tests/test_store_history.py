@@ -1,6 +1,6 @@
 """A record's history comes from the index, and is the same as walking the branch.
 
-The index (gitstate.history_index) is derived data kept beside the state
+The index (gitstate.store.history_index) is derived data kept beside the state
 branch; these tests hold it to the branch whatever happened to it: commits
 nobody indexed, a branch replaced from an older copy, a damaged file, a
 repository that never had one, many processes writing at once.
@@ -14,10 +14,10 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from gitstate import history_index
-from gitstate.gates import Gates
-from gitstate.maintenance import MaintenanceSettings, maintain_all
-from gitstate.store import Change, Store
+from gitstate.gates.service import Gates
+from gitstate.process.maintenance import MaintenanceSettings, maintain_all
+from gitstate.store import history_index
+from gitstate.store.branch import Change, Store
 from tests.helpers import git
 
 

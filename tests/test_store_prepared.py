@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from gitstate.hostlock import HostLock
-from gitstate.store import Draft, Store, _Optimism
+from gitstate.base.hostlock import HostLock
+from gitstate.store.branch import Draft, Store, _Optimism
 from tests.helpers import slow_transaction
 
 
@@ -241,7 +241,7 @@ def test_a_stale_denial_is_not_the_answer(state_path: Path) -> None:
 
 
 def test_prepared_changes_are_counted_as_kept_or_redone(state_path: Path) -> None:
-    from gitstate import metrics
+    from gitstate.base import metrics
     from tests.test_metrics import total
 
     def scrape() -> tuple[float, float]:

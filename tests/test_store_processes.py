@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pygit2
 
-from gitstate.store import Identity, Store
+from gitstate.store.branch import Identity, Store
 from tests.helpers import git
 
 COUNTER = "counters/shared.yaml"
@@ -76,7 +76,7 @@ def test_eight_processes_two_hundred_increments_each(state_path: Path) -> None:
 # Self-contained (no test module, no pytest to import), so that under load
 # the writer is committing well before it is killed.
 _LOOPING_WRITER = """
-from gitstate.store import Store, Identity
+from gitstate.store.branch import Store, Identity
 def increment(draft):
     record = draft.get({counter!r}) or {{"schema_version": 1, "value": 0}}
     record["value"] += 1
@@ -127,7 +127,7 @@ def test_writers_killed_at_random_leave_a_valid_branch(state_path: Path) -> None
 
 _HOLDING_WRITER = """
 import sys, time, pathlib
-from gitstate.store import Store
+from gitstate.store.branch import Store
 store = Store({path!r}, create=False)
 def change(draft):
     draft.put("held.yaml", {{"schema_version": 1}})

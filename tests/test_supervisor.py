@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from gitstate import supervisor
-from gitstate.supervisor import Child, Supervisor
+from gitstate.process import supervisor
+from gitstate.process.supervisor import Child, Supervisor
 
 
 def _poll_until(sup: Supervisor, check, timeout: float = 30.0) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from gitstate.sync_worker import nothing_unread
+from gitstate.process.sync_worker import nothing_unread
 from tests.helpers import free_port, wait_for_http
 
 

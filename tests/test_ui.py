@@ -10,7 +10,7 @@ import pytest
 
 from gitstate.config import Config
 from gitstate.services import Services
-from gitstate.watch import MAX_WAIT, wait_for_change
+from gitstate.store.watch import MAX_WAIT, wait_for_change
 from gitstate.web.app import create_app
 
 

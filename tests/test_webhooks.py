@@ -18,11 +18,11 @@ from typing import Any
 import falcon.testing
 import pytest
 
+from gitstate.codemanager.webhooks import MalformedPayload, parse
 from gitstate.config import Config
-from gitstate.deploy_worker import DeployWorker
+from gitstate.deploys.worker import DeployWorker
 from gitstate.services import Services
 from gitstate.web.app import create_app
-from gitstate.webhooks import MalformedPayload, parse
 from tests.deploy_fixtures import Remote
 from tests.helpers import git
 

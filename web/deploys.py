@@ -12,11 +12,11 @@ from typing import Any
 import falcon
 
 from gitstate.auth import PermissionDenied
-from gitstate.code_manager import CodeManager, CollectError, DeployRequest
-from gitstate.deploys import BAD_REQUEST, DeployNotFound, DeployRequestError
-from gitstate.gates import InvalidRequest
+from gitstate.codemanager.service import CodeManager, CollectError, DeployRequest
+from gitstate.deploys.queue import BAD_REQUEST, DeployNotFound, DeployRequestError
+from gitstate.engine.sources import correct_name
+from gitstate.gates.service import InvalidRequest
 from gitstate.services import Services
-from gitstate.sources import correct_name
 
 from .auth import principal, require
 from .errors import code_manager_error

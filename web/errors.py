@@ -11,8 +11,7 @@ from typing import Any
 
 import falcon
 
-from gitstate.codec import RecordError
-from gitstate.gates import (
+from gitstate.gates.service import (
     EnvironmentNotFound,
     GateExists,
     GateNotFound,
@@ -21,7 +20,8 @@ from gitstate.gates import (
     StateMoved,
     TicketNotFound,
 )
-from gitstate.store import PathError, RevisionNotFound, StoreBusy
+from gitstate.store.branch import PathError, RevisionNotFound, StoreBusy
+from gitstate.store.codec import RecordError
 
 
 def _answer(resp: falcon.Response, status: str, reason: str, **extra: Any) -> None:

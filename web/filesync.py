@@ -1,7 +1,7 @@
 """File sync over HTTP: the git transport, the long poll, check-ins, rollbacks.
 
 Routes (all but rollbacks need the file-sync token, checked by
-:meth:`gitstate.filesync_server.FileSyncService.authorize` alone):
+:meth:`gitstate.filesync.server.FileSyncService.authorize` alone):
 
 * ``GET  /file-sync/v1/git/info/refs?service=git-upload-pack`` and
   ``POST /file-sync/v1/git/git-upload-pack``: git's smart HTTP, read-only;
@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import falcon
 
-from gitstate.deploys import BAD_REQUEST
-from gitstate.filesync_checkins import InvalidCheckIn
-from gitstate.filesync_rollback import InvalidRollback, RollbackTargetNotFound
-from gitstate.filesync_server import (
+from gitstate.deploys.queue import BAD_REQUEST
+from gitstate.engine.sources import correct_name
+from gitstate.filesync.checkins import InvalidCheckIn
+from gitstate.filesync.rollback import InvalidRollback, RollbackTargetNotFound
+from gitstate.filesync.server import (
     FileSyncService,
     RequestTooLarge,
     ServiceRefused,
     Unauthorized,
 )
-from gitstate.gates import InvalidRequest
+from gitstate.gates.service import InvalidRequest
 from gitstate.services import Services
-from gitstate.sources import correct_name
 
 from .auth import require
 from .errors import code_manager_error

@@ -1,7 +1,7 @@
 """gatekeeper's HTTP API under ``/api/``: gates, tickets and holidays.
 
 Each resource reads the request (bounded JSON body, query flags, the actor,
-``If-Match``), calls one method of :class:`gitstate.gates.Gates` and writes
+``If-Match``), calls one method of :class:`gitstate.gates.service.Gates` and writes
 its answer with an ``ETag`` naming the state commit the answer reflects.
 Service errors are turned into HTTP answers by :mod:`gitstate.web.errors`.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import falcon
 
-from gitstate.gates import Answer, Gates
+from gitstate.gates.service import Answer, Gates
 from gitstate.services import Services
 
 from .auth import require

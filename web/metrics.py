@@ -13,7 +13,8 @@ from typing import Any
 
 import falcon
 
-from gitstate import metrics, metrics_gauges
+from gitstate import gauges as metrics_gauges
+from gitstate.base import metrics
 from gitstate.services import Services
 
 #: Route label of requests that matched no route (a label per path would be unbounded).

@@ -13,7 +13,7 @@ from typing import Any
 
 import falcon
 
-from gitstate.gates import InvalidRequest
+from gitstate.gates.service import InvalidRequest
 
 from .auth import principal
 
@@ -134,7 +134,7 @@ class DrainUnreadBodies:
     GET's), would otherwise leave it unread: gunicorn's gthread worker then
     closes a connection it answered as kept alive (see :data:`DRAIN_LIMIT`),
     and gitstate's sync worker could not close an answered connection at
-    once (:mod:`gitstate.sync_worker`). A body already read costs one empty
+    once (:mod:`gitstate.process.sync_worker`). A body already read costs one empty
     read.
     """
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import falcon
 
-from gitstate import logs
+from gitstate.base import logs
 
 from .request import actor, request_id
 

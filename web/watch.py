@@ -14,7 +14,7 @@ import threading
 import falcon
 
 from gitstate.services import Services
-from gitstate.watch import MAX_WAIT, wait_for_change
+from gitstate.store.watch import MAX_WAIT, wait_for_change
 
 #: Seconds a client should wait before asking again when no waiting slot was free.
 RETRY = 2.0

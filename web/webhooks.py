@@ -1,7 +1,7 @@
 """``POST /code-manager/v1/webhook``: git hosts' push notifications.
 
 The raw body is read here, bounded, because GitHub's signature is an HMAC of
-the exact bytes sent; everything else is :mod:`gitstate.webhooks`. Answers
+the exact bytes sent; everything else is :mod:`gitstate.codemanager.webhooks`. Answers
 and errors use Code Manager's shapes (``{"status":"OK"}``;
 ``{"kind","msg","details"}``).
 """
@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import falcon
 
-from gitstate.deploys import BAD_REQUEST
+from gitstate.codemanager.webhooks import (
+    InvalidSignature,
+    MalformedPayload,
+    UnrecognizedWebhookType,
+)
+from gitstate.deploys.queue import BAD_REQUEST
 from gitstate.services import Services
-from gitstate.webhooks import InvalidSignature, MalformedPayload, UnrecognizedWebhookType
 
 from .auth import principal
 from .deploys import PREFIX

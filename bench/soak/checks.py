@@ -22,10 +22,11 @@ from bench.soak.cluster import HOSTILE_BRANCHES, Cluster
 from bench.soak.faults import KINDS, Fault, LockSampler
 from bench.soak.hostile import DEPLOY_MARKERS, NO_TRACE
 from bench.soak.load import Op
-from gitstate.audit import DeployReplay, unfinished
-from gitstate.codec import decode
-from gitstate.deploys import parse_iso, record_path
-from gitstate.storage import Storage
+from gitstate.base.times import parse_iso
+from gitstate.deploys.audit import DeployReplay, unfinished
+from gitstate.deploys.queue import record_path
+from gitstate.engine.storage import Storage
+from gitstate.store.codec import decode
 from tests.gate_replay import GateReplay, labels
 
 #: Longest a ref lock file may stay.

@@ -26,7 +26,7 @@ from ruamel.yaml import YAML
 from bench.fixture import make_fixture
 from gitstate.auth import Tokens
 from gitstate.hooks.install import install_post_receive, install_state_guard
-from gitstate.store import Store, init_repository
+from gitstate.store.branch import Store, init_repository
 
 GIT_ENV = {
     **os.environ,

@@ -1,1 +1,6 @@
-"""Process-level primitives every layer may use: host locks, durable flushes, logging, metrics, shutdown, file watches, repository creation, times."""
+"""Primitives every layer may use.
+
+Host locks, durable flushes, logging, metric definitions, shutdown, file
+watches, repository creation and the time formats. Nothing here imports
+another part of gitstate except :mod:`gitstate.errors`.
+"""

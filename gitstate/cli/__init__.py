@@ -1,1 +1,4 @@
-"""The ``gitstate`` command: subcommands, the gate commands, the demo and its sample repositories."""
+"""The ``gitstate`` command.
+
+Its subcommands, the gate commands, the demo and its sample repositories.
+"""

@@ -20,13 +20,13 @@ from pathlib import Path
 from ruamel.yaml import YAML
 
 from gitstate.auth import AuthError, Tokens
+from gitstate.cli.sample import SampleRepos, build
 from gitstate.client import Client, ClientError
 from gitstate.config import Config
 from gitstate.hooks.install import install_post_receive, install_state_guard
-from gitstate.sample import SampleRepos, build
-from gitstate.store import Store, init_repository
-from gitstate.supervisor import Supervisor, serve_children
-from gitstate.supervisor import prepare as prepare_serving
+from gitstate.process.supervisor import Supervisor, serve_children
+from gitstate.process.supervisor import prepare as prepare_serving
+from gitstate.store.branch import Store, init_repository
 
 DEFAULT_DIR = "gitstate-demo"
 DEPLOY_WORKERS = 2

@@ -4,7 +4,7 @@ Both talk to a running server through :class:`gitstate.client.Client`, so
 they work from any host with a token file. Exit codes (docs/gates.md) let
 pipelines branch without parsing output: 0 ok, 1 error, 2 usage,
 :data:`EXIT_GATE_CLOSED` (4) when a gate is closed or a ticket is denied,
-and :data:`EXIT_QUEUED` (5) when a ticket waits in a queue (``gitstate.cli``
+and :data:`EXIT_QUEUED` (5) when a ticket waits in a queue (``gitstate.cli.main``
 defines 0 to 3).
 """
 
@@ -17,12 +17,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from gitstate.cli import EXIT_OK, EXIT_USAGE
-
-#: A gate is closed or a ticket was denied (``gate show``, ``ticket acquire``).
-EXIT_GATE_CLOSED = 4
-#: A ticket waits in a queue: re-send it with ``--ticket ID --queue``.
-EXIT_QUEUED = 5
+from gitstate.cli.exits import EXIT_GATE_CLOSED, EXIT_OK, EXIT_QUEUED, EXIT_USAGE
 
 
 class GateSpecError(ValueError):

@@ -14,27 +14,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gitstate import __version__, logs
+from gitstate import __version__
+from gitstate.base import logs
+from gitstate.cli.exits import EXIT_DEPLOY_FAILED, EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from gitstate.config import DEFAULT_PORT, Config
 from gitstate.errors import GitStateError
 
-#: Exit codes, documented in README.md.
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_DEPLOY_FAILED = 3
-# 4 (gate closed or ticket denied) and 5 (ticket queued): see gitstate.gate_cli.
-
 
 def _demo(args: argparse.Namespace) -> int:
-    from gitstate import demo
+    from gitstate.cli import demo
 
     return demo.run(Path(args.dir), args.port)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gitstate.deploys import DeploySettings
-    from gitstate.supervisor import Supervisor, prepare, serve_children
+    from gitstate.deploys.queue import DeploySettings
+    from gitstate.process.supervisor import Supervisor, prepare, serve_children
 
     config = Config.load(args.config)
     prepare(config)
@@ -43,7 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _web(args: argparse.Namespace) -> int:
-    from gitstate.server import serve
+    from gitstate.process.server import serve
 
     config = Config.load(args.config)
     serve(config, str(Path(args.config).absolute()))
@@ -54,7 +49,7 @@ def _deploy_worker(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from gitstate.deploy_worker import DeployWorker, hold_slot
+    from gitstate.deploys.worker import DeployWorker, hold_slot
     from gitstate.services import Services
 
     config = Config.load(args.config)
@@ -131,8 +126,8 @@ def _sync(args: argparse.Namespace) -> int:
     import threading
     from types import FrameType
 
-    from gitstate.filesync import FileSyncSettings
-    from gitstate.filesync_client import run_client
+    from gitstate.filesync.client import run_client
+    from gitstate.filesync.livedir import FileSyncSettings
 
     raw = Config.load(args.config).raw if args.config else {}
     settings = FileSyncSettings.from_config(raw)
@@ -148,7 +143,7 @@ def _sync(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        # Every step of a sync is safe to interrupt (see gitstate.filesync).
+        # Every step of a sync is safe to interrupt (see gitstate.filesync.livedir).
         stop.set()
         raise KeyboardInterrupt
 
@@ -262,7 +257,7 @@ def _install_hook(args: argparse.Namespace) -> int:
 def _maintenance(args: argparse.Namespace) -> int:
     import threading
 
-    from gitstate.maintenance import MaintenanceSettings, maintain_all
+    from gitstate.process.maintenance import MaintenanceSettings, maintain_all
 
     config = Config.load(args.config)
     settings = MaintenanceSettings.from_mapping(config.raw.get("maintenance"))
@@ -350,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(rollback)
     rollback.set_defaults(func=_rollback)
 
-    from gitstate import gate_cli
+    from gitstate.cli import gates as gate_cli
 
     gate_cli.add_parsers(sub, _add_client_options)
 

@@ -1,1 +1,5 @@
-"""Code Manager's front: deploy requests, waits for every file-sync client, provider webhooks."""
+"""Code Manager's front.
+
+Deploy requests and their waits for every file-sync client; provider
+webhooks.
+"""

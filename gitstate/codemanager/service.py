@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from gitstate.config import Config
-from gitstate.deploy_guard import GATE_CLOSED, DeployGuard, GateClosed
-from gitstate.deploys import (
+from gitstate.deploys.guard import GATE_CLOSED, DeployGuard, GateClosed
+from gitstate.deploys.queue import (
     COLLECT_FAILED,
     DEPLOY_FAILURE,
     TIMEOUT,
@@ -26,10 +26,10 @@ from gitstate.deploys import (
     DeploySettings,
     Requested,
 )
-from gitstate.environments import CollectFailed, Deployer
-from gitstate.filesync_server import FileSyncService
-from gitstate.sources import correct_name
-from gitstate.store import Store
+from gitstate.engine.environments import CollectFailed, Deployer
+from gitstate.engine.sources import correct_name
+from gitstate.filesync.server import FileSyncService
+from gitstate.store.branch import Store
 
 _MAX_ENVIRONMENTS = 1000
 _MAX_NAME = 255

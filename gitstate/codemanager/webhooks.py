@@ -46,12 +46,12 @@ from pathlib import Path
 from typing import Any
 
 from gitstate.auth import Principal
-from gitstate.code_manager import CodeManager
-from gitstate.deploys import BAD_REQUEST, KIND_PREFIX, Requested, environment_path
-from gitstate.environments import CollectFailed
+from gitstate.codemanager.service import CodeManager
+from gitstate.deploys.queue import BAD_REQUEST, KIND_PREFIX, Requested, environment_path
+from gitstate.engine.environments import CollectFailed
+from gitstate.engine.sources import correct_name
 from gitstate.errors import GitStateError
-from gitstate.sources import correct_name
-from gitstate.store import Draft, Identity, Store
+from gitstate.store.branch import Draft, Identity, Store
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,5 @@
-"""The deploy queue, the workers that run it, the gates that guard it, and the replay that checks it from the audit trail."""
+"""The deploy queue.
+
+The queue records, the workers that run them, the gates that guard them,
+and the replay that checks them from the audit trail.
+"""

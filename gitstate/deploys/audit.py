@@ -28,7 +28,7 @@ from typing import Any
 
 import pygit2
 
-from gitstate.codec import decode
+from gitstate.store.codec import decode
 
 STATE_REF = "refs/heads/state"
 _RECORD = re.compile(r"^deploys/\d+/(\d+)\.yaml$")

@@ -21,10 +21,16 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from gitstate.deploys import Held
+from gitstate.deploys.queue import Held
 from gitstate.errors import GitStateError
-from gitstate.gates import EnvironmentNotFound, GateNotFound, Gates, InvalidName, TicketNotFound
-from gitstate.store import Draft
+from gitstate.gates.service import (
+    EnvironmentNotFound,
+    GateNotFound,
+    Gates,
+    InvalidName,
+    TicketNotFound,
+)
+from gitstate.store.branch import Draft
 
 GATE_CLOSED = "puppetlabs.code-manager/gate-closed"
 

@@ -26,10 +26,10 @@ A worker claims several deploys in one commit when deploys are quick (a
 no-op deploy costs milliseconds, a commit with fsync several), takes each
 environment's gate ticket in that same commit, and records several outcomes
 (and gives the tickets back) in one commit; see
-:class:`gitstate.deploy_worker.DeployWorker` for how it sizes a batch.
+:class:`gitstate.deploys.worker.DeployWorker` for how it sizes a batch.
 
 This module knows nothing of git trees or HTTP: workers call the deploy
-engine (:class:`gitstate.environments.Deployer`) and record what it did here.
+engine (:class:`gitstate.engine.environments.Deployer`) and record what it did here.
 """
 
 from __future__ import annotations
@@ -43,9 +43,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from gitstate.base.times import duration, now_iso, parse_iso
 from gitstate.errors import GitStateError
-from gitstate.store import Draft, Identity, Snapshot, Store
-from gitstate.tipwatch import TipWatch
+from gitstate.store.branch import Draft, Identity, Snapshot, Store
+from gitstate.store.tipwatch import TipWatch
 
 SCHEMA_VERSION = 1
 COUNTER = "deploys/counter.yaml"
@@ -138,39 +139,6 @@ class DeploySettings:
             fetch_timeout=duration(timeouts.get("fetch", cls.fetch_timeout)),
             poll_interval=duration(data.get("poll_interval", cls.poll_interval)),
         )
-
-
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def duration(value: Any) -> float:
-    """Parse a duration: a number of seconds or a string like ``"10m"``.
-
-    Raises:
-        ValueError: the value is not a duration.
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        return float(value)
-    text = str(value).strip()
-    for unit in sorted(_UNITS, key=len, reverse=True):
-        if text.endswith(unit) and text[: -len(unit)].strip().replace(".", "", 1).isdigit():
-            return float(text[: -len(unit)]) * _UNITS[unit]
-    if text.replace(".", "", 1).isdigit():
-        return float(text)
-    raise ValueError(f"not a duration: {value!r} (use e.g. 30, '30s', '10m', '1h', '1d')")
-
-
-def now_iso(clock: Callable[[], float] = time.time) -> str:
-    """Return the time as Code Manager writes it: ISO-8601, milliseconds, ``Z``."""
-    stamp = datetime.fromtimestamp(clock(), UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
-
-
-def parse_iso(text: str) -> datetime:
-    """Parse a timestamp written by :func:`now_iso`."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def record_path(deploy_id: int) -> str:

@@ -1,14 +1,14 @@
 """Deploy workers: claim queued deploys, run the engine, record the outcome.
 
 ``gitstate serve`` runs ``deploy.pool_size`` of these as separate processes
-(see :mod:`gitstate.supervisor`). Each holds an ``flock`` on its slot file
+(see :mod:`gitstate.process.supervisor`). Each holds an ``flock`` on its slot file
 ``DATADIR/locks/deploy-worker-<slot>.lock`` for as long as it lives, so any
 worker can tell whether the worker named in a ``deploying`` record is still
 alive: if that slot's lock can be taken, its holder died (killed, OOM,
 machine restart) and the deploy is queued again once, then failed.
 
 An idle worker sleeps until the state branch moves (inotify, see
-:mod:`gitstate.tipwatch`), so a queued deploy is picked up at once; it also
+:mod:`gitstate.store.tipwatch`), so a queued deploy is picked up at once; it also
 looks again every ``deploy.poll_interval`` for deploys a gate held back (a
 time rule opens a gate without any commit).
 
@@ -42,9 +42,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from gitstate import metrics
-from gitstate.deploy_guard import DeployGuard
-from gitstate.deploys import (
+from gitstate.base import metrics
+from gitstate.deploys.guard import DeployGuard
+from gitstate.deploys.queue import (
     COLLECT_FAILED,
     DEPLOY_FAILURE,
     TIMEOUT,
@@ -53,10 +53,10 @@ from gitstate.deploys import (
     parse_iso,
     worker_name,
 )
-from gitstate.environments import CollectFailed, Collection, Deployer, DeployFailure
+from gitstate.engine.environments import CollectFailed, Collection, Deployer, DeployFailure
 from gitstate.errors import GitStateError
-from gitstate.store import Draft
-from gitstate.tipwatch import TipWatch
+from gitstate.store.branch import Draft
+from gitstate.store.tipwatch import TipWatch
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,5 @@
-"""The deploy engine: control-repo sources, Puppetfiles, module mirrors, the Forge, and the file-sync storage repository environments are published to."""
+"""The deploy engine.
+
+Control-repository sources, Puppetfiles, module mirrors, the Forge, and the
+file-sync storage repository that environments are published to.
+"""

@@ -3,11 +3,11 @@
 :class:`Deployer` is the engine the deploy queue's workers call:
 
 * :meth:`Deployer.collect` fetches every source's mirror and names its
-  branches (r10k's rules, :mod:`gitstate.sources`);
+  branches (r10k's rules, :mod:`gitstate.engine.sources`);
 * :meth:`Deployer.deploy` builds one environment *in git*: the branch's
   tree, each Puppetfile module's tree at its install path, and a
   ``.r10k-deploy.json`` record, composed in the storage repository and
-  published by compare-and-swap on the code ref (:mod:`gitstate.storage`);
+  published by compare-and-swap on the code ref (:mod:`gitstate.engine.storage`);
 * :meth:`Deployer.purge` and :meth:`Deployer.remove` take environments
   whose branches are gone out of the code ref.
 
@@ -35,11 +35,10 @@ from typing import Any
 
 import pygit2
 
-from gitstate.errors import GitStateError
-from gitstate.forge import DEFAULT_FORGE, Forge, ForgeError
-from gitstate.hostlock import environment_lock_path, flocked
-from gitstate.mirrors import FetchFailed, Mirrors, UnsafeURL
-from gitstate.puppetfile import (
+from gitstate.base.hostlock import environment_lock_path, flocked
+from gitstate.engine.forge import DEFAULT_FORGE, Forge, ForgeError
+from gitstate.engine.mirrors import FetchFailed, Mirrors, UnsafeURL
+from gitstate.engine.puppetfile import (
     CONTROL_BRANCH,
     PUPPETFILE,
     Module,
@@ -47,8 +46,8 @@ from gitstate.puppetfile import (
     PuppetfileError,
     parse,
 )
-from gitstate.sources import EnvironmentCollision, SourceConfigError, Sources, correct_name
-from gitstate.storage import (
+from gitstate.engine.sources import EnvironmentCollision, SourceConfigError, Sources, correct_name
+from gitstate.engine.storage import (
     OUTSIDE,
     PublishConflict,
     Published,
@@ -56,6 +55,7 @@ from gitstate.storage import (
     SymlinkEscape,
     UnsafeEntry,
 )
+from gitstate.errors import GitStateError
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from typing import Any
 import pygit2
 from pygit2.enums import FileMode
 
+from gitstate.engine.storage import Storage
 from gitstate.errors import GitStateError
-from gitstate.storage import Storage
 
 DEFAULT_FORGE = "https://forgeapi.puppet.com"
 FORGE_REF_PREFIX = "refs/forge/"

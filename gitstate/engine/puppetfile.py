@@ -11,7 +11,7 @@ fails one environment loudly instead of deploying half of it.
 The checks r10k makes are made here too, with r10k's wording where people
 grep logs for it: unknown declarations, duplicate module names, install
 paths outside the environment. URLs are checked by
-:func:`gitstate.mirrors.check_url` before anything is fetched.
+:func:`gitstate.engine.mirrors.check_url` before anything is fetched.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import posixpath
 import re
 from typing import Any
 
+from gitstate.engine.mirrors import UnsafeURL, check_url
 from gitstate.errors import GitStateError
-from gitstate.mirrors import UnsafeURL, check_url
 
 PUPPETFILE = "Puppetfile"
 DEFAULT_MODULEDIR = "modules"

@@ -20,7 +20,7 @@ Layout:
                                   its environment-commit's tree)
         published/<env>.json      its environment-commit, signature and the
                                   deploy key used to skip no-op deploys
-        environments.json         a stub (see :mod:`gitstate.manifest`)
+        environments.json         a stub (see :mod:`gitstate.engine.manifest`)
 
     Every publish or removal is a new commit whose first parent is the
     previous tip, made by compare-and-swap on the ref with retries, so
@@ -53,11 +53,11 @@ from typing import Any
 import pygit2
 from pygit2.enums import FileMode
 
-from gitstate import durable
-from gitstate.bare import create_bare
+from gitstate.base import durable
+from gitstate.base.bare import create_bare
+from gitstate.base.hostlock import LockTimeout, break_stale_ref_locks, flocked
+from gitstate.engine.manifest import ManifestReader, Published, publish_tree
 from gitstate.errors import GitStateError
-from gitstate.hostlock import LockTimeout, break_stale_ref_locks, flocked
-from gitstate.manifest import ManifestReader, Published, publish_tree
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ never changed by the client again. Edits made behind the client's back show
 in one of two places:
 
 * **in a file's inode** (content written in place, mode changed): every
-  file is a hard link to an object of :mod:`gitstate.filesync_objects`,
+  file is a hard link to an object of :mod:`gitstate.filesync.objects`,
   which are checked there, one per distinct blob;
 * **in a directory** (a file or directory added, removed, renamed or
   replaced by another inode): creating or removing an entry sets the
@@ -31,7 +31,7 @@ from collections.abc import Callable
 import pygit2
 from pygit2.enums import FileMode
 
-from gitstate.storage import link_escape
+from gitstate.engine.storage import link_escape
 
 _TREE = int(FileMode.TREE)
 _LINK = int(FileMode.LINK)

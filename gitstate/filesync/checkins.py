@@ -30,10 +30,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gitstate.deploys import now_iso
+from gitstate.base.fswatch import DirectoryWatch
+from gitstate.base.times import now_iso
 from gitstate.errors import GitStateError
-from gitstate.filesync import CLIENT_NAME
-from gitstate.filesync_watch import DirectoryWatch
+from gitstate.filesync.livedir import CLIENT_NAME
 
 SCHEMA_VERSION = 2
 #: Largest check-in accepted, in bytes of JSON.

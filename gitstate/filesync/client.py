@@ -1,12 +1,12 @@
 """``gitstate sync``: a file-sync client's main loop.
 
-The client keeps one live directory (:class:`gitstate.filesync.LiveDir`)
+The client keeps one live directory (:class:`gitstate.filesync.livedir.LiveDir`)
 equal to the latest code-commit of a storage repository, reached in one of
 two ways:
 
 * **local** (a path or ``file://`` URL, on the server's host): the client
   reads the storage repository directly and learns of new code-commits from
-  inotify events on its refs (:class:`gitstate.filesync_watch.RefWatch`);
+  inotify events on its refs (:class:`gitstate.base.fswatch.RefWatch`);
 * **remote** (``http://host:port``, the gitstate server): it asks
   ``/file-sync/v1/latest-commit``, which the server holds open until the
   code-commit differs from the client's (a long poll), then fetches
@@ -39,11 +39,11 @@ from typing import Any, Protocol
 
 import pygit2
 
+from gitstate.base.fswatch import RefWatch
+from gitstate.engine.storage import CODE_REF
 from gitstate.errors import GitStateError
-from gitstate.filesync import FileSyncSettings, LiveDir, SyncReport
-from gitstate.filesync_checkins import CheckIns
-from gitstate.filesync_watch import RefWatch
-from gitstate.storage import CODE_REF
+from gitstate.filesync.checkins import CheckIns
+from gitstate.filesync.livedir import FileSyncSettings, LiveDir, SyncReport
 
 log = logging.getLogger(__name__)
 

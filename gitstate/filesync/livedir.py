@@ -7,7 +7,7 @@ A live directory looks like this::
                                           hard link to an object
     LIVE/.versions/<env>/<version>.json   the version's marker, written once the
                                           version is complete
-    LIVE/.objects/                        one file per blob (gitstate.filesync_objects)
+    LIVE/.objects/                        one file per blob (gitstate.filesync.objects)
     LIVE/.trash/                          pruned versions, deleted after the sync
     LIVE/.gitstate-sync.json              the applied code-commit (check-in data)
     LIVE/.gitstate-sync.lock              one client per live directory (flock)
@@ -29,7 +29,7 @@ version costs one ``link()`` per file and one write per blob that no
 version held yet.
 
 **Local edits** (r10k's "Overwriting local modifications") are found by
-:mod:`gitstate.filesync_check`: by the objects, for content written in
+:mod:`gitstate.filesync.check`: by the objects, for content written in
 place, and by the directories' ctimes, for files added, removed or
 replaced. The full check (``verify``) looks at every current version that
 way; a version about to be replaced is looked at before it goes, and an
@@ -43,7 +43,7 @@ killed or failed) compares every environment with the target instead of
 trusting the tree comparison. Leftovers of a killed sync are removed when
 the next one takes the lock.
 
-Nothing here talks to a server: :mod:`gitstate.filesync_client` decides
+Nothing here talks to a server: :mod:`gitstate.filesync.client` decides
 *when* to apply which commit, from a local storage repository or a fetched
 copy of a remote one.
 """
@@ -67,12 +67,12 @@ from typing import Any
 import pygit2
 from pygit2.enums import FileMode
 
-from gitstate.deploys import duration
+from gitstate.base.times import duration
+from gitstate.engine.manifest import ENVIRONMENTS_DIR
+from gitstate.engine.storage import link_escape
 from gitstate.errors import GitStateError
-from gitstate.filesync_check import BlobSearch, DirCheck, Subtrees, check_dirs, safe_name
-from gitstate.filesync_objects import OBJECTS, ObjectStore
-from gitstate.manifest import ENVIRONMENTS_DIR
-from gitstate.storage import link_escape
+from gitstate.filesync.check import BlobSearch, DirCheck, Subtrees, check_dirs, safe_name
+from gitstate.filesync.objects import OBJECTS, ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ these objects. That makes three things cheap:
   ``lstat`` each, content hashed only when the size or mtime moved) covers
   every file of every environment with one stat per distinct blob instead
   of one per file. Files added, removed or replaced change their directory
-  instead (:mod:`gitstate.filesync_check`).
+  instead (:mod:`gitstate.filesync.check`).
 * **Collecting garbage.** An object no version links any more has a link
   count of 1 and is removed by the check.
 

@@ -27,15 +27,16 @@ from typing import Any
 
 import pygit2
 
-from gitstate.deploys import SCHEMA_VERSION, environment_path, now_iso
+from gitstate.base.hostlock import environment_lock_path, flocked
+from gitstate.base.times import now_iso
+from gitstate.deploys.queue import SCHEMA_VERSION, environment_path
+from gitstate.engine.storage import Published, Storage
 from gitstate.errors import GitStateError
-from gitstate.hostlock import environment_lock_path, flocked
-from gitstate.storage import Published, Storage
-from gitstate.store import Draft, Identity, Store
+from gitstate.store.branch import Draft, Identity, Store
 
 DEPLOY_RECORD = ".r10k-deploy.json"
 _MAX_HISTORY = 1000
-#: Names the deployer can publish (see gitstate.environments): anything else
+#: Names the deployer can publish (see gitstate.engine.environments): anything else
 #: names no environment, and must never reach the lock file's path.
 _ENV_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 

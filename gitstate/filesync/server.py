@@ -9,7 +9,7 @@ Three things, all behind one token check (:meth:`FileSyncService.authorize`):
   code-commit as soon as it differs from the one the client has, or the
   same one after a bounded wait. The wait is woken by inotify on the
   storage refs (one watcher per server process, started on first use);
-* **check-ins**, kept as files (:mod:`gitstate.filesync_checkins`), from
+* **check-ins**, kept as files (:mod:`gitstate.filesync.checkins`), from
   which the ``file-sync-client-status`` of ``/deploys/status`` is built (a
   client's environments are read from the code-commit it checked in with)
   and for which ``wait: true`` deploys wait, woken by each check-in.
@@ -31,16 +31,17 @@ from typing import IO, Any
 
 import pygit2
 
+from gitstate.base.fswatch import RefWatch
+from gitstate.base.shutdown import stopping
+from gitstate.base.times import now_iso
 from gitstate.config import Config
-from gitstate.deploys import TIMEOUT, now_iso
+from gitstate.deploys.queue import TIMEOUT
+from gitstate.engine.storage import CODE_REF, Storage, init_storage
 from gitstate.errors import GitStateError
-from gitstate.filesync import FileSyncSettings
-from gitstate.filesync_checkins import CheckIns, InvalidCheckIn
-from gitstate.filesync_rollback import RollbackRequest, Rollbacks
-from gitstate.filesync_watch import RefWatch
-from gitstate.shutdown import stopping
-from gitstate.storage import CODE_REF, Storage, init_storage
-from gitstate.store import Store
+from gitstate.filesync.checkins import CheckIns, InvalidCheckIn
+from gitstate.filesync.livedir import FileSyncSettings
+from gitstate.filesync.rollback import RollbackRequest, Rollbacks
+from gitstate.store.branch import Store
 
 #: Largest (decompressed) upload-pack request accepted.
 MAX_NEGOTIATION = 32 * 1024 * 1024

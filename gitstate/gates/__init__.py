@@ -1,1 +1,5 @@
-"""gatekeeper's gates: groups, services, environments, tickets, the FIFO queue, time rules and holidays."""
+"""gatekeeper's gates.
+
+Groups, services, environments, tickets and the FIFO queue, time rules and
+holidays.
+"""

@@ -6,7 +6,7 @@ API when any of these holds, and open otherwise:
 * it is closed by hand (the stored ``state`` is ``closed``);
 * a live ticket is at the head of its queue (a deploy holds it);
 * the time rules of its environment do not cover now, or a holiday lists it
-  (see :mod:`gitstate.gate_rules`).
+  (see :mod:`gitstate.gates.rules`).
 
 Records on the state branch:
 
@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 from gitstate.config import ConfigError
 from gitstate.errors import GitStateError
-from gitstate.gate_rules import (
+from gitstate.gates.rules import (
     Holiday,
     HolidayError,
     Schedule,
@@ -53,7 +53,7 @@ from gitstate.gate_rules import (
     parse_rules,
     parse_timezone,
 )
-from gitstate.store import Change, Draft, Identity, Snapshot, Store
+from gitstate.store.branch import Change, Draft, Identity, Snapshot, Store
 
 #: ``document_version`` of gatekeeper's service documents, kept in answers.
 DOCUMENT_VERSION = 2.2

@@ -1,1 +1,5 @@
-"""Process plumbing: the supervisor, the gunicorn server, maintenance, the file-sync client process."""
+"""Process plumbing.
+
+The supervisor, the gunicorn server, maintenance, the file-sync client
+process.
+"""

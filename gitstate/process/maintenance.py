@@ -6,7 +6,7 @@ alone, the object directories grow by hundreds of MiB per 100,000 writes
 and reading them slows down. Maintenance packs them, writes a
 commit-graph (with changed-path Bloom filters, which ``git log -- PATH``
 benefits from) and packs the refs. It also brings the state repository's
-history index (:mod:`gitstate.history_index`) up to the tip, building it
+history index (:mod:`gitstate.store.history_index`) up to the tip, building it
 if the repository has none, so that no user's request pays for that.
 
 It is safe while gitstate writes: git never deletes an object that is not
@@ -48,9 +48,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gitstate.base.hostlock import HostLock
 from gitstate.errors import GitStateError
-from gitstate.hostlock import HostLock
-from gitstate.store import Store
+from gitstate.store.branch import Store
 
 STRATEGIES = ("incremental", "gc")
 DEFAULT_INTERVAL = 3600.0

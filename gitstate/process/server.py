@@ -18,10 +18,10 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
-from gitstate import logs, metrics
+from gitstate.base import logs, metrics
+from gitstate.base.shutdown import stopping
 from gitstate.config import Config
-from gitstate.shutdown import stopping
-from gitstate.sync_worker import WORKER_CLASS
+from gitstate.process.sync_worker import WORKER_CLASS
 
 CONFIG_ENV = "GITSTATE_CONFIG"
 
@@ -86,7 +86,7 @@ def _post_worker_init(worker: Any) -> None:
     """Gunicorn hook: load the metrics; on SIGTERM/SIGQUIT, end long polls first.
 
     gunicorn installed its handlers before this hook runs; they are wrapped
-    so that they first set :data:`gitstate.shutdown.stopping`.
+    so that they first set :data:`gitstate.base.shutdown.stopping`.
     """
     metrics.start()
     for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):

@@ -157,7 +157,7 @@ def sync_children(config_path: str) -> list[Child]:
     directly; one with ``storage: http://...`` uses the network transport.
     """
     from gitstate.config import Config
-    from gitstate.filesync import FileSyncSettings
+    from gitstate.filesync.livedir import FileSyncSettings
 
     config = Config.load(config_path)
     settings = FileSyncSettings.from_config(config.raw)
@@ -191,9 +191,9 @@ def prepare(config: Config) -> None:
     cannot be rewritten), a fresh shared metrics directory exported to the
     children before any of them starts, and logging.
     """
-    from gitstate import logs, metrics
+    from gitstate.base import logs, metrics
     from gitstate.hooks.install import HookExists, install_state_guard
-    from gitstate.store import init_repository
+    from gitstate.store.branch import init_repository
 
     init_repository(config.state_repo)
     try:

@@ -1,1 +1,5 @@
-"""The state branch: snapshot reads, compare-and-swap transactions, the YAML codec, the history index and waits on the tip."""
+"""The state branch.
+
+Snapshot reads, compare-and-swap transactions, the YAML codec, the history
+index beside the branch, and waits on its tip.
+"""

@@ -21,7 +21,7 @@ pygit2. It offers three things:
 * **The past.** State at a commit or at a point in time, read from the
   first-parent chain of the branch, and the history of one record, found
   through an index of which commit changed which record
-  (:mod:`gitstate.history_index`) that every writer keeps current.
+  (:mod:`gitstate.store.history_index`) that every writer keeps current.
 """
 
 from __future__ import annotations
@@ -48,10 +48,11 @@ from typing import Any, Generic, TypeVar
 import pygit2
 from pygit2.enums import FileMode, ObjectType, SortMode
 
-from gitstate import codec, durable, history_index, metrics
-from gitstate.bare import create_bare
+from gitstate.base import durable, metrics
+from gitstate.base.bare import create_bare
+from gitstate.base.hostlock import HostLock, break_stale_ref_locks
 from gitstate.errors import GitStateError
-from gitstate.hostlock import HostLock, break_stale_ref_locks
+from gitstate.store import codec, history_index
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -602,7 +603,7 @@ class Store:
         path: the bare repository (created if ``create`` and missing).
         ref: the branch holding the state.
         fsync: flush objects, then the ref, to disk before a commit is
-            acknowledged (:mod:`gitstate.durable`).
+            acknowledged (:mod:`gitstate.base.durable`).
         deadline: default seconds a write may take before :class:`StoreBusy`.
         stale_lock_after: age in seconds after which a ``.lock`` file on the
             ref is taken to be left by a dead process and removed.
@@ -882,7 +883,7 @@ class Store:
         """Yield the commits that changed the record at ``path``, newest first.
 
         Each carries the record as that commit left it. The commits come
-        from the history index (:mod:`gitstate.history_index`), a page at a
+        from the history index (:mod:`gitstate.store.history_index`), a page at a
         time, so the cost follows the entries taken, not the branch's
         length; if the index cannot be used (a read-only repository, say)
         the branch is walked instead.

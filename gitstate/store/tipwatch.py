@@ -31,7 +31,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from gitstate.filesync_watch import is_ref_event
+from gitstate.base.fswatch import is_ref_event
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from gitstate.shutdown import stopping
+from gitstate.base.shutdown import stopping
 
 #: Seconds between two looks at the branch tip.
 INTERVAL = 0.1
