@@ -1,0 +1,1 @@
+"""Library code in one process: real git repositories, no HTTP app, no child processes."""

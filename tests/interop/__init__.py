@@ -1,0 +1,1 @@
+"""Against the real peers: r10k, puppet and chromium, when installed."""

@@ -1,0 +1,1 @@
+"""Harnesses the tests share: git helpers, fixture repositories, in-process apps."""

@@ -1,0 +1,1 @@
+"""Real processes: gunicorn, deploy workers, file-sync clients, the CLI, writers killed."""
