@@ -4,7 +4,7 @@ The document is written here, next to the resources it describes, as plain
 data; it is not generated from them. Tests keep the two honest:
 ``openapi-spec-validator`` checks the document, ``openapi-core`` validates
 the requests and responses of a replayed set of calls, and schemathesis
-fuzzes the running app against it (``tests/test_openapi*.py``). A route
+fuzzes the running app against it (``tests/api/test_openapi*.py``). A route
 added to ``web/app.py`` without an entry here fails
 ``test_every_route_is_documented``.
 

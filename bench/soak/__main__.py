@@ -18,7 +18,7 @@ from bench.soak.cluster import HOSTILE_BRANCHES, Cluster, git
 from bench.soak.faults import FaultInjector, LockSampler
 from bench.soak.load import WAIT_TIMEOUT, Client, Recorder, run_clients
 from gitstate.deploys.audit import replay_deploys
-from tests.gate_replay import replay
+from tests.support.gate_replay import replay
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "soak.md"
 

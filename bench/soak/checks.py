@@ -27,7 +27,7 @@ from gitstate.deploys.audit import DeployReplay, unfinished
 from gitstate.deploys.queue import record_path
 from gitstate.engine.storage import Storage
 from gitstate.store.codec import decode
-from tests.gate_replay import GateReplay, labels
+from tests.support.gate_replay import GateReplay, labels
 
 #: Longest a ref lock file may stay.
 LOCK_LIMIT = 10.0

@@ -63,7 +63,7 @@ def _yaml() -> YAML:
 # budget, so records are written by the small emitter below. It only ever
 # emits plain data in block style, asks ruamel's own resolver whether a
 # string may stay unquoted, and is checked against ruamel's loader by
-# round-trip tests (tests/test_codec.py). Reading stays with ruamel.
+# round-trip tests (tests/unit/test_codec.py). Reading stays with ruamel.
 _PLAIN = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./@+=-]*(?: [A-Za-z0-9_./@+=-]+)*")
 # Characters left unescaped in a double-quoted string: YAML's printable set,
 # less NEL and the Unicode line separators, which YAML 1.1 readers treat as

@@ -22,7 +22,7 @@ def deploy_config(tmp_path: Path, sample: SampleRepos, **deploy: object) -> Conf
         {
             "datadir": str(tmp_path / "data"),
             "state": {"fsync": False},
-            # These tests are about deploys; tests/test_auth_web.py covers tokens.
+            # These tests are about deploys; tests/api/test_auth_web.py covers tokens.
             "auth": {"enabled": False},
             "sources": {"puppet": {"remote": sample.control_url, "invalid_branches": "correct"}},
             "deploy": {"timeouts": {"wait": 60}, **deploy},

@@ -1,6 +1,6 @@
 """Replay the state branch and check the gates' invariants in every commit.
 
-Shared by the linearizability test (``tests/test_gates_linearizable.py``)
+Shared by the linearizability test (``tests/system/test_gates_linearizable.py``)
 and the soak harness (``bench/soak``). For each commit of the first-parent
 history it checks that:
 

@@ -553,7 +553,7 @@ def test_deadline_covers_waiting_for_other_threads(
 ) -> None:
     store = Store(state_path, deadline=10)
     # Changes run under the writer lock here, as they do when preparing them
-    # first does not pay (see tests/test_store_prepared.py for the other path).
+    # first does not pay (see tests/unit/test_store_prepared.py for the other path).
     monkeypatch.setattr(store._optimism, "worth_trying", lambda: False)
     with (
         slow_transaction(store),
