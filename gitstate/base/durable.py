@@ -9,7 +9,7 @@ store writes its objects, flushes the file system holding the repository
 once (``syncfs``), and only then moves the ref; the ref, in turn, is made
 durable by a second flush before the write is acknowledged. Measured on the
 development VM: a one-record commit 2.0 ms instead of 4.9-10 ms, queueing
-forty deploys 21-63 ms instead of 42-170 ms (docs/benchmarks.md).
+forty deploys 21-63 ms instead of 42-170 ms (commit cdcee27).
 
 ``syncfs`` is Linux's; elsewhere :func:`os.sync` flushes every file system,
 which is slower but as safe. No libgit2 setting is changed, so nothing here
