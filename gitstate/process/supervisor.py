@@ -46,8 +46,14 @@ CRASH_LOOP_SECONDS = 5.0
 
 
 def gitstate_command(*args: str) -> list[str]:
-    """Return the argv that runs a ``gitstate`` subcommand with this Python."""
-    return [sys.executable, "-m", "gitstate", *args]
+    """Return the argv that runs a ``gitstate`` subcommand with this Python.
+
+    ``-P`` keeps the working directory off ``sys.path``: run from the root
+    of a checkout, ``python -m`` would otherwise import the checkout's
+    ``gitstate/`` folder (which has no ``web`` or ``hooks``) instead of the
+    installed package.
+    """
+    return [sys.executable, "-P", "-m", "gitstate", *args]
 
 
 class Supervisor:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import sysconfig
+import threading
+import time
 import venv
 import zipfile
 from pathlib import Path
+
+from tests.support.helpers import free_port, wait_for_http
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +53,8 @@ def test_wheel_maps_web_and_hooks_under_gitstate(tmp_path: Path) -> None:
     assert "gitstate = gitstate.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
-def test_plain_install_runs_outside_the_source_tree(tmp_path: Path) -> None:
+def _plain_install(tmp_path: Path) -> Path:
+    """Install the wheel, not editable, into a fresh venv; return its ``bin``."""
     wheel = _build_wheel(tmp_path)
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
@@ -79,19 +85,63 @@ def test_plain_install_runs_outside_the_source_tree(tmp_path: Path) -> None:
         check=True,
         cwd=tmp_path,
     )
+    return env_dir / "bin"
+
+
+def test_plain_install_runs_outside_the_source_tree(tmp_path: Path) -> None:
+    bin_dir = _plain_install(tmp_path)
     probe = (
         "import gitstate, gitstate.web.app, gitstate.hooks, pathlib;"
         "print(pathlib.Path(gitstate.web.app.__file__).relative_to(pathlib.Path(gitstate.__file__).parent))"
     )
     out = subprocess.run(
-        [str(python), "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path
+        [str(bin_dir / "python"), "-c", probe],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert out.stdout.strip() == "web/app.py"
     version = subprocess.run(
-        [str(env_dir / "bin" / "gitstate"), "--version"],
+        [str(bin_dir / "gitstate"), "--version"],
         check=True,
         capture_output=True,
         text=True,
         cwd=tmp_path,
     )
     assert version.stdout.startswith("gitstate ")
+
+
+def test_the_quick_start_runs_from_the_root_of_the_checkout(tmp_path: Path) -> None:
+    """README: ``pip install . && gitstate demo``, in the repository's root.
+
+    There, the checkout's ``gitstate/`` folder (which has no ``web/``) is
+    the first thing a ``python -m`` child would import; the demo's web
+    server must still start from the installed package.
+    """
+    bin_dir = _plain_install(tmp_path)
+    port = free_port()
+    demo = subprocess.Popen(
+        [str(bin_dir / "gitstate"), "demo", "--dir", str(tmp_path / "demo"), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(demo.stdout), daemon=True)
+    reader.start()
+    try:
+        health = wait_for_http(f"http://127.0.0.1:{port}/internal/health", timeout=120)
+        assert health.json() == {"status": "ok"}
+        until = time.monotonic() + 300  # bounds the wait for a broken demo, times nothing
+        while not any(line.startswith("Try:") for line in lines) and demo.poll() is None:
+            assert time.monotonic() < until, "".join(lines)
+            time.sleep(0.2)
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=60)
+        reader.join(10)
+    out = "".join(lines)
+    assert "Try:" in out, out
+    assert "ModuleNotFoundError" not in out, out
