@@ -15,7 +15,7 @@ from gitstate.auth import PermissionDenied
 from gitstate.codemanager.service import CodeManager, CollectError, DeployRequest
 from gitstate.deploys.queue import BAD_REQUEST, DeployNotFound, DeployRequestError
 from gitstate.engine.sources import correct_name
-from gitstate.gates.service import InvalidRequest
+from gitstate.gates.validation import InvalidRequest
 from gitstate.services import Services
 
 from .auth import principal, require

@@ -11,15 +11,10 @@ from typing import Any
 
 import falcon
 
-from gitstate.gates.service import (
-    EnvironmentNotFound,
-    GateExists,
-    GateNotFound,
-    InvalidName,
-    InvalidRequest,
-    StateMoved,
-    TicketNotFound,
-)
+from gitstate.gates.records import EnvironmentNotFound, GateNotFound
+from gitstate.gates.service import GateExists, StateMoved
+from gitstate.gates.tickets import TicketNotFound
+from gitstate.gates.validation import InvalidName, InvalidRequest
 from gitstate.store.branch import PathError, RevisionNotFound, StoreBusy
 from gitstate.store.codec import RecordError
 

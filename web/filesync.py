@@ -25,7 +25,7 @@ from gitstate.filesync.server import (
     ServiceRefused,
     Unauthorized,
 )
-from gitstate.gates.service import InvalidRequest
+from gitstate.gates.validation import InvalidRequest
 from gitstate.services import Services
 
 from .auth import require

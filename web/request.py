@@ -13,7 +13,7 @@ from typing import Any
 
 import falcon
 
-from gitstate.gates.service import InvalidRequest
+from gitstate.gates.validation import InvalidRequest
 
 from .auth import principal
 

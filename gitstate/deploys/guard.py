@@ -23,13 +23,10 @@ from typing import Any
 
 from gitstate.deploys.queue import Held
 from gitstate.errors import GitStateError
-from gitstate.gates.service import (
-    EnvironmentNotFound,
-    GateNotFound,
-    Gates,
-    InvalidName,
-    TicketNotFound,
-)
+from gitstate.gates.records import EnvironmentNotFound, GateNotFound
+from gitstate.gates.service import Gates
+from gitstate.gates.tickets import TicketNotFound
+from gitstate.gates.validation import InvalidName
 from gitstate.store.branch import Draft
 
 GATE_CLOSED = "puppetlabs.code-manager/gate-closed"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gitstate.gates.service import MAX_NAME, InvalidName, check_name
+from gitstate.gates.validation import MAX_NAME, InvalidName, check_name
 from gitstate.web.request import MAX_BODY, BodyTooLarge, read_json
 from tests.support.gates import GateClient, make_client
 
