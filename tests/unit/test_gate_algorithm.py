@@ -3,7 +3,7 @@
 The functions of :mod:`gitstate.gates.algorithm` read and write records
 through ``get``/``put``/``delete``; :class:`Records` is that input and
 nothing more (a copy in, a copy out, as a draft does), so these tests need
-no store and no git. ``tests/test_gates_parity.py`` checks that the store
+no store and no git. ``tests/api/test_gates_parity.py`` checks that the store
 path gives the same answers and records.
 """
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from gitstate.gates import algorithm
 from gitstate.gates.validation import Gate, parse_gates
-from tests.test_gates_support import Clock, GateClient, make_client
+from tests.support.gates import Clock, GateClient, make_client
 
 MINUTE = 60
 
