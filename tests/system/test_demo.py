@@ -66,6 +66,10 @@ def test_demo_deploys_every_environment_and_the_cli_drives_it(tmp_path: Path) ->
         production = next(d for d in deployed if d["environment"] == "production")
         assert production["deploy-signature"] == str(control.branches["production"].target)
 
+        # The config holds the file-sync token, the token file an admin token.
+        for secret in ("gitstate.yaml", "token"):
+            assert (directory / secret).stat().st_mode & 0o777 == 0o600, secret
+
         token = ["--token-file", str(directory / "token")]
         refused = _cli(
             "deploy", "production", "--service-url", base, "--token-file", "/nonexistent"
