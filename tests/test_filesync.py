@@ -18,7 +18,7 @@ from gitstate.config import Config
 from gitstate.deploys.worker import DeployWorker
 from gitstate.engine.storage import CODE_REF, Storage
 from gitstate.filesync.client import LocalSource, SyncClient
-from gitstate.filesync.livedir import FileSyncSettings, LiveDir
+from gitstate.filesync.livedir import LiveDir
 from gitstate.services import Services
 from gitstate.web.app import create_app
 from tests.helpers import git
@@ -328,7 +328,7 @@ def test_local_client_follows_deploys_and_checks_in(tmp_path: Path, sample: Samp
     )
     harness = Harness(config)
     stop = threading.Event()
-    settings = FileSyncSettings.from_config(config.raw)
+    settings = config.file_sync
     source = LocalSource(harness.storage_path)
     client = SyncClient("primary", LiveDir(tmp_path / "live"), source, settings)
     thread = threading.Thread(target=client.run, args=(stop,), daemon=True)

@@ -42,7 +42,6 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from gitstate.config import ConfigError
 from gitstate.errors import GitStateError
 from gitstate.gates.rules import (
     Holiday,
@@ -51,8 +50,8 @@ from gitstate.gates.rules import (
     parse_config_holidays,
     parse_holiday,
     parse_rules,
-    parse_timezone,
 )
+from gitstate.settings import GateSettings
 from gitstate.store.branch import Change, Draft, Identity, Snapshot, Store
 
 #: ``document_version`` of gatekeeper's service documents, kept in answers.
@@ -191,64 +190,6 @@ def ticket_path(ticket_id: str) -> str:
     return f"{TICKETS_DIR}/{ticket_id[:2]}/{ticket_id}.yaml"
 
 
-def _minutes(raw: Mapping[str, Any], key: str, default: float) -> int:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigError(f"gates.{key}", f"must be a number of minutes >= 0, got {value!r}")
-    return round(value * 60)
-
-
-@dataclasses.dataclass(frozen=True)
-class GateSettings:
-    """The ``gates`` section of the config file.
-
-    Attributes:
-        current_lifetime: seconds an ``ok`` ticket lives (0 = never expires).
-        queued_lifetime: seconds a queued ticket lives after its last re-send
-            (0 = never expires).
-        queued_slack: extra seconds stored on a queued ticket's expiry so that
-            re-sends need not commit every time (see the module docstring).
-        schedule: time rules per environment and the timezone.
-        holidays: holidays from the config file.
-    """
-
-    current_lifetime: int = 720 * 60
-    queued_lifetime: int = 2 * 60
-    queued_slack: int = 5 * 60
-    schedule: Schedule = dataclasses.field(default_factory=Schedule)
-    holidays: tuple[Holiday, ...] = ()
-
-    @classmethod
-    def from_config(cls, raw: Any) -> GateSettings:
-        """Parse ``config.raw["gates"]`` (None gives the defaults).
-
-        Raises:
-            ConfigError: a key has a bad value.
-        """
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise ConfigError("gates", "must be a mapping")
-        known = {
-            "current_ticket_lifetime",
-            "queued_ticket_lifetime",
-            "queued_ticket_slack",
-            "timezone",
-            "rules",
-            "holidays",
-        }
-        unknown = set(raw) - known
-        if unknown:
-            raise ConfigError("gates", f"unknown keys {sorted(unknown)}")
-        return cls(
-            current_lifetime=_minutes(raw, "current_ticket_lifetime", 720),
-            queued_lifetime=_minutes(raw, "queued_ticket_lifetime", 2),
-            queued_slack=_minutes(raw, "queued_ticket_slack", 5),
-            schedule=Schedule(parse_timezone(raw.get("timezone")), parse_rules(raw.get("rules"))),
-            holidays=parse_config_holidays(raw.get("holidays")),
-        )
-
-
 @dataclasses.dataclass(frozen=True)
 class Answer:
     """What a service call returns: the body and the state commit it reflects.
@@ -310,7 +251,8 @@ class Gates:
 
     Args:
         store: the state branch.
-        settings: lifetimes, rules and config holidays.
+        settings: the ``gates`` section: lifetimes, timezone, rules and
+            holidays (whose grammar :mod:`gitstate.gates.rules` reads).
         clock: returns the current Unix time; tests replace it.
     """
 
@@ -322,12 +264,14 @@ class Gates:
     ) -> None:
         self.store = store
         self.settings = settings or GateSettings()
+        self.schedule = Schedule(self.settings.timezone, parse_rules(self.settings.rules))
+        self.config_holidays = parse_config_holidays(list(self.settings.holidays))
         self.clock = clock
 
     # -- helpers -----------------------------------------------------------------
 
     def _stamp(self, now: float) -> str:
-        return self.settings.schedule.local(now).strftime("%Y-%m-%d %H:%M:%S%z")
+        return self.schedule.local(now).strftime("%Y-%m-%d %H:%M:%S%z")
 
     def _holidays(self, reader: _Reader) -> list[Holiday]:
         record = reader.get(HOLIDAYS_PATH) or {}
@@ -337,7 +281,7 @@ class Gates:
                 stored.append(parse_holiday(item, "api"))
             except HolidayError:
                 continue
-        return [*self.settings.holidays, *stored]
+        return [*self.config_holidays, *stored]
 
     def _doc(self, reader: _Reader, group: str, service: str) -> dict[str, Any]:
         check_name("group", group)
@@ -397,7 +341,7 @@ class Gates:
         reasons = []
         if env["state"] == CLOSED:
             reasons.append({"kind": "manual", "detail": "closed manually"})
-        schedule = self.settings.schedule
+        schedule = self.schedule
         holiday = schedule.holiday(environment, now, holidays)
         if holiday is not None:
             reasons.append({"kind": "holiday", "detail": f"holiday: {holiday.reason}"})
@@ -453,7 +397,7 @@ class Gates:
             except ValueError as ex:
                 raise InvalidRequest("at must be a state commit id or an ISO 8601 time") from ex
             if when.tzinfo is None:
-                when = when.replace(tzinfo=self.settings.schedule.timezone)
+                when = when.replace(tzinfo=self.schedule.timezone)
             return self.store.at(when), when.timestamp()
         snap = self.store.at(at)
         moment = snap.time
@@ -679,7 +623,7 @@ class Gates:
     def holidays(self, at: str | None = None) -> Answer:
         """List holidays from today on (configured timezone), sorted by date."""
         snap, now = self._snapshot(at)
-        today = self.settings.schedule.local(now).date()
+        today = self.schedule.local(now).date()
         items = []
         for holiday in sorted(self._holidays(snap), key=lambda item: item.date):
             if holiday.date < today:
@@ -1053,9 +997,9 @@ class Gates:
                 ticket["gates"].append(item.label)
         rewrite = bool(joined) or ticket["status"] != (CURRENT if status == "ok" else QUEUED)
         if status == "ok":
-            lifetime, slack = settings.current_lifetime, 0
+            lifetime, slack = settings.current_ticket_lifetime, 0
         else:
-            lifetime, slack = settings.queued_lifetime, settings.queued_slack
+            lifetime, slack = settings.queued_ticket_lifetime, settings.queued_ticket_slack
         expiry = ticket["expiration_date"]
         if lifetime == 0:
             rewrite = rewrite or expiry != 0
