@@ -36,6 +36,7 @@ from pathlib import Path
 from bench.fixture import change_branch, make_fixture
 from gitstate.engine.environments import Deployer
 from gitstate.engine.sources import Sources
+from gitstate.settings import SourceSettings
 
 HERE = Path(__file__).resolve().parent
 ENV = {
@@ -68,7 +69,7 @@ def run_peer(tool: str, out: Path) -> None:
 
 
 def deploy_all(datadir: Path | str, remote: str) -> Deployer:
-    dep = Deployer(Path(datadir), Sources.from_config({"main": {"remote": remote}}))
+    dep = Deployer(Path(datadir), Sources.from_settings({"main": SourceSettings(remote=remote)}))
     collection = dep.collect()
     dep.prefetch(collection)
     for env in collection.names():
@@ -78,12 +79,12 @@ def deploy_all(datadir: Path | str, remote: str) -> Deployer:
 
 
 def deploy_one(datadir: Path, remote: str, env: str) -> None:
-    dep = Deployer(datadir, Sources.from_config({"main": {"remote": remote}}))
+    dep = Deployer(datadir, Sources.from_settings({"main": SourceSettings(remote=remote)}))
     dep.deploy(env)
 
 
 def export_all(datadir: Path, target: Path) -> int:
-    dep = Deployer(datadir, Sources.from_config({}))
+    dep = Deployer(datadir, Sources.from_settings({}))
     shutil.rmtree(target, ignore_errors=True)
     files = 0
     links: dict = {}

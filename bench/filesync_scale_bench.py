@@ -50,7 +50,8 @@ import pygit2
 from bench.deploy_bench import deploy_all, deploy_one
 from bench.fixture import change_branch, change_module, environment_names, make_fixture
 from gitstate.engine.storage import CODE_REF, Storage
-from gitstate.filesync.livedir import FileSyncSettings, LiveDir, SyncReport
+from gitstate.filesync.livedir import LiveDir, SyncReport
+from gitstate.settings import FileSyncSettings
 
 SETTINGS = FileSyncSettings()
 DEFAULT_SIZES = "20x15,100x30,300x50"

@@ -24,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from gitstate.gates.service import Gates, GateSettings
+from gitstate.gates.service import Gates
 from gitstate.process.maintenance import count_objects, maintain
+from gitstate.settings import GateSettings
 from gitstate.store.branch import Store
 
 ENVIRONMENTS = ["develop", "staging", "live"]
@@ -63,7 +64,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "state.git"
-        gates = Gates(Store(repo, fsync=False), GateSettings.from_config({}))
+        gates = Gates(Store(repo, fsync=False), GateSettings())
         for number in range(args.services):
             gates.create("ci", f"service-{number:03d}", ENVIRONMENTS, actor="bench")
         describe("after creating the services", repo)

@@ -34,6 +34,7 @@ from typing import Any
 
 from gitstate.base.times import duration, now_iso, parse_iso
 from gitstate.errors import GitStateError
+from gitstate.settings import AuthSettings
 from gitstate.store.branch import Draft, Identity, Store
 
 SCHEMA_VERSION = 1
@@ -140,38 +141,6 @@ class Principal:
 
 #: The principal of requests when authentication is turned off.
 ANONYMOUS = Principal("anonymous", frozenset({"admin"}))
-
-
-@dataclasses.dataclass(frozen=True)
-class AuthSettings:
-    """The ``auth`` config section.
-
-    Attributes:
-        enabled: require tokens at all (on by default; turn off only on a
-            trusted network).
-        webhook_authentication: require a token on the webhook too (Code
-            Manager's ``authenticate_webhook``); providers that cannot send
-            one rely on their own secret instead.
-        read_requires_token: require a token on reads too.
-    """
-
-    enabled: bool = True
-    webhook_authentication: bool = True
-    read_requires_token: bool = False
-
-    @classmethod
-    def from_mapping(cls, data: Any) -> AuthSettings:
-        """Read the section; unknown keys are ignored."""
-        data = data or {}
-        if not isinstance(data, dict):
-            raise TokenRequestError("auth must be a mapping")
-        return cls(
-            enabled=bool(data.get("enabled", cls.enabled)),
-            webhook_authentication=bool(
-                data.get("webhook_authentication", cls.webhook_authentication)
-            ),
-            read_requires_token=bool(data.get("read_requires_token", cls.read_requires_token)),
-        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,9 +1,14 @@
-"""Service configuration: one YAML file, with defaults for every key.
+"""Service configuration: one YAML file, read and checked once, at load.
 
 Precedence is the usual one: command-line flags, then ``GITSTATE_*``
-environment variables, then the file, then the defaults below. Sections the
-running code does not use yet are kept as plain mappings so that a config
-written for a newer gitstate still loads.
+environment variables, then the file, then the defaults. :class:`Config` is
+the file's top level; every section is a typed object from
+:mod:`gitstate.settings`, which declares each key once (type, default,
+validation, description). Unknown keys are ignored with a warning so that a
+config written for a newer gitstate still loads.
+
+``python -m gitstate.config`` prints ``docs/configuration.md``, the reference
+of every key, from the same declarations.
 """
 
 from __future__ import annotations
@@ -17,48 +22,71 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from gitstate.errors import GitStateError
+from gitstate.base.schema import (
+    ConfigError,
+    SettingError,
+    count,
+    named,
+    path,
+    read_section,
+    required,
+    rows,
+    section,
+    setting,
+    text,
+)
+from gitstate.settings import (
+    DEFAULT_LISTEN,
+    DEFAULT_PORT,
+    AuthSettings,
+    DeploySettings,
+    FileSyncSettings,
+    GateSettings,
+    LogSettings,
+    MaintenanceSettings,
+    MetricsSettings,
+    SourceSettings,
+    StateSettings,
+    WebhookSettings,
+)
 
-DEFAULT_PORT = 8170
-DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
+__all__ = ["DEFAULT_LISTEN", "DEFAULT_PORT", "Config", "ConfigError", "SettingError"]
 
 
-class ConfigError(GitStateError, ValueError):
-    """The configuration file is missing, unreadable or has a bad value."""
+@dataclasses.dataclass(kw_only=True)
+class Config:
+    """Everything ``gitstate serve`` needs to know: the file's top level.
 
-    def __init__(self, source: str, detail: str) -> None:
-        self.source = source
-        self.detail = detail
-        super().__init__(f"{source}: {detail}")
-
-
-@dataclasses.dataclass
-class StateConfig:
-    """How the state branch is written.
-
-    Attributes:
-        fsync: flush objects and refs before acknowledging a write.
-        deadline: seconds a write may wait for the lock and retry conflicts.
-        stale_lock_after: age at which a ref ``.lock`` is deemed abandoned.
+    ``raw`` is the file as it was read, kept only so :meth:`to_mapping` can
+    write back sections this gitstate does not know; nothing reads settings
+    from it.
     """
 
-    fsync: bool = True
-    deadline: float = 10.0
-    stale_lock_after: float = 5.0
-
-
-@dataclasses.dataclass
-class Config:
-    """Everything ``gitstate serve`` needs to know."""
-
-    datadir: Path
-    listen: str = DEFAULT_LISTEN
-    workers: int = 4
+    datadir: Path = required(
+        path(), "where all state lives (relative: to the config file; $GITSTATE_DATADIR wins)"
+    )
+    listen: str = setting(
+        text(), DEFAULT_LISTEN, "host:port of the HTTP server ($GITSTATE_LISTEN wins)"
+    )
+    workers: int = setting(count(), 4, "gunicorn worker processes")
     # Requests that wait on purpose (deploy wait, long polls) hold a thread
     # while they sleep; threads are cheap, so allow plenty.
-    threads: int = 8
-    state: StateConfig = dataclasses.field(default_factory=StateConfig)
-    raw: dict[str, Any] = dataclasses.field(default_factory=dict)
+    threads: int = setting(
+        count(), 8, "threads per worker; deploy waits and long polls hold one each"
+    )
+    state: StateSettings = section(StateSettings, "how the state branch is written")
+    auth: AuthSettings = section(AuthSettings, "tokens")
+    sources: dict[str, SourceSettings] = named(
+        SourceSettings, "control repositories by name, configured as r10k configures them"
+    )
+    deploy: DeploySettings = section(DeploySettings, "deploys")
+    gates: GateSettings = section(GateSettings, "gates")
+    file_sync: FileSyncSettings = section(FileSyncSettings, "file sync")
+    webhooks: WebhookSettings = section(WebhookSettings, "webhooks")
+    metrics: MetricsSettings = section(MetricsSettings, "metrics")
+    logging: LogSettings = section(LogSettings, "logs")
+    maintenance: MaintenanceSettings = section(MaintenanceSettings, "git maintenance")
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def state_repo(self) -> Path:
@@ -67,27 +95,25 @@ class Config:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str = "<config>") -> Config:
-        """Build a config from parsed YAML, checking the types of known keys."""
+        """Build a config from parsed YAML, checking every key.
+
+        Raises:
+            ConfigError: the top level is not a mapping, or a key (named in
+                the message, as a :class:`SettingError`) has a bad value.
+        """
         if not isinstance(data, Mapping):
             raise ConfigError(source, "the top level must be a mapping")
-        datadir = os.environ.get("GITSTATE_DATADIR") or data.get("datadir")
-        if not datadir:
-            raise ConfigError(source, "datadir is required")
-        state = data.get("state") or {}
-        if not isinstance(state, Mapping):
-            raise ConfigError(source, "state must be a mapping")
-        return cls(
-            datadir=Path(str(datadir)).expanduser().absolute(),
-            listen=str(os.environ.get("GITSTATE_LISTEN") or data.get("listen") or DEFAULT_LISTEN),
-            workers=_number(data, "workers", 4, int, source),
-            threads=_number(data, "threads", 8, int, source),
-            state=StateConfig(
-                fsync=bool(state.get("fsync", True)),
-                deadline=_number(state, "deadline", 10.0, float, source),
-                stale_lock_after=_number(state, "stale_lock_after", 5.0, float, source),
-            ),
-            raw=dict(data),
-        )
+        given = dict(data)
+        for key, variable in (("datadir", "GITSTATE_DATADIR"), ("listen", "GITSTATE_LISTEN")):
+            if os.environ.get(variable):
+                given[key] = os.environ[variable]
+        try:
+            config = read_section(cls, given)
+        except SettingError as ex:
+            raise SettingError(ex.key, ex.reason, source) from None
+        config.datadir = config.datadir.absolute()
+        config.raw = dict(data)
+        return config
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Config:
@@ -127,10 +153,37 @@ class Config:
         return data
 
 
-def _number(data: Mapping[str, Any], key: str, default: Any, kind: type, source: str) -> Any:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(source, f"{key} must be a number, got {value!r}")
-    if value < 0:
-        raise ConfigError(source, f"{key} must not be negative")
-    return kind(value)
+def reference() -> str:
+    """Return ``docs/configuration.md``: every key with its type, default and meaning."""
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- Generated from gitstate/settings.py by `python -m gitstate.config`;",
+        "     tests/unit/test_settings.py fails when this file and the schema differ. -->",
+        "",
+        "gitstate reads one YAML file (`gitstate serve --config FILE`); every key is",
+        "optional except `datadir` (and the keys marked *required* inside a source or",
+        "a file-sync client). A key given as `null` takes its default. A bad value",
+        "stops the start with a message naming its key, such as",
+        "`deploy.timeouts.fetch: not a duration: 'soon'`. Unknown keys are ignored",
+        "with a warning, except in `gates`, where they are refused.",
+        "",
+        "A *duration* is a number of seconds or a string with a unit: `30`, `'30s'`,",
+        "`'10m'`, `'1h'`, `'1d'` (also `ms`). `deploy/gitstate.yaml.example` is an",
+        "annotated example.",
+        "",
+        "| key | type | default | description |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| `{row.key}` | {row.kind} | {_cell(row.default)} | {row.doc} |" for row in rows(Config)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(default: str) -> str:
+    return default if default in ("required", "none", "empty") else f"`{default}`"
+
+
+if __name__ == "__main__":
+    print(reference(), end="")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from gitstate.auth import AuthSettings, Tokens
+from gitstate.auth import Tokens
 from gitstate.codemanager.service import CodeManager
-from gitstate.codemanager.webhooks import Webhooks, WebhookSettings
+from gitstate.codemanager.webhooks import Webhooks
 from gitstate.config import Config
-from gitstate.deploys.guard import DeployGuard, GuardSettings
+from gitstate.deploys.guard import DeployGuard
 from gitstate.engine.sources import Sources
-from gitstate.gates.service import Gates, GateSettings
+from gitstate.gates.service import Gates
 from gitstate.store.branch import Store
 
 
@@ -35,21 +35,16 @@ class Services:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = open_store(config)
-        self.tokens = Tokens(self.store, AuthSettings.from_mapping(config.raw.get("auth")))
-        self.gates = Gates(self.store, GateSettings.from_config(config.raw.get("gates")))
+        self.tokens = Tokens(self.store, config.auth)
+        self.gates = Gates(self.store, config.gates)
         self.deploy_guard = DeployGuard(
             self.gates,
-            GuardSettings.from_mapping((config.raw.get("deploy") or {}).get("gates")),
-            {
-                source.name: source.prefix_text
-                for source in Sources.from_config(config.raw.get("sources"))
-            },
+            config.deploy.gates,
+            {source.name: source.prefix_text for source in Sources.from_settings(config.sources)},
         )
         self.code_manager = CodeManager(config, self.store, guard=self.deploy_guard)
         self.file_sync = self.code_manager.file_sync
-        self.webhooks = Webhooks(
-            self.code_manager, self.store, WebhookSettings.from_mapping(config.raw.get("webhooks"))
-        )
+        self.webhooks = Webhooks(self.code_manager, self.store, config.webhooks)
 
     def health(self) -> tuple[dict[str, Any], str | None]:
         """Report that the process can read the state branch.

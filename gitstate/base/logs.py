@@ -7,80 +7,48 @@ logged while the request runs, whoever logs it. gunicorn's own lines go
 through the same handler via :func:`dict_config`, which is handed to
 gunicorn as ``logconfig_dict``.
 
-The ``logging`` config section:
-
-``json``
-    ``true`` for one JSON object per line (for journald, Loki, ...),
-    ``false`` for plain text, ``auto`` (the default) for JSON unless stderr
-    is a terminal, so ``gitstate demo`` stays readable while a service
-    under systemd logs JSON.
-``level``
-    ``DEBUG``, ``INFO`` (default), ``WARNING`` or ``ERROR``.
+The ``logging`` config section (declared in :mod:`gitstate.settings`):
+``json`` is ``true`` for one JSON object per line (for journald, Loki, ...),
+``false`` for plain text, ``auto`` (the default) for JSON unless stderr is a
+terminal, so ``gitstate demo`` stays readable while a service under systemd
+logs JSON; ``level`` is the lowest level written.
 """
 
 from __future__ import annotations
 
 import contextvars
-import dataclasses
 import logging
 import logging.config
 import sys
-from collections.abc import Mapping
-from typing import Any
-
-from gitstate.errors import GitStateError
+from typing import Any, Protocol
 
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "gitstate_request_id", default=None
 )
-_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
-class LoggingConfigError(GitStateError, ValueError):
-    """The ``logging`` config section has a bad value."""
-
-    def __init__(self, detail: str) -> None:
-        self.detail = detail
-        super().__init__(f"logging: {detail}")
-
-
-@dataclasses.dataclass(frozen=True)
-class LogSettings:
-    """The ``logging`` config section.
+class LogOptions(Protocol):
+    """What logging needs of the ``logging`` section (``gitstate.settings.LogSettings``).
 
     Attributes:
         json: write JSON lines; None means "JSON unless stderr is a terminal".
         level: the lowest level written.
     """
 
-    json: bool | None = None
-    level: str = "INFO"
+    @property
+    def json(self) -> bool | None: ...  # noqa: D102
 
-    @classmethod
-    def from_mapping(cls, data: Any) -> LogSettings:
-        """Read the section (missing keys take their defaults).
+    @property
+    def level(self) -> str: ...  # noqa: D102
 
-        Raises:
-            LoggingConfigError: a value is not one of those documented.
-        """
-        data = data or {}
-        if not isinstance(data, Mapping):
-            raise LoggingConfigError("must be a mapping")
-        json = data.get("json", "auto")
-        if json not in (True, False, "auto"):
-            raise LoggingConfigError(f"json must be true, false or auto, not {json!r}")
-        level = str(data.get("level", "INFO")).upper()
-        if level not in _LEVELS:
-            raise LoggingConfigError(f"level must be one of {', '.join(_LEVELS)}")
-        return cls(json=None if json == "auto" else bool(json), level=level)
 
-    def use_json(self) -> bool:
-        """Tell whether to write JSON, resolving ``auto`` against stderr."""
-        if self.json is not None:
-            return self.json
-        isatty = getattr(sys.stderr, "isatty", None)
-        return not (isatty is not None and isatty())
+def use_json(options: LogOptions) -> bool:
+    """Tell whether to write JSON, resolving ``auto`` (None) against stderr."""
+    if options.json is not None:
+        return options.json
+    isatty = getattr(sys.stderr, "isatty", None)
+    return not (isatty is not None and isatty())
 
 
 def bind_request(request_id: str) -> contextvars.Token[str | None]:
@@ -122,14 +90,14 @@ class RequestContext(logging.Filter):
         return True
 
 
-def dict_config(settings: LogSettings) -> dict[str, Any]:
+def dict_config(settings: LogOptions) -> dict[str, Any]:
     """Return a :func:`logging.config.dictConfig` mapping (gunicorn's ``logconfig_dict``).
 
     Everything, gunicorn's error log included, goes to stderr through one
     handler. gunicorn's access log is silenced: the web layer writes its own
     access line, with the request id and the acting user.
     """
-    if settings.use_json():
+    if use_json(settings):
         formatter: dict[str, Any] = {
             "()": "pythonjsonlogger.json.JsonFormatter",
             "fmt": "%(levelname)s %(name)s %(message)s %(process)d",
@@ -161,8 +129,6 @@ def dict_config(settings: LogSettings) -> dict[str, Any]:
     }
 
 
-def configure(raw: Mapping[str, Any]) -> LogSettings:
+def configure(settings: LogOptions) -> None:
     """Set up this process's logging from the config's ``logging`` section."""
-    settings = LogSettings.from_mapping(raw.get("logging"))
     logging.config.dictConfig(dict_config(settings))
-    return settings

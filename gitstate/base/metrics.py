@@ -163,19 +163,16 @@ def deploy_finished(status: str, seconds: float) -> None:
 # -- multiprocess plumbing -------------------------------------------------------------
 
 
-def configured_directory(raw: dict[str, Any], datadir: Path) -> Path | None:
+def configured_directory(enabled: bool, directory: Path | None, datadir: Path) -> Path | None:
     """Return where multiprocess metrics go, or None when metrics are off.
 
-    ``$PROMETHEUS_MULTIPROC_DIR`` wins; then ``metrics.dir``; then
-    ``DATADIR/metrics``. ``metrics.enabled: false`` turns them off.
+    ``$PROMETHEUS_MULTIPROC_DIR`` wins; then ``directory`` (``metrics.dir``);
+    then ``DATADIR/metrics``. ``enabled`` is ``metrics.enabled``.
     """
-    section = raw.get("metrics") or {}
-    if not isinstance(section, dict):
-        section = {}
-    if not section.get("enabled", True):
+    if not enabled:
         return None
-    given = os.environ.get(DIRECTORY_ENV) or section.get("dir")
-    return Path(str(given)).expanduser().absolute() if given else datadir / "metrics"
+    given = os.environ.get(DIRECTORY_ENV) or directory
+    return Path(given).expanduser().absolute() if given else datadir / "metrics"
 
 
 def prepare_directory(directory: Path) -> Path:

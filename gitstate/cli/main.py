@@ -28,12 +28,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gitstate.deploys.queue import DeploySettings
     from gitstate.process.supervisor import Supervisor, prepare, serve_children
 
     config = Config.load(args.config)
     prepare(config)
-    workers = DeploySettings.from_mapping(config.raw.get("deploy")).pool_size
+    workers = config.deploy.pool_size
     return Supervisor(serve_children(str(Path(args.config).absolute()), workers)).run()
 
 
@@ -53,7 +52,7 @@ def _deploy_worker(args: argparse.Namespace) -> int:
     from gitstate.services import Services
 
     config = Config.load(args.config)
-    logs.configure(config.raw)
+    logs.configure(config.logging)
     services = Services(config)
     code_manager = services.code_manager
     lockdir = config.datadir / "locks"
@@ -127,10 +126,9 @@ def _sync(args: argparse.Namespace) -> int:
     from types import FrameType
 
     from gitstate.filesync.client import run_client
-    from gitstate.filesync.livedir import FileSyncSettings
+    from gitstate.settings import FileSyncSettings
 
-    raw = Config.load(args.config).raw if args.config else {}
-    settings = FileSyncSettings.from_config(raw)
+    settings = Config.load(args.config).file_sync if args.config else FileSyncSettings()
     token = settings.token or os.environ.get("GITSTATE_FILE_SYNC_TOKEN")
     if args.token_file:
         token = Path(args.token_file).expanduser().read_text(encoding="utf-8").strip()
@@ -192,12 +190,12 @@ def _token(args: argparse.Namespace) -> int:
     import getpass
     import os
 
-    from gitstate.auth import AuthSettings, Tokens
+    from gitstate.auth import Tokens
     from gitstate.services import open_store
 
     config = _local_config(args)
     # The store as the server opens it: a token write is as durable as any other.
-    tokens = Tokens(open_store(config), AuthSettings.from_mapping(config.raw.get("auth")))
+    tokens = Tokens(open_store(config), config.auth)
     actor = f"local:{getpass.getuser()}"
     if args.token_command == "create":
         issued = tokens.issue(
@@ -255,14 +253,15 @@ def _install_hook(args: argparse.Namespace) -> int:
 
 
 def _maintenance(args: argparse.Namespace) -> int:
+    import dataclasses
     import threading
 
-    from gitstate.process.maintenance import MaintenanceSettings, maintain_all
+    from gitstate.process.maintenance import maintain_all
 
     config = Config.load(args.config)
-    settings = MaintenanceSettings.from_mapping(config.raw.get("maintenance"))
+    settings = config.maintenance
     if args.strategy:
-        settings = MaintenanceSettings(args.strategy, settings.interval)
+        settings = dataclasses.replace(settings, strategy=args.strategy)
     stop = threading.Event()
     while True:
         for report in maintain_all(config.datadir, settings):

@@ -23,7 +23,6 @@ from gitstate.deploys.queue import (
     TIMEOUT,
     DeployQueue,
     DeployRequestError,
-    DeploySettings,
     Requested,
 )
 from gitstate.engine.environments import CollectFailed, Deployer
@@ -129,7 +128,7 @@ class CodeManager:
         engine: Deployer | None = None,
         guard: DeployGuard | None = None,
     ) -> None:
-        self.settings = DeploySettings.from_mapping(config.raw.get("deploy"))
+        self.settings = config.deploy
         self.queue = DeployQueue(store, self.settings)
         # Waits hold a server thread each; keep two threads free for the rest.
         self._wait_slots = threading.BoundedSemaphore(max(1, config.threads - 2))
@@ -237,7 +236,7 @@ class CodeManager:
             # answered as such at once: it runs when the gate opens.
             records = {
                 record["id"]: record
-                for record in self.queue.wait(ids, self.settings.wait_timeout, held=True)
+                for record in self.queue.wait(ids, self.settings.timeouts.wait, held=True)
             }
             held = self.queue.blocked(ids)
             answers = [
@@ -258,7 +257,7 @@ class CodeManager:
         """
         complete = [answer for answer in answers if answer.get("status") == "complete"]
         commits = [answer["file-sync"]["code-commit"] for answer in complete]
-        late = self.file_sync.wait_for_clients(commits, self.file_sync.settings.sync_timeout)
+        late = self.file_sync.wait_for_clients(commits, self.file_sync.sync_timeout)
         for answer in complete if late else ():
             answer["error"] = self.file_sync.sync_timeout_error(late, answer["environment"])
         return answers
@@ -298,7 +297,7 @@ class CodeManager:
                 "the server is already waiting for as many deploys as it may "
                 "(poll deploys/status?id=N)"
                 if busy
-                else f"after {self.settings.wait_timeout:g}s"
+                else f"after {self.settings.timeouts.wait:g}s"
             )
             answer["error"] = {
                 "kind": TIMEOUT,

@@ -42,7 +42,6 @@ import json
 import logging
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from gitstate.auth import Principal
@@ -51,6 +50,7 @@ from gitstate.deploys.queue import BAD_REQUEST, KIND_PREFIX, Requested, environm
 from gitstate.engine.environments import CollectFailed
 from gitstate.engine.sources import correct_name
 from gitstate.errors import GitStateError
+from gitstate.settings import WebhookSettings
 from gitstate.store.branch import Draft, Identity, Store
 
 log = logging.getLogger(__name__)
@@ -139,15 +139,6 @@ class InvalidSignature(GitStateError, PermissionError):
             "msg": str(self),
             "details": {"type": self.provider, "header": self.header, "reason": self.reason},
         }
-
-
-class WebhookConfigError(GitStateError, ValueError):
-    """The ``webhooks`` section of the configuration has a bad value."""
-
-    def __init__(self, key: str, detail: str) -> None:
-        self.key = key
-        self.detail = detail
-        super().__init__(f"webhooks.{key}: {detail}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,70 +379,6 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, str]], list[Branch
 
 
 # -- secrets ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class WebhookSettings:
-    """The ``webhooks`` config section: optional per-provider secrets.
-
-    ::
-
-        webhooks:
-          github: {secret: "…"}            # or secret_file: /etc/gitstate/github-secret
-          gitlab: {token: "…"}             # or token_file: …
-
-    Attributes:
-        github_secret: key of GitHub's ``X-Hub-Signature-256`` HMAC.
-        gitlab_token: the value GitLab sends in ``X-Gitlab-Token``.
-    """
-
-    github_secret: bytes | None = None
-    gitlab_token: bytes | None = None
-
-    @classmethod
-    def from_mapping(cls, data: Any) -> WebhookSettings:
-        """Read the section; ``*_file`` keys name files holding the value.
-
-        Raises:
-            WebhookConfigError: a key has a bad value or a file is unreadable.
-        """
-        if data is None:
-            return cls()
-        if not isinstance(data, Mapping):
-            raise WebhookConfigError("webhooks", "must be a mapping of provider to settings")
-        return cls(
-            github_secret=_secret(data, "github", "secret"),
-            gitlab_token=_secret(data, "gitlab", "token"),
-        )
-
-    def __repr__(self) -> str:
-        # NOTE(webhooks): never show secret material in logs or tracebacks.
-        return (
-            f"WebhookSettings(github_secret={'set' if self.github_secret else None}, "
-            f"gitlab_token={'set' if self.gitlab_token else None})"
-        )
-
-
-def _secret(data: Mapping[str, Any], provider: str, key: str) -> bytes | None:
-    section = data.get(provider)
-    if section is None:
-        return None
-    if not isinstance(section, Mapping):
-        raise WebhookConfigError(provider, "must be a mapping")
-    value = section.get(key)
-    path = section.get(f"{key}_file")
-    if value is not None and path is not None:
-        raise WebhookConfigError(f"{provider}.{key}", f"give {key} or {key}_file, not both")
-    if path is not None:
-        try:
-            value = Path(str(path)).expanduser().read_text(encoding="utf-8").strip()
-        except OSError as ex:
-            raise WebhookConfigError(f"{provider}.{key}_file", f"cannot read {path}: {ex}") from ex
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise WebhookConfigError(f"{provider}.{key}", "must be a non-empty string")
-    return value.encode()
 
 
 def verify(

@@ -17,9 +17,7 @@ An environment whose gate does not exist is not guarded.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Mapping
-from typing import Any
 
 from gitstate.deploys.queue import Held
 from gitstate.errors import GitStateError
@@ -27,6 +25,7 @@ from gitstate.gates.records import EnvironmentNotFound, GateNotFound
 from gitstate.gates.service import Gates
 from gitstate.gates.tickets import TicketNotFound
 from gitstate.gates.validation import InvalidName
+from gitstate.settings import GuardSettings
 from gitstate.store.branch import Draft
 
 GATE_CLOSED = "puppetlabs.code-manager/gate-closed"
@@ -48,33 +47,6 @@ class GateClosed(GitStateError):
         self.gate = gate
         self.reason = reason
         super().__init__(f"gate {gate} is closed ({reason}); {environment} is not deployed")
-
-
-@dataclasses.dataclass(frozen=True)
-class GuardSettings:
-    """The ``deploy.gates`` config section.
-
-    ``service`` and ``environment`` are templates: ``{source}`` is the
-    source the environment comes from, ``{environment}`` its name.
-    """
-
-    enabled: bool = True
-    group: str = "code"
-    service: str = "{source}"
-    environment: str = "{environment}"
-
-    @classmethod
-    def from_mapping(cls, data: Any) -> GuardSettings:
-        """Read the section (``deploy.gates``); ``false`` turns the guard off."""
-        if data is False:
-            return cls(enabled=False)
-        data = data if isinstance(data, Mapping) else {}
-        return cls(
-            enabled=bool(data.get("enabled", True)),
-            group=str(data.get("group", cls.group)),
-            service=str(data.get("service", cls.service)),
-            environment=str(data.get("environment", cls.environment)),
-        )
 
 
 class DeployGuard:

@@ -43,8 +43,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from gitstate.base.times import duration, now_iso, parse_iso
+from gitstate.base.times import now_iso, parse_iso
 from gitstate.errors import GitStateError
+from gitstate.settings import DeploySettings
 from gitstate.store.branch import Draft, Identity, Snapshot, Store
 from gitstate.store.tipwatch import TipWatch
 
@@ -102,43 +103,6 @@ class Held(GitStateError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
-
-
-@dataclasses.dataclass(frozen=True)
-class DeploySettings:
-    """The ``deploy`` config section (times in seconds).
-
-    Attributes:
-        pool_size: deploy worker processes ``gitstate serve`` runs.
-        deploy_ttl: how long failed deploys stay in the status list.
-        wait_timeout: longest a ``wait: true`` request waits.
-        deploy_timeout: longest one environment may take.
-        fetch_timeout: longest a fetch of a remote may take.
-        poll_interval: how often an idle worker looks again at deploys held
-            back by a closed gate (a time rule opens a gate without a
-            commit); new work wakes it at once.
-    """
-
-    pool_size: int = 2
-    deploy_ttl: float = 3600.0
-    wait_timeout: float = 700.0
-    deploy_timeout: float = 600.0
-    fetch_timeout: float = 30.0
-    poll_interval: float = 1.0
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any] | None) -> DeploySettings:
-        """Read the ``deploy`` section; durations accept ``30``, ``"30s"``, ``"10m"``, ``"1h"``."""
-        data = data or {}
-        timeouts = data.get("timeouts") or {}
-        return cls(
-            pool_size=int(data.get("pool_size", cls.pool_size)),
-            deploy_ttl=duration(data.get("deploy_ttl", cls.deploy_ttl)),
-            wait_timeout=duration(timeouts.get("wait", cls.wait_timeout)),
-            deploy_timeout=duration(timeouts.get("deploy", cls.deploy_timeout)),
-            fetch_timeout=duration(timeouts.get("fetch", cls.fetch_timeout)),
-            poll_interval=duration(data.get("poll_interval", cls.poll_interval)),
-        )
 
 
 def record_path(deploy_id: int) -> str:

@@ -357,7 +357,7 @@ class DeployWorker:
                 done.set()
 
         self._engine_thread.submit(work)
-        limit = self.queue.settings.deploy_timeout
+        limit = self.queue.settings.timeouts.deploy
         if not done.wait(limit):
             error = {
                 "kind": TIMEOUT,

@@ -28,7 +28,6 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import pygit2
 
 from gitstate.base.hostlock import environment_lock_path, flocked
+from gitstate.config import Config
 from gitstate.engine.forge import DEFAULT_FORGE, Forge, ForgeError
 from gitstate.engine.mirrors import FetchFailed, Mirrors, UnsafeURL
 from gitstate.engine.puppetfile import (
@@ -46,7 +46,7 @@ from gitstate.engine.puppetfile import (
     PuppetfileError,
     parse,
 )
-from gitstate.engine.sources import EnvironmentCollision, SourceConfigError, Sources, correct_name
+from gitstate.engine.sources import EnvironmentCollision, Sources, correct_name
 from gitstate.engine.storage import (
     OUTSIDE,
     PublishConflict,
@@ -254,30 +254,18 @@ class Deployer:
         self._puppetfiles: dict[bytes, Puppetfile | PuppetfileError] = {}
 
     @classmethod
-    def from_config(cls, config: Any) -> Deployer:
-        """Build from a :class:`gitstate.config.Config` (``sources``, ``deploy``).
-
-        ``deploy`` may hold ``forge_url``, ``timeouts.fetch`` (or
-        ``fetch_timeout``), ``default_ref``, ``fetch_workers`` and
-        ``private_key``.
-
-        Raises:
-            SourceConfigError: a source or a ``deploy`` key is malformed.
-        """
-        raw = getattr(config, "raw", {}) or {}
-        deploy = raw.get("deploy") or {}
-        if not isinstance(deploy, Mapping):
-            raise SourceConfigError("deploy", "must be a mapping")
-        timeouts = deploy.get("timeouts") or {}
+    def from_config(cls, config: Config) -> Deployer:
+        """Build from the service configuration (``sources``, ``deploy``, ``state.fsync``)."""
+        deploy = config.deploy
         return cls(
             config.datadir,
-            Sources.from_config(raw.get("sources")),
-            forge_url=str(deploy.get("forge_url") or DEFAULT_FORGE),
-            fetch_timeout=_seconds(deploy.get("fetch_timeout") or timeouts.get("fetch") or 30.0),
-            default_ref=deploy.get("default_ref"),
-            fetch_workers=int(deploy.get("fetch_workers") or 8),
-            private_key=deploy.get("private_key"),
-            fsync=bool(getattr(getattr(config, "state", None), "fsync", False)),
+            Sources.from_settings(config.sources),
+            forge_url=deploy.forge_url,
+            fetch_timeout=deploy.timeouts.fetch,
+            default_ref=deploy.default_ref,
+            fetch_workers=deploy.fetch_workers,
+            private_key=deploy.private_key,
+            fsync=config.state.fsync,
         )
 
     # -- collecting ---------------------------------------------------------------------
@@ -744,18 +732,6 @@ def _lookup(repo: pygit2.Repository, ref: str | None, kind: str | None) -> pygit
         except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
             continue
     return None
-
-
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def _seconds(value: Any) -> float:
-    """Read ``30``, ``"30"``, ``"30s"``, ``"10m"`` as seconds (the deploy section's units)."""
-    text = str(value).strip()
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?", text)
-    if isinstance(value, bool) or match is None:
-        raise SourceConfigError("deploy", f"not a duration: {value!r}", "timeouts.fetch")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
 def _ruby_time(moment: datetime) -> str:

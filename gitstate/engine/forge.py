@@ -31,8 +31,9 @@ from pygit2.enums import FileMode
 
 from gitstate.engine.storage import Storage
 from gitstate.errors import GitStateError
+from gitstate.settings import DEFAULT_FORGE_URL
 
-DEFAULT_FORGE = "https://forgeapi.puppet.com"
+DEFAULT_FORGE = DEFAULT_FORGE_URL
 FORGE_REF_PREFIX = "refs/forge/"
 _VERSION = re.compile(r"\A[0-9A-Za-z][0-9A-Za-z.+-]*\Z")
 _MAX_TARBALL = 256 * 1024 * 1024

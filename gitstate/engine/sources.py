@@ -1,7 +1,8 @@
 r"""Sources: which control repositories exist and how branches become environments.
 
 A *source* is one control repository (``remote``) whose branches are
-deployed as environments, configured as r10k configures it::
+deployed as environments, configured as r10k configures it (the keys are declared in
+:mod:`gitstate.settings`)::
 
     sources:
       puppet:
@@ -25,31 +26,14 @@ import dataclasses
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from gitstate.errors import GitStateError
+from gitstate.settings import SourceSettings, is_regex
 
 log = logging.getLogger(__name__)
 
 INVALID_CHARACTERS = re.compile(r"\W", re.ASCII)
-INVALID_BRANCH_MODES = ("error", "correct", "correct_and_warn")
 DEFAULT_INVALID_BRANCHES = "error"
-
-
-class SourceConfigError(GitStateError, ValueError):
-    """The ``sources`` section of the configuration has a bad value.
-
-    Attributes:
-        source: the source's name (or ``sources`` for the section itself).
-        key: the offending key, if one.
-    """
-
-    def __init__(self, source: str, detail: str, key: str | None = None) -> None:
-        self.source = source
-        self.key = key
-        self.detail = detail
-        where = f"sources.{source}" + (f".{key}" if key else "")
-        super().__init__(f"{where}: {detail}")
 
 
 class EnvironmentCollision(GitStateError):
@@ -108,55 +92,15 @@ class Source:
     strip_component: str | None = None
 
     @classmethod
-    def from_mapping(cls, name: str, data: Any) -> Source:
-        """Build a source from its config mapping, checking every key.
-
-        Raises:
-            SourceConfigError: a key is missing or has a bad value.
-        """
-        if not isinstance(data, Mapping):
-            raise SourceConfigError(name, "must be a mapping")
-        remote = data.get("remote")
-        if not isinstance(remote, str) or not remote.strip():
-            raise SourceConfigError(name, "remote is required", "remote")
-        prefix = data.get("prefix", False)
-        if prefix is None:
-            prefix = False
-        if not isinstance(prefix, bool | str):
-            raise SourceConfigError(
-                name, f"must be true, false or a string, got {prefix!r}", "prefix"
-            )
-        invalid = data.get("invalid_branches") or DEFAULT_INVALID_BRANCHES
-        if invalid not in INVALID_BRANCH_MODES:
-            raise SourceConfigError(
-                name, f"must be one of {', '.join(INVALID_BRANCH_MODES)}", "invalid_branches"
-            )
-        ignore = data.get("ignore_branch_prefixes") or ()
-        if isinstance(ignore, str):
-            ignore = (ignore,)
-        if not isinstance(ignore, list | tuple) or not all(isinstance(p, str) for p in ignore):
-            raise SourceConfigError(name, "must be a list of strings", "ignore_branch_prefixes")
-        strip = data.get("strip_component")
-        if strip is False:
-            strip = None
-        if strip is not None and not isinstance(strip, str):
-            raise SourceConfigError(
-                name,
-                f"must be a string, a /regex/, false, or omitted; got {strip!r}",
-                "strip_component",
-            )
-        if strip is not None and _is_regex(strip):
-            try:
-                re.compile(strip[1:-1])
-            except re.error as ex:
-                raise SourceConfigError(name, f"bad regex: {ex}", "strip_component") from ex
+    def from_settings(cls, name: str, settings: SourceSettings) -> Source:
+        """Build the source called ``name`` from its checked ``sources.<name>`` section."""
         return cls(
             name=name,
-            remote=remote.strip(),
-            prefix=prefix,
-            invalid_branches=invalid,
-            ignore_branch_prefixes=tuple(ignore),
-            strip_component=strip,
+            remote=settings.remote.strip(),
+            prefix=settings.prefix,
+            invalid_branches=settings.invalid_branches,
+            ignore_branch_prefixes=settings.ignore_branch_prefixes,
+            strip_component=settings.strip_component,
         )
 
     def ignored(self, branch: str) -> bool:
@@ -168,7 +112,7 @@ class Source:
         strip = self.strip_component
         if not strip:
             return branch
-        if _is_regex(strip):
+        if is_regex(strip):
             return re.sub(strip[1:-1], "", branch)
         return branch[len(strip) :] if branch.startswith(strip) else branch
 
@@ -208,10 +152,6 @@ class Source:
         return Branch(self.name, branch, name, self.prefix_text + corrected)
 
 
-def _is_regex(text: str) -> bool:
-    return len(text) >= 2 and text.startswith("/") and text.endswith("/")
-
-
 @dataclasses.dataclass(frozen=True)
 class Sources:
     """Every configured source, in configuration order."""
@@ -219,17 +159,9 @@ class Sources:
     sources: tuple[Source, ...]
 
     @classmethod
-    def from_config(cls, data: Any) -> Sources:
-        """Build from the raw ``sources`` section (name → mapping).
-
-        Raises:
-            SourceConfigError: the section or one source is malformed.
-        """
-        if data is None:
-            return cls(())
-        if not isinstance(data, Mapping):
-            raise SourceConfigError("sources", "must be a mapping of name to source")
-        return cls(tuple(Source.from_mapping(str(name), value) for name, value in data.items()))
+    def from_settings(cls, sources: Mapping[str, SourceSettings]) -> Sources:
+        """Build from the checked ``sources`` section (name → settings), in its order."""
+        return cls(tuple(Source.from_settings(name, value) for name, value in sources.items()))
 
     def __iter__(self):  # noqa: ANN204 - iterator of Source
         return iter(self.sources)

@@ -33,7 +33,7 @@ from typing import Any
 from gitstate.base.fswatch import DirectoryWatch
 from gitstate.base.times import now_iso
 from gitstate.errors import GitStateError
-from gitstate.filesync.livedir import CLIENT_NAME
+from gitstate.settings import CLIENT_NAME
 
 SCHEMA_VERSION = 2
 #: Largest check-in accepted, in bytes of JSON.

@@ -43,7 +43,8 @@ from gitstate.base.fswatch import RefWatch
 from gitstate.engine.storage import CODE_REF
 from gitstate.errors import GitStateError
 from gitstate.filesync.checkins import CheckIns
-from gitstate.filesync.livedir import FileSyncSettings, LiveDir, SyncReport
+from gitstate.filesync.livedir import LiveDir, SyncReport
+from gitstate.settings import FileSyncSettings
 
 log = logging.getLogger(__name__)
 

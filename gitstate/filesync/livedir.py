@@ -67,7 +67,6 @@ from typing import Any
 import pygit2
 from pygit2.enums import FileMode
 
-from gitstate.base.times import duration
 from gitstate.engine.manifest import ENVIRONMENTS_DIR
 from gitstate.engine.storage import link_escape
 from gitstate.errors import GitStateError
@@ -93,17 +92,6 @@ _COMMIT = int(FileMode.COMMIT)
 _EXECUTABLE = int(FileMode.BLOB_EXECUTABLE)
 #: Environment names a client will materialise (storage uses the same rule).
 _ENV_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
-#: Client names: they become file names on the server.
-CLIENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,99}$")
-
-
-class FileSyncConfigError(GitStateError, ValueError):
-    """The ``file_sync`` config section has a bad value."""
-
-    def __init__(self, key: str, detail: str) -> None:
-        self.key = key
-        self.detail = detail
-        super().__init__(f"file_sync.{key}: {detail}")
 
 
 class LiveDirBusy(GitStateError, RuntimeError):
@@ -112,101 +100,6 @@ class LiveDirBusy(GitStateError, RuntimeError):
     def __init__(self, live: Path) -> None:
         self.live = live
         super().__init__(f"{live} is already synced by another gitstate sync process")
-
-
-@dataclasses.dataclass(frozen=True)
-class ClientSpec:
-    """One configured file-sync client.
-
-    Attributes:
-        name: how the client reports itself (a certname in PE).
-        live: its live code directory.
-        storage: where it syncs from: None for the server's own storage
-            repository (same host), or the server's base URL
-            (``http://host:8170``) for the network transport.
-    """
-
-    name: str
-    live: Path
-    storage: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class FileSyncSettings:
-    """The ``file_sync`` config section.
-
-    Attributes:
-        token: the shared secret clients present to the network endpoints
-            (``X-Authentication`` or ``?token=``); None disables them.
-        clients: the clients ``gitstate serve`` runs and ``wait`` waits for.
-        keep_versions: versions of each environment kept in a live dir.
-        reconcile_interval: seconds between full checks of a live dir
-            (local edits, missed events), at least.
-        reconcile_budget: the share of one core full checks may use: a
-            check that took C seconds of CPU is followed by the next one
-            no sooner than C / budget seconds later.
-        long_poll_timeout: longest a ``latest-commit`` request is held.
-        check_in_interval: seconds between heartbeats of an idle client.
-        sync_timeout: longest ``wait: true`` waits for the clients
-            (``deploy.timeouts.sync``).
-    """
-
-    token: str | None = None
-    clients: tuple[ClientSpec, ...] = ()
-    keep_versions: int = DEFAULT_KEEP_VERSIONS
-    reconcile_interval: float = 60.0
-    reconcile_budget: float = 0.02
-    long_poll_timeout: float = 30.0
-    check_in_interval: float = 30.0
-    sync_timeout: float = 60.0
-
-    @classmethod
-    def from_config(cls, raw: Mapping[str, Any] | None) -> FileSyncSettings:
-        """Read ``file_sync`` (and ``deploy.timeouts.sync``) from a raw config.
-
-        Raises:
-            FileSyncConfigError: a key has a bad value.
-        """
-        raw = raw or {}
-        section = raw.get("file_sync") or {}
-        if not isinstance(section, Mapping):
-            raise FileSyncConfigError("", "must be a mapping")
-        clients = []
-        for index, item in enumerate(section.get("clients") or []):
-            if not isinstance(item, Mapping) or not item.get("name") or not item.get("live"):
-                raise FileSyncConfigError(f"clients[{index}]", "needs a name and a live dir")
-            name = str(item["name"])
-            if not CLIENT_NAME.match(name):
-                raise FileSyncConfigError(f"clients[{index}].name", f"{name!r} is not a name")
-            storage = item.get("storage")
-            clients.append(
-                ClientSpec(name, Path(str(item["live"])).expanduser(), storage and str(storage))
-            )
-        if len({client.name for client in clients}) != len(clients):
-            raise FileSyncConfigError("clients", "client names must be unique")
-        deploy = raw.get("deploy") or {}
-        timeouts = deploy.get("timeouts") or {} if isinstance(deploy, Mapping) else {}
-        try:
-            keep = int(section.get("keep_versions", cls.keep_versions))
-            settings = cls(
-                token=str(section["token"]) if section.get("token") else None,
-                clients=tuple(clients),
-                keep_versions=keep,
-                reconcile_interval=duration(
-                    section.get("reconcile_interval", cls.reconcile_interval)
-                ),
-                reconcile_budget=float(section.get("reconcile_budget", cls.reconcile_budget)),
-                long_poll_timeout=duration(section.get("long_poll_timeout", cls.long_poll_timeout)),
-                check_in_interval=duration(section.get("check_in_interval", cls.check_in_interval)),
-                sync_timeout=duration(timeouts.get("sync", cls.sync_timeout)),
-            )
-        except (TypeError, ValueError) as ex:
-            raise FileSyncConfigError("", str(ex)) from ex
-        if keep < 1:
-            raise FileSyncConfigError("keep_versions", "must be at least 1")
-        if not 0 < settings.reconcile_budget <= 1:
-            raise FileSyncConfigError("reconcile_budget", "must be above 0 and at most 1")
-        return settings
 
 
 def environment_trees(repo: pygit2.Repository, code_commit: str) -> dict[str, str]:

@@ -39,7 +39,6 @@ from gitstate.deploys.queue import TIMEOUT
 from gitstate.engine.storage import CODE_REF, Storage, init_storage
 from gitstate.errors import GitStateError
 from gitstate.filesync.checkins import CheckIns, InvalidCheckIn
-from gitstate.filesync.livedir import FileSyncSettings
 from gitstate.filesync.rollback import RollbackRequest, Rollbacks
 from gitstate.store.branch import Store
 
@@ -88,12 +87,14 @@ class FileSyncService:
     """The server's side of file sync for one data directory.
 
     Args:
-        config: the service config (``datadir``, ``file_sync``, ``deploy``).
+        config: the service config (``datadir``, ``file_sync``, and
+            ``deploy.timeouts.sync``, how long ``wait: true`` waits for clients).
         store: the state branch (rollbacks are recorded there).
     """
 
     def __init__(self, config: Config, store: Store) -> None:
-        self.settings = FileSyncSettings.from_config(config.raw)
+        self.settings = config.file_sync
+        self.sync_timeout = config.deploy.timeouts.sync
         self.storage_path = config.datadir / "storage.git"
         self._store = store
         self._lockdir = config.datadir / "locks"
@@ -259,7 +260,7 @@ class FileSyncService:
         answer = self._rollbacks.rollback(request, actor=actor, request_id=request_id)
         code = answer["file-sync"]["code-commit"]
         if wait and code:
-            late = self.wait_for_clients([code], self.settings.sync_timeout)
+            late = self.wait_for_clients([code], self.sync_timeout)
             if late:
                 answer["error"] = self.sync_timeout_error(late, request.environment)
         return answer
@@ -270,7 +271,7 @@ class FileSyncService:
             "kind": TIMEOUT,
             "msg": (
                 f"file-sync clients {', '.join(late)} did not sync {environment} within "
-                f"{self.settings.sync_timeout:g}s"
+                f"{self.sync_timeout:g}s"
             ),
             "details": {"corrected-env-name": environment, "unsynced-clients": list(late)},
         }

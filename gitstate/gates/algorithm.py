@@ -57,7 +57,7 @@ DENIED = "denied"
 
 
 class Policy(Protocol):
-    """What the algorithm needs of the settings (:class:`GateSettings` has it)."""
+    """What the algorithm needs of the settings (:class:`GatePolicy` has it)."""
 
     @property
     def current_lifetime(self) -> int:

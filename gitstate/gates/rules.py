@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
-import zoneinfo
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -152,22 +151,6 @@ class Schedule:
             if holiday.applies(environment, day):
                 return holiday
         return None
-
-
-def parse_timezone(value: Any, source: str = "gates.timezone") -> dt.tzinfo:
-    """Return the zone named ``value`` (IANA name); None means UTC.
-
-    Raises:
-        RuleError: the name is not a known zone.
-    """
-    if value is None:
-        return dt.UTC
-    if not isinstance(value, str) or not value:
-        raise RuleError(source, f"must be a zone name such as Europe/Berlin, got {value!r}")
-    try:
-        return zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as ex:
-        raise RuleError(source, f"unknown timezone {value!r}") from ex
 
 
 def _day(value: Any, source: str) -> int:

@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from gitstate.config import ConfigError
 from gitstate.errors import GitStateError
 from gitstate.gates import algorithm, subjects
 from gitstate.gates.algorithm import closed_reason, closures
@@ -56,7 +55,6 @@ from gitstate.gates.rules import (
     parse_config_holidays,
     parse_holiday,
     parse_rules,
-    parse_timezone,
 )
 from gitstate.gates.tickets import (
     TicketNotFound,
@@ -76,6 +74,7 @@ from gitstate.gates.validation import (
     environment_list,
     parse_gates,
 )
+from gitstate.settings import GateSettings
 from gitstate.store.branch import Change, Draft, Identity, Snapshot, Store
 
 # The errors moved beside the code that raises them; they stay importable
@@ -127,16 +126,9 @@ class StateMoved(GitStateError):
         )
 
 
-def _minutes(raw: Mapping[str, Any], key: str, default: float) -> int:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigError(f"gates.{key}", f"must be a number of minutes >= 0, got {value!r}")
-    return round(value * 60)
-
-
 @dataclasses.dataclass(frozen=True)
-class GateSettings:
-    """The ``gates`` section of the config file.
+class GatePolicy:
+    """The ``gates`` settings as the algorithm reads them (:class:`algorithm.Policy`).
 
     Attributes:
         current_lifetime: seconds an ``ok`` ticket lives (0 = never expires).
@@ -155,33 +147,19 @@ class GateSettings:
     holidays: tuple[Holiday, ...] = ()
 
     @classmethod
-    def from_config(cls, raw: Any) -> GateSettings:
-        """Parse ``config.raw["gates"]`` (None gives the defaults).
+    def from_settings(cls, settings: GateSettings) -> GatePolicy:
+        """Parse the rules and holidays of the ``gates`` section.
 
         Raises:
-            ConfigError: a key has a bad value.
+            RuleError, HolidayError: a rule or holiday is malformed (naming
+                its key, ``gates.rules.<env>[i]``).
         """
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise ConfigError("gates", "must be a mapping")
-        known = {
-            "current_ticket_lifetime",
-            "queued_ticket_lifetime",
-            "queued_ticket_slack",
-            "timezone",
-            "rules",
-            "holidays",
-        }
-        unknown = set(raw) - known
-        if unknown:
-            raise ConfigError("gates", f"unknown keys {sorted(unknown)}")
         return cls(
-            current_lifetime=_minutes(raw, "current_ticket_lifetime", 720),
-            queued_lifetime=_minutes(raw, "queued_ticket_lifetime", 2),
-            queued_slack=_minutes(raw, "queued_ticket_slack", 5),
-            schedule=Schedule(parse_timezone(raw.get("timezone")), parse_rules(raw.get("rules"))),
-            holidays=parse_config_holidays(raw.get("holidays")),
+            current_lifetime=settings.current_ticket_lifetime,
+            queued_lifetime=settings.queued_ticket_lifetime,
+            queued_slack=settings.queued_ticket_slack,
+            schedule=Schedule(settings.timezone, parse_rules(settings.rules)),
+            holidays=tuple(parse_config_holidays(list(settings.holidays))),
         )
 
 
@@ -216,12 +194,13 @@ class Gates:
     ) -> None:
         self.store = store
         self.settings = settings or GateSettings()
+        self.policy = GatePolicy.from_settings(self.settings)
         self.clock = clock
 
     # -- helpers -----------------------------------------------------------------
 
     def _holidays(self, reader: Reader) -> list[Holiday]:
-        return all_holidays(reader, self.settings.holidays)
+        return all_holidays(reader, self.policy.holidays)
 
     def _env_view(
         self,
@@ -235,7 +214,7 @@ class Gates:
         queue = live_queue(reader, env["queue"], now)
         state = env["state"]
         if holidays is not None and closed_reason(
-            self.settings.schedule, name, env, queue, now, holidays
+            self.policy.schedule, name, env, queue, now, holidays
         ):
             state = CLOSED
         return {
@@ -271,7 +250,7 @@ class Gates:
             except ValueError as ex:
                 raise InvalidRequest("at must be a state commit id or an ISO 8601 time") from ex
             if when.tzinfo is None:
-                when = when.replace(tzinfo=self.settings.schedule.timezone)
+                when = when.replace(tzinfo=self.policy.schedule.timezone)
             return self.store.at(when), when.timestamp()
         snap = self.store.at(at)
         moment = snap.time
@@ -319,7 +298,7 @@ class Gates:
                 raise InvalidRequest("state must be open or closed")
             if env["state"] != state:
                 env["state"] = state
-                env["state_timestamp"] = timestamp(self.settings.schedule, now)
+                env["state_timestamp"] = timestamp(self.policy.schedule, now)
                 said.append(f"{'opens' if state == OPEN else 'closes'} {label}")
         if "message" in change:
             message = change["message"]
@@ -334,7 +313,7 @@ class Gates:
                     else f"clears the message of {label}"
                 )
             env["message"] = message
-            env["message_timestamp"] = timestamp(self.settings.schedule, now) if message else ""
+            env["message_timestamp"] = timestamp(self.policy.schedule, now) if message else ""
         return said
 
     @staticmethod
@@ -372,7 +351,7 @@ class Gates:
                 stored = doc["environments"][name]
                 env["manual_state"] = stored["state"]
                 env["closed_by"] = closures(
-                    self.settings.schedule, name, stored, env["queue"], now, holidays
+                    self.policy.schedule, name, stored, env["queue"], now, holidays
                 )
             services.append(view)
         services.sort(key=lambda view: (view["group"], view["name"]))
@@ -439,7 +418,7 @@ class Gates:
     def holidays(self, at: str | None = None) -> Answer:
         """List holidays from today on (configured timezone), sorted by date."""
         snap, now = self._snapshot(at)
-        today = self.settings.schedule.local(now).date()
+        today = self.policy.schedule.local(now).date()
         items = []
         for holiday in sorted(self._holidays(snap), key=lambda item: item.date):
             if holiday.date < today:
@@ -483,7 +462,7 @@ class Gates:
                 "group": group,
                 "name": service,
                 "environments": {
-                    name: fresh_environment(self.settings.schedule, now) for name in names
+                    name: fresh_environment(self.policy.schedule, now) for name in names
                 },
             }
             draft.put(path, doc)
@@ -601,7 +580,7 @@ class Gates:
                     for ticket_id in env["queue"]:
                         unlink(draft, ticket_id, [f"{group}/{service}/{name}"])
                 doc["environments"] = {
-                    name: fresh_environment(self.settings.schedule, now) for name in replace
+                    name: fresh_environment(self.policy.schedule, now) for name in replace
                 }
                 said.append(f"replaces the environments with {subjects.labels(replace)}")
             if moved:
@@ -730,7 +709,7 @@ class Gates:
             TicketNotFound, GateNotFound, EnvironmentNotFound, InvalidName.
         """
         taken = algorithm.take(
-            draft, self.settings, now, wanted, ticket_id=ticket_id, link=link, queue=queue
+            draft, self.policy, now, wanted, ticket_id=ticket_id, link=link, queue=queue
         )
         if taken.action is not None:
             draft.subject = f"{actor} {taken.action}"
@@ -763,7 +742,7 @@ class Gates:
             GateNotFound, EnvironmentNotFound, InvalidName.
         """
         gate = Gate(group, service, environment)
-        return algorithm.why_closed(reader, self.settings, now, gate, holder=holder)
+        return algorithm.why_closed(reader, self.policy, now, gate, holder=holder)
 
     def release(
         self,

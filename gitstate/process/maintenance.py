@@ -44,16 +44,16 @@ import dataclasses
 import os
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from gitstate.base.hostlock import HostLock
 from gitstate.errors import GitStateError
+from gitstate.settings import MAINTENANCE_STRATEGIES, MaintenanceSettings
 from gitstate.store.branch import Store
 
-STRATEGIES = ("incremental", "gc")
-DEFAULT_INTERVAL = 3600.0
+STRATEGIES = MAINTENANCE_STRATEGIES
 #: The host locks gitstate's writers of each repository queue on.
 WRITER_LOCKS = ("gitstate-writer.lock", "gitstate-code.lock")
 #: Longest maintenance waits for the writers' lock.
@@ -71,44 +71,11 @@ class MaintenanceError(GitStateError, RuntimeError):
 
 
 class MaintenanceConfigError(GitStateError, ValueError):
-    """The ``maintenance`` config section has a bad value."""
+    """A maintenance strategy gitstate does not know was asked for."""
 
     def __init__(self, detail: str) -> None:
         self.detail = detail
         super().__init__(f"maintenance: {detail}")
-
-
-@dataclasses.dataclass(frozen=True)
-class MaintenanceSettings:
-    """The ``maintenance`` config section.
-
-    Attributes:
-        strategy: ``incremental`` or ``gc`` (see the module docs).
-        interval: seconds between runs of ``gitstate maintenance --every``
-            when no number is given on the command line (the systemd timer
-            in deploy/systemd is the other way to schedule it).
-    """
-
-    strategy: str = "incremental"
-    interval: float = DEFAULT_INTERVAL
-
-    @classmethod
-    def from_mapping(cls, data: Any) -> MaintenanceSettings:
-        """Read the section.
-
-        Raises:
-            MaintenanceConfigError: a value is not one of those documented.
-        """
-        data = data or {}
-        if not isinstance(data, Mapping):
-            raise MaintenanceConfigError("must be a mapping")
-        strategy = str(data.get("strategy", cls.strategy))
-        if strategy not in STRATEGIES:
-            raise MaintenanceConfigError(f"strategy must be one of {', '.join(STRATEGIES)}")
-        interval = data.get("interval", cls.interval)
-        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
-            raise MaintenanceConfigError("interval must be a positive number of seconds")
-        return cls(strategy=strategy, interval=float(interval))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,9 +51,7 @@ class GitstateServer(BaseApplication):  # type: ignore[misc]
             "post_worker_init": _post_worker_init,
             "logger_class": _Logger,
             # gunicorn's own lines in the same format as the app's (JSON by default).
-            "logconfig_dict": logs.dict_config(
-                logs.LogSettings.from_mapping(self._gitstate_config.raw.get("logging"))
-            ),
+            "logconfig_dict": logs.dict_config(self._gitstate_config.logging),
         }
         if "control_socket_disable" in self.cfg.settings:
             # gunicorn >= 27 opens a control socket in $HOME by default; two
@@ -113,7 +111,9 @@ def serve(config: Config, config_path: str, **overrides: Any) -> None:
     os.environ[CONFIG_ENV] = config_path
     if not metrics.multiprocess():
         # Run on its own, not under ``gitstate serve``: start with a clean slate.
-        directory = metrics.configured_directory(config.raw, config.datadir)
+        directory = metrics.configured_directory(
+            config.metrics.enabled, config.metrics.dir, config.datadir
+        )
         if directory is not None:
             metrics.prepare_directory(directory)
     GitstateServer(config, config_path, **overrides).run()

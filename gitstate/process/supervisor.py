@@ -162,13 +162,9 @@ def sync_children(config_path: str) -> list[Child]:
     A client without ``storage`` reads this server's storage repository
     directly; one with ``storage: http://...`` uses the network transport.
     """
-    from gitstate.config import Config
-    from gitstate.filesync.livedir import FileSyncSettings
-
     config = Config.load(config_path)
-    settings = FileSyncSettings.from_config(config.raw)
     children = []
-    for client in settings.clients:
+    for client in config.file_sync.clients:
         storage = client.storage or str(config.datadir / "storage.git")
         live = client.live if client.live.is_absolute() else Path(config_path).parent / client.live
         children.append(
@@ -206,7 +202,9 @@ def prepare(config: Config) -> None:
         install_state_guard(config.state_repo)
     except HookExists as ex:
         print(f"gitstate: not replacing the state repo's own hook: {ex}", file=sys.stderr)
-    directory = metrics.configured_directory(config.raw, config.datadir)
+    directory = metrics.configured_directory(
+        config.metrics.enabled, config.metrics.dir, config.datadir
+    )
     if directory is not None:
         metrics.prepare_directory(directory)
-    logs.configure(config.raw)
+    logs.configure(config.logging)

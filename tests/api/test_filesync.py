@@ -14,7 +14,7 @@ import pytest
 from gitstate.cli.sample import SampleRepos
 from gitstate.engine.storage import CODE_REF
 from gitstate.filesync.client import LocalSource, SyncClient
-from gitstate.filesync.livedir import FileSyncSettings, LiveDir
+from gitstate.filesync.livedir import LiveDir
 from tests.support.filesync import (
     CM,
     Harness,
@@ -234,7 +234,7 @@ def test_local_client_follows_deploys_and_checks_in(tmp_path: Path, sample: Samp
     )
     harness = Harness(config)
     stop = threading.Event()
-    settings = FileSyncSettings.from_config(config.raw)
+    settings = config.file_sync
     source = LocalSource(harness.storage_path)
     client = SyncClient("primary", LiveDir(tmp_path / "live"), source, settings)
     thread = threading.Thread(target=client.run, args=(stop,), daemon=True)

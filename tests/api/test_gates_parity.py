@@ -51,7 +51,7 @@ class Both:
     def __init__(self, client: GateClient) -> None:
         self.client = client
         self.records = Records(branch_records(client))
-        self.policy = client.services.gates.settings
+        self.policy = client.services.gates.policy
 
     def tas(self, gates: Any, ticket: str | None = None, queue: bool = False) -> dict[str, Any]:
         body = {"ticket": ticket} if ticket else {}

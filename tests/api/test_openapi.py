@@ -20,6 +20,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from gitstate.cli.sample import SampleRepos
+from gitstate.settings import GitHubWebhook, SourceSettings, WebhookSettings
 from gitstate.web.app import create_app
 from gitstate.web.openapi import build
 from tests.support.deploy_harness import CM, Running
@@ -341,7 +342,7 @@ def test_replayed_calls_with_tokens_match_the_document(tmp_path: Path, sample: S
 
 def test_collect_failure_is_a_documented_502(tmp_path: Path, sample: SampleRepos) -> None:
     config = sample_config(tmp_path, sample)
-    config.raw["sources"]["puppet"]["remote"] = str(tmp_path / "gone.git")
+    config.sources["puppet"] = SourceSettings(remote=str(tmp_path / "gone.git"))
     test, checker = client(create_app(config))
     result = test.simulate_post(f"{CM}/deploys", json={"deploy-all": True})
     assert result.status_code == 502
@@ -351,7 +352,7 @@ def test_collect_failure_is_a_documented_502(tmp_path: Path, sample: SampleRepos
 
 def test_webhook_signature_refusal_is_a_documented_401(tmp_path: Path, sample: SampleRepos) -> None:
     config = sample_config(tmp_path, sample)
-    config.raw["webhooks"] = {"github": {"secret": "s3cret"}}
+    config.webhooks = WebhookSettings(github=GitHubWebhook(secret="s3cret"))
     test, checker = client(create_app(config))
     body = json.dumps({"ref": "refs/heads/development"}).encode()
     wrong = "sha256=" + hmac.new(b"other", body, hashlib.sha256).hexdigest()

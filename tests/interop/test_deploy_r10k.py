@@ -171,6 +171,7 @@ def test_benchmark_fixture_matches_r10k(tmp_path):
     from bench.fixture import make_fixture
     from gitstate.engine.environments import Deployer
     from gitstate.engine.sources import Sources
+    from gitstate.settings import SourceSettings
 
     out = make_fixture(tmp_path / "fx", envs=5, modules=3, files_per_module=4)
     run = subprocess.run(
@@ -180,7 +181,7 @@ def test_benchmark_fixture_matches_r10k(tmp_path):
         timeout=300,
     )
     assert run.returncode == 0, run.stderr
-    sources = Sources.from_config({"main": {"remote": (out / "control.git").as_uri()}})
+    sources = Sources.from_settings({"main": SourceSettings(remote=(out / "control.git").as_uri())})
     dep = Deployer(tmp_path / "data", sources)
     collection = dep.collect()
     for env in collection.names():

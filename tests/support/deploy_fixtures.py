@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gitstate.engine.environments import Deployer
 from gitstate.engine.sources import Sources
+from gitstate.settings import SourceSettings
 from tests.support.helpers import git
 
 
@@ -109,8 +110,10 @@ def module_files(name: str, version: str = "1.0.0") -> dict[str, str | Link | No
 def deployer(datadir: Path, *remotes: Remote, **options: object) -> Deployer:
     """Return a Deployer over one source per remote (the first is ``puppet``)."""
     names = ["puppet", *(f"s{index}" for index in range(1, len(remotes)))]
-    sources = {name: {"remote": remote.url} for name, remote in zip(names, remotes, strict=True)}
-    return Deployer(datadir, Sources.from_config(sources), **options)  # type: ignore[arg-type]
+    sources = {
+        name: SourceSettings(remote=remote.url) for name, remote in zip(names, remotes, strict=True)
+    }
+    return Deployer(datadir, Sources.from_settings(sources), **options)  # type: ignore[arg-type]
 
 
 def tree_files(dep: Deployer, environment: str) -> dict[str, bytes]:

@@ -25,7 +25,8 @@ from ruamel.yaml import YAML
 from gitstate.cli.sample import SampleRepos, git
 from gitstate.config import Config
 from gitstate.deploys.audit import replay_deploys
-from gitstate.deploys.queue import DeployQueue, DeploySettings
+from gitstate.deploys.queue import DeployQueue
+from gitstate.settings import DeploySettings
 from gitstate.store.branch import Store
 
 

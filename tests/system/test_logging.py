@@ -16,8 +16,10 @@ import pytest
 import requests
 
 from gitstate.base import logs
+from gitstate.base.schema import SettingError, read_section
 from gitstate.config import Config
 from gitstate.services import Services
+from gitstate.settings import LogSettings
 from gitstate.web.app import create_app
 from tests.support.helpers import free_port, wait_for_http
 
@@ -27,7 +29,7 @@ def captured() -> Iterator[io.StringIO]:
     """Route the root logger through gitstate's JSON handler into a buffer."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    config = logs.dict_config(logs.LogSettings(json=True))
+    config = logs.dict_config(LogSettings(json=True))
     formatter = logging.config.DictConfigurator(config).configure_custom(
         dict(config["formatters"]["gitstate"])
     )
@@ -113,13 +115,17 @@ def test_hostile_request_ids_are_cleaned(app) -> None:
 
 
 def test_logging_settings_are_checked() -> None:
-    assert logs.LogSettings.from_mapping({"json": True}).use_json()
-    assert not logs.LogSettings.from_mapping({"json": False}).use_json()
-    assert logs.LogSettings.from_mapping(None).json is None
-    with pytest.raises(logs.LoggingConfigError):
-        logs.LogSettings.from_mapping({"json": "yes"})
-    with pytest.raises(logs.LoggingConfigError):
-        logs.LogSettings.from_mapping({"level": "chatty"})
+    def read(data: object) -> LogSettings:
+        return read_section(LogSettings, data, "logging")
+
+    assert logs.use_json(read({"json": True}))
+    assert not logs.use_json(read({"json": False}))
+    assert read(None).json is None
+    assert read({"level": "debug"}).level == "DEBUG"
+    with pytest.raises(SettingError, match=r"^logging\.json: "):
+        read({"json": "yes"})
+    with pytest.raises(SettingError, match=r"^logging\.level: "):
+        read({"level": "chatty"})
 
 
 def test_gunicorn_and_app_lines_are_json(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from gitstate.deploys.worker import DeployWorker
 from gitstate.engine.storage import CODE_REF
 from gitstate.filesync.checkins import CheckIns
 from gitstate.gauges import SyncLagGauge
+from gitstate.settings import DeploySettings, DeployTimeouts
 from gitstate.web.app import create_app
 from tests.support.helpers import free_port, wait_for_http
 from tests.support.metrics import samples, total
@@ -75,8 +76,7 @@ def test_metrics_is_a_read_that_may_require_a_token(tmp_path: Path) -> None:
 
 
 class _Queue:
-    class settings:  # stands in for DeploySettings
-        deploy_timeout = 60.0
+    settings = DeploySettings(timeouts=DeployTimeouts(deploy=60.0))
 
     def __init__(self) -> None:
         self.finished: list[Any] = []

@@ -32,9 +32,9 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("listen: x\n", "datadir is required"),
-        ("datadir: /x\nworkers: many\n", "workers must be a number"),
-        ("datadir: /x\nstate: [1]\n", "state must be a mapping"),
+        ("listen: x\n", "datadir: is required"),
+        ("datadir: /x\nworkers: many\n", "workers: must be a number"),
+        ("datadir: /x\nstate: [1]\n", "state: must be a mapping"),
         ("datadir: [unclosed\n", "not valid YAML"),
     ],
 )

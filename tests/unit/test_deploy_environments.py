@@ -11,6 +11,7 @@ import pytest
 from gitstate.engine.environments import CollectFailed, Deployer, DeployFailure
 from gitstate.engine.sources import Sources
 from gitstate.engine.storage import CODE_REF
+from gitstate.settings import SourceSettings
 from tests.support.deploy_fixtures import Link, Remote, deployer, module_files, tree_files
 from tests.support.helpers import git
 
@@ -164,8 +165,8 @@ def test_unknown_environment_and_name_correction(tmp_path, repos):
     assert info.value.environment == "feature/x"
     assert info.value.corrected_name == "feature_x"
     corrected = deployer(tmp_path / "data2", repos["control"])
-    corrected.sources = type(corrected.sources).from_config(
-        {"puppet": {"remote": repos["control"].url, "invalid_branches": "correct"}}
+    corrected.sources = Sources.from_settings(
+        {"puppet": SourceSettings(remote=repos["control"].url, invalid_branches="correct")}
     )
     result = corrected.deploy("feature/x")
     assert result.environment == "feature_x"
@@ -223,7 +224,7 @@ def test_ext_transport_is_never_run(tmp_path, repos):
     control.commit("production", {"Puppetfile": f"mod 'x', :git => 'ext::touch {marker}'\n"})
     with pytest.raises(DeployFailure):
         deployer(tmp_path / "data", control).deploy("production")
-    sources = Sources.from_config({"puppet": {"remote": f"ext::touch {marker}"}})
+    sources = Sources.from_settings({"puppet": SourceSettings(remote=f"ext::touch {marker}")})
     with pytest.raises(CollectFailed, match="refusing remote URL 'ext::touch"):
         Deployer(tmp_path / "data2", sources).collect()
     assert not marker.exists()
@@ -371,7 +372,10 @@ import sys
 from pathlib import Path
 from gitstate.engine.environments import Deployer
 from gitstate.engine.sources import Sources
-dep = Deployer(Path(sys.argv[1]), Sources.from_config({"puppet": {"remote": sys.argv[2]}}))
+from gitstate.settings import SourceSettings
+dep = Deployer(
+    Path(sys.argv[1]), Sources.from_settings({"puppet": SourceSettings(remote=sys.argv[2])})
+)
 for env in sys.argv[3:]:
     dep.deploy(env, purge=False)
 """

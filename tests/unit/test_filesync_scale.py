@@ -31,8 +31,9 @@ from gitstate.filesync.client import (
     SyncClient,
     check_in_report,
 )
-from gitstate.filesync.livedir import FileSyncSettings, LiveDir
+from gitstate.filesync.livedir import LiveDir
 from gitstate.services import Services
+from gitstate.settings import FileSyncSettings
 from gitstate.web.app import create_app
 from gitstate.web.request import MAX_BODY
 from tests.support.filesync import live_files
@@ -207,8 +208,8 @@ def test_a_full_check_costs_at_most_its_budget_of_a_core(tmp_path: Path) -> None
     client = SyncClient("c", LiveDir(tmp_path / "live"), _NoSource(), settings)
     assert client._full_interval(0.3) == 60.0
     assert client._full_interval(3.0) == pytest.approx(150.0)
-    with pytest.raises(ValueError, match="reconcile_budget"):
-        FileSyncSettings.from_config({"file_sync": {"reconcile_budget": 0}})
+    with pytest.raises(ValueError, match=r"file_sync\.reconcile_budget"):
+        Config.from_mapping({"datadir": "/x", "file_sync": {"reconcile_budget": 0}})
 
 
 class _NoSource:
@@ -291,7 +292,7 @@ def test_a_remote_client_with_1000_environments_checks_in_and_is_synced(
     names = env_names(1000)
     trees = [env_tree(storage, {"data/common.yaml": f"group: {group}\n"}) for group in range(10)]
     code = publish(storage, {env: trees[index % 10] for index, env in enumerate(names)})
-    settings = FileSyncSettings.from_config(services.config.raw)
+    settings = services.config.file_sync
     live = LiveDir(tmp_path / "live")
     source = RemoteSource(base, TOKEN, live.root / CACHE)
     client = SyncClient("compiler", live, source, settings)

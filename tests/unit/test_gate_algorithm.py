@@ -25,14 +25,14 @@ from gitstate.gates.records import (
     gate_path,
 )
 from gitstate.gates.rules import Schedule, parse_rules
-from gitstate.gates.service import GateSettings
+from gitstate.gates.service import GatePolicy
 from gitstate.gates.tickets import TicketNotFound, ticket_path
 from gitstate.gates.validation import Gate
 
 #: Monday 2026-11-23, 12:00 UTC.
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC).timestamp()
 MINUTE = 60
-POLICY = GateSettings()
+POLICY = GatePolicy()
 A, B, C = "aaaa1111", "bbbb2222", "cccc3333"
 
 S_DEV = Gate("g", "s", "develop")
@@ -89,7 +89,7 @@ def tas(
     ticket: str | None = None,
     queue: bool = False,
     now: float = NOW,
-    policy: GateSettings = POLICY,
+    policy: GatePolicy = POLICY,
 ) -> Any:
     """Test-and-set; a new ticket, if one is made, gets the id ``new``."""
 
@@ -146,7 +146,7 @@ def test_one_closed_gate_denies_all_naming_it_and_writes_nothing(records: Record
 
 
 def test_time_rules_and_holidays_deny_with_their_reason(records: Records) -> None:
-    office = GateSettings(
+    office = GatePolicy(
         schedule=Schedule(
             dt.UTC, parse_rules({"live": [{"days": "mon-fri", "hours": "08:00-18:00"}]})
         )
@@ -307,7 +307,7 @@ def test_release_can_be_refused_by_group_before_anything_is_written(records: Rec
 
 
 def test_why_closed_names_the_strongest_reason(records: Records) -> None:
-    office = GateSettings(
+    office = GatePolicy(
         schedule=Schedule(
             dt.UTC, parse_rules({"live": [{"days": "sat-sun", "hours": "00:00-24:00"}]})
         )

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from gitstate.base.schema import SettingError, read_section
 from gitstate.cli.main import main
 from gitstate.process.maintenance import (
     MaintenanceConfigError,
-    MaintenanceSettings,
     count_objects,
     maintain,
     repositories,
 )
+from gitstate.settings import MaintenanceSettings
 from gitstate.store.branch import Store
 from tests.support.helpers import git
 
@@ -103,11 +104,14 @@ def test_the_command_maintains_every_repository(tmp_path: Path, capsys) -> None:
 
 
 def test_settings_are_checked() -> None:
-    assert MaintenanceSettings.from_mapping(None) == MaintenanceSettings("incremental", 3600.0)
-    assert MaintenanceSettings.from_mapping({"interval": 60}).interval == 60
+    def read(data: object) -> MaintenanceSettings:
+        return read_section(MaintenanceSettings, data, "maintenance")
+
+    assert read(None) == MaintenanceSettings(strategy="incremental", interval=3600.0)
+    assert read({"interval": 60}).interval == 60
+    assert read({"interval": "1h"}).interval == 3600
+    for bad in ({"interval": 0}, {"strategy": "aggressive"}, {"interval": "hourly"}):
+        with pytest.raises(SettingError, match=rf"^maintenance\.{next(iter(bad))}: "):
+            read(bad)
     with pytest.raises(MaintenanceConfigError):
-        MaintenanceSettings.from_mapping({"interval": 0})
-    with pytest.raises(MaintenanceConfigError):
-        MaintenanceSettings.from_mapping({"strategy": "aggressive"})
-    with pytest.raises(MaintenanceConfigError):
-        MaintenanceSettings.from_mapping({"interval": "hourly"})
+        maintain(Path("/nonexistent"), "aggressive")

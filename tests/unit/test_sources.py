@@ -6,18 +6,25 @@ import logging
 
 import pytest
 
+from gitstate.base.schema import SettingError, read_section
 from gitstate.engine.sources import (
     Branch,
     EnvironmentCollision,
     Source,
-    SourceConfigError,
     Sources,
     correct_name,
 )
+from gitstate.settings import SourceSettings
+
+
+def settings(data: dict) -> SourceSettings:
+    return read_section(SourceSettings, data, "sources.puppet")
 
 
 def name(branch: str, **config: object) -> str | None:
-    source = Source.from_mapping(str(config.pop("name", "puppet")), {"remote": "/r", **config})
+    source = Source.from_settings(
+        str(config.pop("name", "puppet")), settings({"remote": "/r", **config})
+    )
     found = source.name_branch(branch)
     return found.environment if found else None
 
@@ -62,8 +69,8 @@ def test_strip_component_string_and_regex():
 
 
 def test_record_name_is_the_stripped_uncorrected_branch():
-    source = Source.from_mapping(
-        "s", {"remote": "/r", "strip_component": "env/", "invalid_branches": "correct"}
+    source = Source.from_settings(
+        "s", settings({"remote": "/r", "strip_component": "env/", "invalid_branches": "correct"})
     )
     assert source.name_branch("env/a-b") == Branch("s", "env/a-b", "a-b", "a_b")
 
@@ -74,11 +81,11 @@ def test_ignore_branch_prefixes():
 
 
 def test_collision_between_sources_fails_everything():
-    sources = Sources.from_config(
+    sources = Sources.from_settings(
         {
-            "one": {"remote": "/a"},
-            "two": {"remote": "/b"},
-            "three": {"remote": "/c", "prefix": True},
+            "one": SourceSettings(remote="/a"),
+            "two": SourceSettings(remote="/b"),
+            "three": SourceSettings(remote="/c", prefix=True),
         }
     )
     with pytest.raises(EnvironmentCollision) as info:
@@ -92,7 +99,7 @@ def test_collision_between_sources_fails_everything():
 
 
 def test_environments_sorted_and_skipping_invalid():
-    sources = Sources.from_config({"puppet": {"remote": "/a"}})
+    sources = Sources.from_settings({"puppet": SourceSettings(remote="/a")})
     found = sources.environments({"puppet": ["b", "a", "x/y"]})
     assert list(found) == ["a", "b"]
 
@@ -109,7 +116,7 @@ def test_environments_sorted_and_skipping_invalid():
     ],
 )
 def test_bad_config_names_the_key(config, key):
-    with pytest.raises(SourceConfigError) as info:
-        Sources.from_config({"puppet": config})
-    assert info.value.key == key
-    assert info.value.source == "puppet"
+    with pytest.raises(SettingError) as info:
+        settings(config)
+    assert info.value.key == f"sources.puppet.{key}"
+    assert str(info.value).startswith(f"sources.puppet.{key}: ")
