@@ -84,6 +84,9 @@ class InvalidName(GitStateError, ValueError):
         reason: what is wrong with it.
     """
 
+    status = 400
+    kind = "puppetlabs.code-manager/bad-request"
+
     def __init__(self, kind: str, value: str, reason: str) -> None:
         self.kind = kind
         self.value = value
@@ -98,6 +101,9 @@ class InvalidRequest(GitStateError, ValueError):
         detail: what is wrong, in gatekeeper's words where it had some.
     """
 
+    status = 400
+    kind = "puppetlabs.code-manager/bad-request"
+
     def __init__(self, detail: str) -> None:
         self.detail = detail
         super().__init__(detail)
@@ -105,6 +111,9 @@ class InvalidRequest(GitStateError, ValueError):
 
 class GateExists(GitStateError, ValueError):
     """A service of that name already exists in the group."""
+
+    status = 400
+    kind = "puppetlabs.code-manager/bad-request"
 
     def __init__(self, group: str, service: str) -> None:
         self.group = group
@@ -115,6 +124,9 @@ class GateExists(GitStateError, ValueError):
 class GateNotFound(GitStateError, LookupError):
     """No service of that name in that group."""
 
+    status = 404
+    kind = "puppetlabs.code-manager/not-found"
+
     def __init__(self, group: str, service: str) -> None:
         self.group = group
         self.service = service
@@ -124,6 +136,9 @@ class GateNotFound(GitStateError, LookupError):
 class EnvironmentNotFound(GitStateError, LookupError):
     """The service has no such environment."""
 
+    status = 404
+    kind = "puppetlabs.code-manager/not-found"
+
     def __init__(self, environment: str) -> None:
         self.environment = environment
         super().__init__(f"Environment {environment} not found.")
@@ -131,6 +146,9 @@ class EnvironmentNotFound(GitStateError, LookupError):
 
 class TicketNotFound(GitStateError, LookupError):
     """The ticket does not exist or has expired."""
+
+    status = 404
+    kind = "puppetlabs.code-manager/not-found"
 
     def __init__(self, ticket_id: str) -> None:
         self.ticket_id = ticket_id
@@ -144,6 +162,10 @@ class StateMoved(GitStateError):
         expected: the commits the client named.
         actual: the tip the write would have been made on.
     """
+
+    status = 412
+    kind = "puppetlabs.code-manager/conflict"
+    public_fields = (("commit", "actual"),)
 
     def __init__(self, expected: tuple[str, ...], actual: str | None) -> None:
         self.expected = expected
