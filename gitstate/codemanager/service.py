@@ -48,17 +48,22 @@ def unusable_name(environment: str) -> str | None:
 
 
 class CollectError(CollectFailed):
-    """The environments could not be listed; carries Code Manager's error body."""
+    """The environments could not be listed: the remotes they come from failed us.
 
+    Answered as Code Manager answers it: a gateway error whose message is
+    r10k's and whose details name every source that failed.
+    """
+
+    status = 502
     kind = COLLECT_FAILED
 
-    def to_json(self) -> dict[str, Any]:
-        """Return Code Manager's ``collect-failed`` error object."""
-        return {
-            "kind": self.kind,
-            "msg": "Errors while collecting a list of environments to deploy (exit code: 1)",
-            "details": self.details,
-        }
+    def public_message(self) -> str:
+        """Return r10k's summary line, as Code Manager reports it."""
+        return "Errors while collecting a list of environments to deploy (exit code: 1)"
+
+    def public_details(self) -> str:
+        """Return r10k-style text naming every source that failed and why."""
+        return self.details
 
 
 @dataclasses.dataclass(frozen=True)
