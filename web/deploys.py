@@ -1,24 +1,20 @@
 """Code Manager's HTTP API under ``/code-manager/v1/``: deploys and status.
 
-The resources read the request and call :class:`CodeManager`. Errors are
-answered in Code Manager's shape, ``{"kind", "msg", "details"}`` (what
-``puppet code`` and pipeline plugins parse), by :mod:`gitstate.web.errors`.
+The resources read the request and call :class:`CodeManager`, which checks
+the caller's permissions. Errors are answered in Code Manager's shape,
+``{"kind", "msg", "details"}`` (what ``puppet code`` and pipeline plugins
+parse), by :mod:`gitstate.web.errors`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import falcon
 
-from gitstate.auth import PermissionDenied
 from gitstate.codemanager.service import CodeManager, DeployRequest
 from gitstate.deploys.queue import DeployRequestError
-from gitstate.engine.sources import correct_name
 from gitstate.services import Services
 
-from .auth import principal, require
+from .auth import principal
 from .request import actor, read_json, request_id
 
 PREFIX = "/code-manager/v1"
@@ -41,30 +37,9 @@ class DeploysResource:
         the others, as Code Manager answers per environment.
         """
         request = DeployRequest.from_json(read_json(req))
-        if request.deploy_all or request.dry_run:
-            require(req, "deploy:*", "deploy every environment")
-        who = principal(req)
-        denied: dict[str, dict[str, Any]] = {}
-        for name in request.environments:
-            corrected = correct_name(name)
-            if not who.allows(f"deploy:{corrected}"):
-                refusal = PermissionDenied(who.user, f"deploy:{corrected}", f"deploy {corrected!r}")
-                denied[name] = {
-                    "environment": name,
-                    "status": "failed",
-                    "error": {
-                        "kind": refusal.kind,
-                        "msg": str(refusal),
-                        "details": {"corrected-env-name": corrected},
-                    },
-                }
-        allowed = tuple(name for name in request.environments if name not in denied)
-        if not allowed and not request.deploy_all and not request.dry_run:
-            resp.media = list(denied.values())
-            return
-        request = dataclasses.replace(request, environments=allowed)
-        answer = self._code_manager.submit(request, actor=actor(req), request_id=request_id(req))
-        resp.media = list(denied.values()) + answer
+        resp.media = self._code_manager.submit(
+            request, principal=principal(req), actor=actor(req), request_id=request_id(req)
+        )
 
 
 class DeployStatusResource:

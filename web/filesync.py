@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import falcon
 
-from gitstate.engine.sources import correct_name
 from gitstate.filesync.server import FileSyncService, ServiceRefused
 from gitstate.gates.service import InvalidRequest
 from gitstate.services import Services
 
-from .auth import require
+from .auth import principal
 from .request import actor, read_json, request_id
 
 PREFIX = "/file-sync/v1"
@@ -110,23 +109,18 @@ class CheckInResource(_Resource):
 class RollbacksResource(_Resource):
     """``POST /code-manager/v1/rollbacks``: republish an earlier version.
 
-    A rollback is a deploy: it needs the user's ``deploy:<env>`` permission
-    and is refused while the environment's gate is closed.
+    A rollback is a deploy: :meth:`CodeManager.rollback` checks the user's
+    ``deploy:<env>`` permission and refuses it while the environment's gate
+    is closed.
     """
 
     auth_policy = "default"
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Roll the environment back; answer like a waited deploy entry."""
-        body = read_json(req)
-        environment = body.get("environment") if isinstance(body, dict) else None
-        if isinstance(environment, str):
-            corrected = correct_name(environment)
-            require(req, f"deploy:{corrected}", f"roll back {corrected!r}")
-            closed = self._services.deploy_guard.blocked(corrected)
-            if closed is not None:
-                raise closed
-        resp.media = self.file_sync.rollback(body, actor=actor(req), request_id=request_id(req))
+        resp.media = self._services.code_manager.rollback(
+            read_json(req), principal=principal(req), actor=actor(req), request_id=request_id(req)
+        )
 
 
 def add_routes(app: falcon.App, services: Services) -> None:
