@@ -59,7 +59,6 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     )
     app.req_options.strip_url_path_trailing_slash = False
     errors.register(app)
-    auth.register(app)
     app.add_route("/internal/health", HealthResource(services))
     gates.add_routes(app, services)
     deploys.add_routes(app, services)

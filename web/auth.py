@@ -6,7 +6,8 @@ when ``auth.read_requires_token`` is set. A resource may declare
 ``auth_policy``: ``"public"`` (health) or ``"webhook"`` (token unless
 ``auth.webhook_authentication`` is off; the provider's own secret is checked
 by the webhook service). The principal lands in ``req.context.principal``;
-the per-resource permission checks use it.
+the services check permissions against it. Refusals (:class:`gitstate.auth.AuthError`) are
+answered by :mod:`gitstate.web.errors`, like every other error.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import falcon
 
-from gitstate.auth import ANONYMOUS, AuthError, Principal
+from gitstate.auth import ANONYMOUS, Principal
 from gitstate.services import Services
 
 TOKEN_HEADER = "X-Authentication"
@@ -65,13 +66,3 @@ class AuthMiddleware:
         else:
             required = req.method not in _READS or settings.read_requires_token
         req.context.principal = self._tokens.authenticate(token_of(req), required=required)
-
-
-def register(app: falcon.App) -> None:
-    """Answer auth errors in a shape both Code Manager and gatekeeper clients read."""
-
-    def refused(req: falcon.Request, resp: falcon.Response, ex: AuthError, params: Any) -> None:
-        resp.status = falcon.code_to_http_status(ex.status)
-        resp.media = {"status": "error", "reason": str(ex), "kind": ex.kind, "msg": str(ex)}
-
-    app.add_error_handler(AuthError, refused)

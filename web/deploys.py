@@ -1,25 +1,20 @@
 """Code Manager's HTTP API under ``/code-manager/v1/``: deploys and status.
 
-Errors here use Code Manager's shape, ``{"kind", "msg", "details"}``, which
-is what ``puppet code`` and pipeline plugins parse, not gatekeeper's.
+The resources read the request and call :class:`CodeManager`, which checks
+the caller's permissions. Errors are answered in Code Manager's shape,
+``{"kind", "msg", "details"}`` (what ``puppet code`` and pipeline plugins
+parse), by :mod:`gitstate.web.errors`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import falcon
 
-from gitstate.auth import PermissionDenied
-from gitstate.codemanager.service import CodeManager, CollectError, DeployRequest
-from gitstate.deploys.queue import BAD_REQUEST, DeployNotFound, DeployRequestError
-from gitstate.engine.sources import correct_name
-from gitstate.gates.validation import InvalidRequest
+from gitstate.codemanager.service import CodeManager, DeployRequest
+from gitstate.deploys.queue import DeployRequestError
 from gitstate.services import Services
 
-from .auth import principal, require
-from .errors import code_manager_error
+from .auth import principal
 from .request import actor, read_json, request_id
 
 PREFIX = "/code-manager/v1"
@@ -36,46 +31,15 @@ class DeploysResource:
         return self._services.code_manager
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """Queue the environments named, or all; answer with their ids."""
-        try:
-            request = DeployRequest.from_json(read_json(req))
-        except (InvalidRequest, DeployRequestError) as ex:
-            code_manager_error(resp, falcon.HTTP_400, BAD_REQUEST, str(ex))
-            return
-        if request.deploy_all or request.dry_run:
-            require(req, "deploy:*", "deploy every environment")
-        who = principal(req)
-        denied: dict[str, dict[str, Any]] = {}
-        for name in request.environments:
-            corrected = correct_name(name)
-            if not who.allows(f"deploy:{corrected}"):
-                refusal = PermissionDenied(who.user, f"deploy:{corrected}", f"deploy {corrected!r}")
-                denied[name] = {
-                    "environment": name,
-                    "status": "failed",
-                    "error": {
-                        "kind": refusal.kind,
-                        "msg": str(refusal),
-                        "details": {"corrected-env-name": corrected},
-                    },
-                }
-        allowed = tuple(name for name in request.environments if name not in denied)
-        if not allowed and not request.deploy_all and not request.dry_run:
-            resp.media = list(denied.values())
-            return
-        request = dataclasses.replace(request, environments=allowed)
-        try:
-            answer = self._code_manager.submit(
-                request, actor=actor(req), request_id=request_id(req)
-            )
-        except CollectError as ex:
-            # The remote the environments come from failed us: a gateway error.
-            resp.status = falcon.HTTP_502
-            resp.media = ex.to_json()
-            return
-        # Refused environments (no permission, gate closed) are answered
-        # with the others, as Code Manager answers per environment.
-        resp.media = list(denied.values()) + answer
+        """Queue the environments named, or all; answer with their ids.
+
+        Refused environments (no permission, gate closed) are answered with
+        the others, as Code Manager answers per environment.
+        """
+        request = DeployRequest.from_json(read_json(req))
+        resp.media = self._code_manager.submit(
+            request, principal=principal(req), actor=actor(req), request_id=request_id(req)
+        )
 
 
 class DeployStatusResource:
@@ -92,20 +56,8 @@ class DeployStatusResource:
             resp.media = code_manager.status()
             return
         if not raw_id.isdigit():
-            code_manager_error(
-                resp, falcon.HTTP_400, BAD_REQUEST, f"id must be a deploy number, not {raw_id!r}"
-            )
-            return
-        try:
-            resp.media = code_manager.deploy_status(int(raw_id))
-        except DeployNotFound as ex:
-            code_manager_error(
-                resp,
-                falcon.HTTP_404,
-                "puppetlabs.code-manager/not-found",
-                str(ex),
-                {"id": ex.deploy_id},
-            )
+            raise DeployRequestError(f"id must be a deploy number, not {raw_id!r}")
+        resp.media = code_manager.deploy_status(int(raw_id))
 
 
 def add_routes(app: falcon.App, services: Services) -> None:

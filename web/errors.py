@@ -1,38 +1,106 @@
-"""Turn service errors into JSON HTTP answers, in one place.
+"""The one map from errors to HTTP answers.
 
-Every error leaves the server as ``{"status": "error", "reason": ...}`` (the
-shape gatekeeper's clients parse) with a 4xx status that says whose fault it
-was; nothing a client sends can produce a 500.
+Resources raise, or let service errors through; nothing else in ``web/``
+builds an error body. What an error means is declared on its class
+(:mod:`gitstate.errors`: ``status``, ``kind``, ``retry_after``,
+``challenge``, its public message and details); this module only picks the
+body's shape, by the API family the request belongs to:
+
+* gatekeeper's, ``{"status": "error", "reason": ...}`` plus the error's
+  public details as keys (``path``, ``commit``), under ``/api/`` and
+  everywhere that is not Code Manager's;
+* Code Manager's, ``{"kind", "msg", "details"?}``, under
+  ``/code-manager/v1/`` and ``/file-sync/v1/``, which ``puppet code``,
+  pipeline plugins and file-sync clients parse;
+* both at once for token errors (:class:`gitstate.auth.AuthError`), so a
+  401 or 403 reads right in either family's client;
+* gatekeeper's for every 503 (the state repository is busy or holds a
+  record nobody can read), whichever the family, as the OpenAPI document
+  says.
+
+Falcon's own errors (unknown route, bad query parameter, ...) are JSON in
+gatekeeper's shape. Anything else is a bug: it is logged (method and path,
+never the query string, which may hold a token) and answered as a 500 with
+a JSON body that tells nothing of it; so is a :class:`GitStateError` that
+declares no status of its own.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 import falcon
 
-from gitstate.gates.records import EnvironmentNotFound, GateNotFound
-from gitstate.gates.service import GateExists, StateMoved
-from gitstate.gates.tickets import TicketNotFound
-from gitstate.gates.validation import InvalidName, InvalidRequest
-from gitstate.store.branch import PathError, RevisionNotFound, StoreBusy
-from gitstate.store.codec import RecordError
+from gitstate.auth import AuthError
+from gitstate.errors import GitStateError, kind_of, status_of
+
+#: Paths of Code Manager's API family (its errors use its shape).
+CODE_MANAGER_PATHS = ("/code-manager/", "/file-sync/")
+#: The reason a 500 gives: nothing of what went wrong.
+INTERNAL = "500 Internal Server Error"
+
+log = logging.getLogger(__name__)
 
 
-def _answer(resp: falcon.Response, status: str, reason: str, **extra: Any) -> None:
-    resp.status = status
-    resp.media = {"status": "error", "reason": reason, **extra}
+def is_code_manager(path: str) -> bool:
+    """Tell whether ``path`` belongs to Code Manager's API family."""
+    return path.startswith(CODE_MANAGER_PATHS)
 
 
-def code_manager_error(
-    resp: falcon.Response, status: str, kind: str, msg: str, details: Any = None
+def error_body(error: GitStateError, *, code_manager: bool) -> dict[str, Any]:
+    """Return the JSON body that answers ``error`` in its family's shape.
+
+    Args:
+        error: a service error with a client-facing status (not 500).
+        code_manager: whether the request belongs to Code Manager's family.
+    """
+    message = error.public_message()
+    gatekeeper: dict[str, Any] = {"status": "error", "reason": message}
+    if isinstance(error, AuthError):
+        return {**gatekeeper, "kind": kind_of(error), "msg": message}
+    details = error.public_details()
+    if code_manager and status_of(error) != 503:
+        body: dict[str, Any] = {"kind": kind_of(error), "msg": message}
+        if details is not None:
+            body["details"] = details
+        return body
+    if isinstance(details, Mapping):
+        gatekeeper.update({key: value for key, value in details.items() if key not in gatekeeper})
+    return gatekeeper
+
+
+def _internal_error(req: falcon.Request, resp: falcon.Response, error: BaseException) -> None:
+    # req.path, not req.uri or req.log_error: the query string may hold a token.
+    log.error("%s %s failed", req.method, req.path, exc_info=error)
+    resp.status = falcon.HTTP_500
+    resp.content_type = falcon.MEDIA_JSON
+    resp.media = {"status": "error", "reason": INTERNAL}
+
+
+def answer_service_error(
+    req: falcon.Request, resp: falcon.Response, ex: GitStateError, params: Any
 ) -> None:
-    """Answer in Code Manager's error shape, ``{"kind", "msg", "details"}``."""
-    resp.status = status
-    body: dict[str, Any] = {"kind": kind, "msg": msg}
-    if details is not None:
-        body["details"] = details
-    resp.media = body
+    """Answer a service error with the status, headers and body its class declares."""
+    status = status_of(ex)
+    if status == 500:
+        _internal_error(req, resp, ex)
+        return
+    resp.status = falcon.code_to_http_status(status)
+    resp.content_type = falcon.MEDIA_JSON
+    resp.media = error_body(ex, code_manager=is_code_manager(req.path))
+    if ex.retry_after is not None:
+        resp.set_header("Retry-After", str(ex.retry_after))
+    if ex.challenge is not None:
+        resp.set_header("WWW-Authenticate", ex.challenge)
+
+
+def answer_unexpected(
+    req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any
+) -> None:
+    """Answer an exception nobody raised on purpose: log it, say nothing of it."""
+    _internal_error(req, resp, ex)
 
 
 def serialize_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError) -> None:
@@ -43,36 +111,9 @@ def serialize_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.
 
 
 def register(app: falcon.App) -> None:
-    """Install the handlers that map gitstate errors to HTTP statuses."""
-
-    def bad_path(req: falcon.Request, resp: falcon.Response, ex: PathError, params: Any) -> None:
-        _answer(resp, falcon.HTTP_400, str(ex))
-
-    def not_found(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
-        _answer(resp, falcon.HTTP_404, str(ex))
-
-    def busy(req: falcon.Request, resp: falcon.Response, ex: StoreBusy, params: Any) -> None:
-        _answer(resp, falcon.HTTP_503, str(ex))
-        resp.set_header("Retry-After", "1")
-
-    def broken_record(
-        req: falcon.Request, resp: falcon.Response, ex: RecordError, params: Any
-    ) -> None:
-        # The state branch holds a record nobody can read: the request is fine,
-        # the data is not. 503 tells clients to retry once an operator fixed it.
-        _answer(resp, falcon.HTTP_503, str(ex), path=ex.path)
-
-    def bad_request(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
-        _answer(resp, falcon.HTTP_400, str(ex))
-
-    def moved(req: falcon.Request, resp: falcon.Response, ex: StateMoved, params: Any) -> None:
-        _answer(resp, falcon.HTTP_412, str(ex), commit=ex.actual)
-
-    app.add_error_handler(PathError, bad_path)
-    app.add_error_handler((InvalidName, InvalidRequest, GateExists), bad_request)
-    app.add_error_handler((GateNotFound, EnvironmentNotFound, TicketNotFound), not_found)
-    app.add_error_handler(StateMoved, moved)
-    app.add_error_handler(RevisionNotFound, not_found)
-    app.add_error_handler(StoreBusy, busy)
-    app.add_error_handler(RecordError, broken_record)
+    """Install the error handlers; called once, by :func:`gitstate.web.app.create_app`."""
+    # Falcon picks the handler of the most specific class, so its own
+    # HTTPError and HTTPStatus handlers still win over the Exception one.
+    app.add_error_handler(Exception, answer_unexpected)
+    app.add_error_handler(GitStateError, answer_service_error)
     app.set_error_serializer(serialize_http_error)

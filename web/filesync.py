@@ -9,32 +9,24 @@ Routes (all but rollbacks need the file-sync token, checked by
 * ``POST /file-sync/v1/check-ins``: a client reports its state;
 * ``POST /code-manager/v1/rollbacks``: roll an environment back (Code
   Manager's API family, so its errors use Code Manager's shape).
+
+Errors, and the file-sync token's refusal, are answered by
+:mod:`gitstate.web.errors` in Code Manager's shape.
 """
 
 from __future__ import annotations
 
 import falcon
 
-from gitstate.deploys.queue import BAD_REQUEST
-from gitstate.engine.sources import correct_name
-from gitstate.filesync.checkins import InvalidCheckIn
-from gitstate.filesync.rollback import InvalidRollback, RollbackTargetNotFound
-from gitstate.filesync.server import (
-    FileSyncService,
-    RequestTooLarge,
-    ServiceRefused,
-    Unauthorized,
-)
+from gitstate.filesync.server import FileSyncService, ServiceRefused
 from gitstate.gates.validation import InvalidRequest
 from gitstate.services import Services
 
-from .auth import require
-from .errors import code_manager_error
+from .auth import principal
 from .request import actor, read_json, request_id
 
 PREFIX = "/file-sync/v1"
 TOKEN_HEADER = "X-Authentication"
-NOT_FOUND = "puppetlabs.code-manager/not-found"
 
 
 class _Resource:
@@ -49,17 +41,9 @@ class _Resource:
     def file_sync(self) -> FileSyncService:
         return self._services.file_sync
 
-    def _authorized(self, req: falcon.Request, resp: falcon.Response) -> bool:
-        token = req.get_header(TOKEN_HEADER) or req.get_param("token")
-        try:
-            self.file_sync.authorize(token)
-        except Unauthorized as ex:
-            code_manager_error(
-                resp, falcon.HTTP_401, "puppetlabs.rbac/user-unauthenticated", ex.reason
-            )
-            resp.set_header("WWW-Authenticate", 'Token realm="gitstate file sync"')
-            return False
-        return True
+    def _authorize(self, req: falcon.Request) -> None:
+        """Raise :class:`Unauthorized` unless the request carries the file-sync token."""
+        self.file_sync.authorize(req.get_header(TOKEN_HEADER) or req.get_param("token"))
 
 
 class InfoRefsResource(_Resource):
@@ -67,14 +51,9 @@ class InfoRefsResource(_Resource):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Advertise the storage repository's refs to ``git fetch``."""
-        if not self._authorized(req, resp):
-            return
+        self._authorize(req)
         service = req.get_param("service") or ""
-        try:
-            body = self.file_sync.advertise(service, req.get_header("Git-Protocol"))
-        except ServiceRefused as ex:
-            code_manager_error(resp, falcon.HTTP_403, "puppetlabs.code-manager/forbidden", str(ex))
-            return
+        body = self.file_sync.advertise(service, req.get_header("Git-Protocol"))
         resp.content_type = f"application/x-{service}-advertisement"
         resp.cache_control = ["no-cache"]
         resp.data = body
@@ -85,17 +64,12 @@ class UploadPackResource(_Resource):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Run upload-pack on the request and stream its answer."""
-        if not self._authorized(req, resp):
-            return
-        try:
-            stream = self.file_sync.upload_pack(
-                req.bounded_stream,
-                gzipped=(req.get_header("Content-Encoding") or "").lower() in ("gzip", "x-gzip"),
-                protocol=req.get_header("Git-Protocol"),
-            )
-        except RequestTooLarge as ex:
-            code_manager_error(resp, falcon.HTTP_413, BAD_REQUEST, str(ex))
-            return
+        self._authorize(req)
+        stream = self.file_sync.upload_pack(
+            req.bounded_stream,
+            gzipped=(req.get_header("Content-Encoding") or "").lower() in ("gzip", "x-gzip"),
+            protocol=req.get_header("Git-Protocol"),
+        )
         resp.content_type = "application/x-git-upload-pack-result"
         resp.cache_control = ["no-cache"]
         resp.stream = stream
@@ -106,12 +80,7 @@ class ReceivePackResource(_Resource):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Refuse pushes: storage is written by deploys only."""
-        code_manager_error(
-            resp,
-            falcon.HTTP_403,
-            "puppetlabs.code-manager/forbidden",
-            str(ServiceRefused("git-receive-pack")),
-        )
+        raise ServiceRefused("git-receive-pack")
 
 
 class LatestCommitResource(_Resource):
@@ -119,15 +88,11 @@ class LatestCommitResource(_Resource):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Answer the code-commit once it differs from ``known`` (bounded wait)."""
-        if not self._authorized(req, resp):
-            return
+        self._authorize(req)
         try:
             timeout = float(req.get_param("timeout") or self.file_sync.settings.long_poll_timeout)
-        except ValueError:
-            code_manager_error(
-                resp, falcon.HTTP_400, BAD_REQUEST, "timeout must be a number of seconds"
-            )
-            return
+        except ValueError as ex:
+            raise InvalidRequest("timeout must be a number of seconds") from ex
         commit, changed = self.file_sync.latest_commit(req.get_param("known"), timeout)
         resp.media = {"code-commit": commit, "changed": changed}
 
@@ -137,56 +102,25 @@ class CheckInResource(_Resource):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Record the check-in; answer it as stored."""
-        if not self._authorized(req, resp):
-            return
-        try:
-            resp.media = self.file_sync.check_in(read_json(req))
-        except (InvalidCheckIn, InvalidRequest) as ex:
-            code_manager_error(resp, falcon.HTTP_400, BAD_REQUEST, str(ex))
+        self._authorize(req)
+        resp.media = self.file_sync.check_in(read_json(req))
 
 
 class RollbacksResource(_Resource):
     """``POST /code-manager/v1/rollbacks``: republish an earlier version.
 
-    A rollback is a deploy: it needs the user's ``deploy:<env>`` permission
-    and is refused while the environment's gate is closed.
+    A rollback is a deploy: :meth:`CodeManager.rollback` checks the user's
+    ``deploy:<env>`` permission and refuses it while the environment's gate
+    is closed.
     """
 
     auth_policy = "default"
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Roll the environment back; answer like a waited deploy entry."""
-        try:
-            body = read_json(req)
-        except InvalidRequest as ex:
-            code_manager_error(resp, falcon.HTTP_400, BAD_REQUEST, str(ex))
-            return
-        environment = body.get("environment") if isinstance(body, dict) else None
-        if isinstance(environment, str):
-            corrected = correct_name(environment)
-            require(req, f"deploy:{corrected}", f"roll back {corrected!r}")
-            closed = self._services.deploy_guard.blocked(corrected)
-            if closed is not None:
-                code_manager_error(
-                    resp,
-                    falcon.HTTP_409,
-                    closed.kind,
-                    str(closed),
-                    {"gate": closed.gate, "reason": closed.reason},
-                )
-                return
-        try:
-            resp.media = self.file_sync.rollback(body, actor=actor(req), request_id=request_id(req))
-        except (InvalidRollback, InvalidRequest) as ex:
-            code_manager_error(resp, falcon.HTTP_400, BAD_REQUEST, str(ex))
-        except RollbackTargetNotFound as ex:
-            code_manager_error(
-                resp,
-                falcon.HTTP_404,
-                NOT_FOUND,
-                str(ex),
-                {"environment": ex.environment, "to": ex.to},
-            )
+        resp.media = self._services.code_manager.rollback(
+            read_json(req), principal=principal(req), actor=actor(req), request_id=request_id(req)
+        )
 
 
 def add_routes(app: falcon.App, services: Services) -> None:

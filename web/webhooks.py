@@ -3,28 +3,19 @@
 The raw body is read here, bounded, because GitHub's signature is an HMAC of
 the exact bytes sent; everything else is :mod:`gitstate.codemanager.webhooks`. Answers
 and errors use Code Manager's shapes (``{"status":"OK"}``;
-``{"kind","msg","details"}``).
+``{"kind","msg","details"}``, written by :mod:`gitstate.web.errors`).
 """
 
 from __future__ import annotations
 
 import falcon
 
-from gitstate.codemanager.webhooks import (
-    InvalidSignature,
-    MalformedPayload,
-    UnrecognizedWebhookType,
-)
-from gitstate.deploys.queue import BAD_REQUEST
+from gitstate.codemanager.webhooks import MAX_PAYLOAD, PayloadTooLarge
 from gitstate.services import Services
 
 from .auth import principal
 from .deploys import PREFIX
 from .request import discard_body, request_id
-
-#: Largest webhook body accepted, in bytes (GitHub caps payloads at 25 MB,
-#: but a push of a few branches is a few kilobytes).
-MAX_WEBHOOK_BODY = 1024 * 1024
 
 
 class WebhookResource:
@@ -45,34 +36,20 @@ class WebhookResource:
         """Answer ``{"status":"OK"}`` once the push has been acted on."""
         length = req.content_length
         body = b""
-        if length is None or length <= MAX_WEBHOOK_BODY:
-            body = req.bounded_stream.read(MAX_WEBHOOK_BODY + 1)
-        if len(body) > MAX_WEBHOOK_BODY or (length or 0) > MAX_WEBHOOK_BODY:
+        if length is None or length <= MAX_PAYLOAD:
+            body = req.bounded_stream.read(MAX_PAYLOAD + 1)
+        if len(body) > MAX_PAYLOAD or (length or 0) > MAX_PAYLOAD:
             discard_body(req)
-            resp.status = falcon.HTTP_413
-            resp.media = {
-                "kind": BAD_REQUEST,
-                "msg": f"Webhook body larger than {MAX_WEBHOOK_BODY} bytes",
-            }
-            return
-        try:
-            result = self._services.webhooks.receive(
-                req.get_param("type"),
-                body,
-                {name: str(value) for name, value in req.headers.items()},
-                prefix=req.get_param("prefix"),
-                content_type=req.content_type,
-                request_id=request_id(req),
-                principal=principal(req),
-            )
-        except (UnrecognizedWebhookType, MalformedPayload) as ex:
-            resp.status = falcon.HTTP_400
-            resp.media = ex.to_json()
-            return
-        except InvalidSignature as ex:
-            resp.status = falcon.HTTP_401
-            resp.media = ex.to_json()
-            return
+            raise PayloadTooLarge(MAX_PAYLOAD)
+        result = self._services.webhooks.receive(
+            req.get_param("type"),
+            body,
+            {name: str(value) for name, value in req.headers.items()},
+            prefix=req.get_param("prefix"),
+            content_type=req.content_type,
+            request_id=request_id(req),
+            principal=principal(req),
+        )
         resp.media = result.to_json()
 
 

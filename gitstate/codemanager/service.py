@@ -1,10 +1,14 @@
 """The service behind Code Manager's API: deploy requests and their status.
 
-It validates a request, names environments the way r10k does, asks the
-engine for the list of environments when the request needs it
-(``deploy-all``, ``dry-run``), queues deploys in the state branch and, with
-``wait``, waits for the workers to finish them. Answers use Code Manager's
-JSON shapes, which are part of the domain here: pipelines parse them.
+It validates a request, checks that the caller may deploy what it names
+(``deploy:<environment>``; ``deploy:*`` for ``deploy-all`` and ``dry-run``),
+names environments the way r10k does, asks the engine for the list of
+environments when the request needs it (``deploy-all``, ``dry-run``), queues
+deploys in the state branch and, with ``wait``, waits for the workers to
+finish them. A rollback is a deploy too:
+it needs the same permission and is refused while the gate is closed.
+Answers use Code Manager's JSON shapes, which are part of the domain here:
+pipelines parse them.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from gitstate.auth import PermissionDenied, Principal
 from gitstate.config import Config
 from gitstate.deploys.guard import GATE_CLOSED, DeployGuard, GateClosed
 from gitstate.deploys.queue import (
@@ -47,17 +52,22 @@ def unusable_name(environment: str) -> str | None:
 
 
 class CollectError(CollectFailed):
-    """The environments could not be listed; carries Code Manager's error body."""
+    """The environments could not be listed: the remotes they come from failed us.
 
+    Answered as Code Manager answers it: a gateway error whose message is
+    r10k's and whose details name every source that failed.
+    """
+
+    status = 502
     kind = COLLECT_FAILED
 
-    def to_json(self) -> dict[str, Any]:
-        """Return Code Manager's ``collect-failed`` error object."""
-        return {
-            "kind": self.kind,
-            "msg": "Errors while collecting a list of environments to deploy (exit code: 1)",
-            "details": self.details,
-        }
+    def public_message(self) -> str:
+        """Return r10k's summary line, as Code Manager reports it."""
+        return "Errors while collecting a list of environments to deploy (exit code: 1)"
+
+    def public_details(self) -> str:
+        """Return r10k-style text naming every source that failed and why."""
+        return self.details
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,17 +179,45 @@ class CodeManager:
         return self.guard.blocked(environment, holder=holder)
 
     def submit(
-        self, request: DeployRequest, *, actor: str, request_id: str | None = None
+        self,
+        request: DeployRequest,
+        *,
+        principal: Principal,
+        actor: str,
+        request_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Carry out a deploy request and return Code Manager's answer array.
+        """Carry out ``principal``'s deploy request; return Code Manager's answer array.
+
+        Named environments ``principal`` may not deploy are answered
+        ``failed`` with the ``permission-denied`` kind, as Code Manager
+        answers per environment, and the others are carried out.
+
+        Raises:
+            PermissionDenied: ``deploy-all`` or ``dry-run`` without ``deploy:*``.
+            CollectError: ``deploy-all`` or ``dry-run`` could not list the
+                environments.
+        """
+        if request.deploy_all or request.dry_run:
+            principal.require("deploy:*", "deploy every environment")
+        denied = {
+            name: denied_answer(name, refusal)
+            for name in request.environments
+            if (refusal := _refusal(principal, name)) is not None
+        }
+        allowed = tuple(name for name in request.environments if name not in denied)
+        if not allowed and not request.deploy_all and not request.dry_run:
+            return list(denied.values())
+        request = dataclasses.replace(request, environments=allowed)
+        return list(denied.values()) + self._carry_out(request, actor=actor, request_id=request_id)
+
+    def _carry_out(
+        self, request: DeployRequest, *, actor: str, request_id: str | None
+    ) -> list[dict[str, Any]]:
+        """Carry out a deploy request whose environments may be deployed.
 
         Environments whose gate is closed are answered ``failed`` with the
         ``gate-closed`` kind and not queued, whether named or part of
         ``deploy-all``; the others are queued (and waited for).
-
-        Raises:
-            CollectError: ``deploy-all`` or ``dry-run`` could not list the
-                environments.
         """
         if request.dry_run:
             return [{"environment": name} for name in self.collect()]
@@ -246,6 +284,33 @@ class CodeManager:
             return refused + self._wait_for_file_sync(answers)
         finally:
             self._wait_slots.release()
+
+    def rollback(
+        self,
+        body: Any,
+        *,
+        principal: Principal,
+        actor: str,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Roll an environment back for ``principal`` (see :meth:`FileSyncService.rollback`).
+
+        Raises:
+            PermissionDenied: ``principal`` may not deploy the environment.
+            GateClosed: the environment's gate is closed.
+            InvalidRollback: the body is malformed.
+            RollbackTargetNotFound: nothing to roll back to.
+        """
+        environment = body.get("environment") if isinstance(body, Mapping) else None
+        if isinstance(environment, str):
+            corrected = correct_name(environment)
+            principal.require(f"deploy:{corrected}", f"roll back {corrected!r}")
+            # No holder: unlike a deploy request, a rollback counts the
+            # ticket of a running deploy of the environment too.
+            closed = self.guard.blocked(corrected) if self.guard is not None else None
+            if closed is not None:
+                raise closed
+        return self.file_sync.rollback(body, actor=actor, request_id=request_id)
 
     def _wait_for_file_sync(self, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Hold a ``wait`` answer until every configured client has the new code.
@@ -376,6 +441,28 @@ class CodeManager:
         if "error" in record:
             answer["error"] = record["error"]
         return answer
+
+
+def _refusal(principal: Principal, name: str) -> PermissionDenied | None:
+    corrected = correct_name(name)
+    try:
+        principal.require(f"deploy:{corrected}", f"deploy {corrected!r}")
+    except PermissionDenied as refusal:
+        return refusal
+    return None
+
+
+def denied_answer(name: str, refusal: PermissionDenied) -> dict[str, Any]:
+    """Return Code Manager's answer for an environment the caller may not deploy."""
+    return {
+        "environment": name,
+        "status": "failed",
+        "error": {
+            "kind": refusal.kind,
+            "msg": str(refusal),
+            "details": {"corrected-env-name": correct_name(name)},
+        },
+    }
 
 
 def gate_closed_answer(name: str, closed: GateClosed) -> dict[str, Any]:

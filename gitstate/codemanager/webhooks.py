@@ -64,6 +64,9 @@ TYPES = (*PROVIDERS, HOOK)
 UNRECOGNIZED_TYPE = KIND_PREFIX + "unrecognized-webhook-type"
 INVALID_SIGNATURE = KIND_PREFIX + "invalid-webhook-signature"
 ZERO = "0" * 40
+#: Largest webhook body accepted, in bytes (GitHub caps payloads at 25 MB,
+#: but a push of a few branches is a few kilobytes).
+MAX_PAYLOAD = 1024 * 1024
 _HEADS = "refs/heads/"
 _MAX_BRANCH = 255
 _MAX_PREFIX = 100
@@ -72,19 +75,27 @@ _MAX_PREFIX = 100
 class UnrecognizedWebhookType(GitStateError, ValueError):
     """The ``type`` query parameter is missing or names no known provider."""
 
+    status = 400
     kind = UNRECOGNIZED_TYPE
 
     def __init__(self, webhook_type: str | None) -> None:
         self.webhook_type = webhook_type
         super().__init__(f"Unrecognized webhook type: '{webhook_type or ''}'")
 
-    def to_json(self) -> dict[str, Any]:
-        """Return Code Manager's error object for this case."""
-        return {
-            "kind": self.kind,
-            "msg": str(self),
-            "details": "Currently supported valid webhook types include: " + " ".join(TYPES),
-        }
+    def public_details(self) -> str:
+        """Name the types that are supported, as Code Manager does."""
+        return "Currently supported valid webhook types include: " + " ".join(TYPES)
+
+
+class PayloadTooLarge(GitStateError, ValueError):
+    """A webhook body is larger than :data:`MAX_PAYLOAD`."""
+
+    status = 413
+    kind = BAD_REQUEST
+
+    def __init__(self, limit: int = MAX_PAYLOAD) -> None:
+        self.limit = limit
+        super().__init__(f"Webhook body larger than {limit} bytes")
 
 
 class MalformedPayload(GitStateError, ValueError):
@@ -96,7 +107,9 @@ class MalformedPayload(GitStateError, ValueError):
         expected: what should be there.
     """
 
+    status = 400
     kind = BAD_REQUEST
+    public_fields = (("type", "provider"), ("missing", "missing"), ("expected", "expected"))
 
     def __init__(self, provider: str, missing: str, expected: str) -> None:
         self.provider = provider
@@ -105,14 +118,6 @@ class MalformedPayload(GitStateError, ValueError):
         super().__init__(
             f"{provider} webhook payload: '{missing}' is missing or invalid ({expected})"
         )
-
-    def to_json(self) -> dict[str, Any]:
-        """Return a Code Manager-style error object naming what is missing."""
-        return {
-            "kind": self.kind,
-            "msg": str(self),
-            "details": {"type": self.provider, "missing": self.missing, "expected": self.expected},
-        }
 
 
 class InvalidSignature(GitStateError, PermissionError):
@@ -124,21 +129,17 @@ class InvalidSignature(GitStateError, PermissionError):
         reason: ``missing`` or ``mismatch``.
     """
 
+    # No secret material in the answer: which header, and whether it was
+    # missing or did not match.
+    status = 401
     kind = INVALID_SIGNATURE
+    public_fields = (("type", "provider"), ("header", "header"), ("reason", "reason"))
 
     def __init__(self, provider: str, header: str, reason: str) -> None:
         self.provider = provider
         self.header = header
         self.reason = reason
         super().__init__(f"{provider} webhook refused: {header} is {reason}")
-
-    def to_json(self) -> dict[str, Any]:
-        """Return a Code Manager-style error object (no secret material)."""
-        return {
-            "kind": self.kind,
-            "msg": str(self),
-            "details": {"type": self.provider, "header": self.header, "reason": self.reason},
-        }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,7 +40,9 @@ class GateClosed(GitStateError):
         reason: why the gate is closed.
     """
 
+    status = 409
     kind = GATE_CLOSED
+    public_fields = (("gate", "gate"), ("reason", "reason"))
 
     def __init__(self, environment: str, gate: str, reason: str) -> None:
         self.environment = environment

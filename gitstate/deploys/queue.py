@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from gitstate.base.times import now_iso, parse_iso
-from gitstate.errors import GitStateError
+from gitstate.errors import BAD_REQUEST, KIND_PREFIX, NOT_FOUND, GitStateError
 from gitstate.settings import DeploySettings
 from gitstate.store.branch import Draft, Identity, Snapshot, Store
 from gitstate.store.tipwatch import TipWatch
@@ -66,10 +66,8 @@ QUEUED_ENTRY: Mapping[str, Any] = {"schema_version": SCHEMA_VERSION}
 #: A deploy whose worker died this many times is failed instead of queued again.
 MAX_INTERRUPTIONS = 2
 
-KIND_PREFIX = "puppetlabs.code-manager/"
 DEPLOY_FAILURE = KIND_PREFIX + "deploy-failure"
 COLLECT_FAILED = KIND_PREFIX + "collect-failed"
-BAD_REQUEST = KIND_PREFIX + "bad-request"
 TIMEOUT = KIND_PREFIX + "timeout"
 INTERRUPTED = KIND_PREFIX + "deploy-interrupted"
 FINAL = ("complete", "failed")
@@ -78,6 +76,7 @@ FINAL = ("complete", "failed")
 class DeployRequestError(GitStateError, ValueError):
     """A deploy request is malformed (Code Manager's ``bad-request``)."""
 
+    status = 400
     kind = BAD_REQUEST
 
     def __init__(self, detail: str) -> None:
@@ -87,6 +86,10 @@ class DeployRequestError(GitStateError, ValueError):
 
 class DeployNotFound(GitStateError, LookupError):
     """No deploy has the id asked for."""
+
+    status = 404
+    kind = NOT_FOUND
+    public_fields = (("id", "deploy_id"),)
 
     def __init__(self, deploy_id: int) -> None:
         self.deploy_id = deploy_id

@@ -32,7 +32,7 @@ from typing import Any
 
 from gitstate.base.fswatch import DirectoryWatch
 from gitstate.base.times import now_iso
-from gitstate.errors import GitStateError
+from gitstate.errors import BAD_REQUEST, GitStateError
 from gitstate.settings import CLIENT_NAME
 
 SCHEMA_VERSION = 2
@@ -45,6 +45,9 @@ _SHA = frozenset("0123456789abcdef")
 
 class InvalidCheckIn(GitStateError, ValueError):
     """A check-in is malformed (bad name, commit or shape)."""
+
+    status = 400
+    kind = BAD_REQUEST
 
     def __init__(self, detail: str) -> None:
         self.detail = detail

@@ -31,7 +31,7 @@ from gitstate.base.hostlock import environment_lock_path, flocked
 from gitstate.base.times import now_iso
 from gitstate.deploys.queue import SCHEMA_VERSION, environment_path
 from gitstate.engine.storage import Published, Storage
-from gitstate.errors import GitStateError
+from gitstate.errors import BAD_REQUEST, NOT_FOUND, GitStateError
 from gitstate.store.branch import Draft, Identity, Store
 
 DEPLOY_RECORD = ".r10k-deploy.json"
@@ -43,6 +43,9 @@ _ENV_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 
 class InvalidRollback(GitStateError, ValueError):
     """A rollback request is malformed."""
+
+    status = 400
+    kind = BAD_REQUEST
 
     def __init__(self, detail: str) -> None:
         self.detail = detail
@@ -56,6 +59,10 @@ class RollbackTargetNotFound(GitStateError, LookupError):
         environment: the environment asked for.
         to: the signature asked for (None: "the previous version").
     """
+
+    status = 404
+    kind = NOT_FOUND
+    public_fields = (("environment", "environment"), ("to", "to"))
 
     def __init__(self, environment: str, to: str | None, detail: str) -> None:
         self.environment = environment

@@ -37,7 +37,7 @@ from gitstate.base.times import now_iso
 from gitstate.config import Config
 from gitstate.deploys.queue import TIMEOUT
 from gitstate.engine.storage import CODE_REF, Storage, init_storage
-from gitstate.errors import GitStateError
+from gitstate.errors import BAD_REQUEST, FORBIDDEN, GitStateError
 from gitstate.filesync.checkins import CheckIns, InvalidCheckIn
 from gitstate.filesync.rollback import RollbackRequest, Rollbacks
 from gitstate.store.branch import Store
@@ -56,6 +56,10 @@ _PROTOCOL = re.compile(r"^[A-Za-z0-9=:.-]{1,64}$")
 class Unauthorized(GitStateError, PermissionError):
     """The request carries no valid file-sync token."""
 
+    status = 401
+    kind = "puppetlabs.rbac/user-unauthenticated"
+    challenge = 'Token realm="gitstate file sync"'
+
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
@@ -64,6 +68,9 @@ class Unauthorized(GitStateError, PermissionError):
 class ServiceRefused(GitStateError, PermissionError):
     """A git service other than upload-pack was asked for (the transport is read-only)."""
 
+    status = 403
+    kind = FORBIDDEN
+
     def __init__(self, service: str) -> None:
         self.service = service
         super().__init__(f"{service} is not offered: file-sync storage is read-only")
@@ -71,6 +78,9 @@ class ServiceRefused(GitStateError, PermissionError):
 
 class RequestTooLarge(GitStateError, ValueError):
     """An upload-pack request body is larger than :data:`MAX_NEGOTIATION`."""
+
+    status = 413
+    kind = BAD_REQUEST
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from gitstate.errors import GitStateError
+from gitstate.errors import NOT_FOUND, GitStateError
 from gitstate.gates.rules import Holiday, HolidayError, Schedule, parse_holiday
 from gitstate.gates.validation import check_name
 
@@ -53,6 +53,9 @@ class Writer(Reader, Protocol):
 class GateNotFound(GitStateError, LookupError):
     """No service of that name in that group."""
 
+    status = 404
+    kind = NOT_FOUND
+
     def __init__(self, group: str, service: str) -> None:
         self.group = group
         self.service = service
@@ -61,6 +64,9 @@ class GateNotFound(GitStateError, LookupError):
 
 class EnvironmentNotFound(GitStateError, LookupError):
     """The service has no such environment."""
+
+    status = 404
+    kind = NOT_FOUND
 
     def __init__(self, environment: str) -> None:
         self.environment = environment

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from gitstate.errors import GitStateError
+from gitstate.errors import BAD_REQUEST, CONFLICT, GitStateError
 from gitstate.gates import algorithm, subjects
 from gitstate.gates.algorithm import closed_reason, closures
 from gitstate.gates.records import (
@@ -103,6 +103,9 @@ _COMMIT = re.compile(r"[0-9a-fA-F]{7,40}")
 class GateExists(GitStateError, ValueError):
     """A service of that name already exists in the group."""
 
+    status = 400
+    kind = BAD_REQUEST
+
     def __init__(self, group: str, service: str) -> None:
         self.group = group
         self.service = service
@@ -116,6 +119,10 @@ class StateMoved(GitStateError):
         expected: the commits the client named.
         actual: the tip the write would have been made on.
     """
+
+    status = 412
+    kind = CONFLICT
+    public_fields = (("commit", "actual"),)
 
     def __init__(self, expected: tuple[str, ...], actual: str | None) -> None:
         self.expected = expected

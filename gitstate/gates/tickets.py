@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from gitstate.errors import GitStateError
+from gitstate.errors import NOT_FOUND, GitStateError
 from gitstate.gates.records import SCHEMA_VERSION, Reader, Writer
 
 TICKETS_DIR = "tickets"
@@ -31,6 +31,9 @@ _TICKET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 
 class TicketNotFound(GitStateError, LookupError):
     """The ticket does not exist or has expired."""
+
+    status = 404
+    kind = NOT_FOUND
 
     def __init__(self, ticket_id: str) -> None:
         self.ticket_id = ticket_id

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from gitstate.errors import GitStateError
+from gitstate.errors import BAD_REQUEST, GitStateError
 
 #: Longest group, service or environment name.
 MAX_NAME = 100
@@ -32,6 +32,9 @@ class InvalidName(GitStateError, ValueError):
         reason: what is wrong with it.
     """
 
+    status = 400
+    kind = BAD_REQUEST
+
     def __init__(self, kind: str, value: str, reason: str) -> None:
         self.kind = kind
         self.value = value
@@ -45,6 +48,9 @@ class InvalidRequest(GitStateError, ValueError):
     Attributes:
         detail: what is wrong, in gatekeeper's words where it had some.
     """
+
+    status = 400
+    kind = BAD_REQUEST
 
     def __init__(self, detail: str) -> None:
         self.detail = detail

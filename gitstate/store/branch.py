@@ -51,7 +51,7 @@ from pygit2.enums import FileMode, ObjectType, SortMode
 from gitstate.base import durable, metrics
 from gitstate.base.bare import create_bare
 from gitstate.base.hostlock import HostLock, break_stale_ref_locks
-from gitstate.errors import GitStateError
+from gitstate.errors import BAD_REQUEST, NOT_FOUND, UNAVAILABLE, GitStateError
 from gitstate.store import codec, history_index
 
 T = TypeVar("T")
@@ -72,6 +72,9 @@ _TREE_CACHE = 512
 class PathError(GitStateError, ValueError):
     """A record path is not a safe relative path of plain names."""
 
+    status = 400
+    kind = BAD_REQUEST
+
     def __init__(self, path: str, detail: str) -> None:
         self.path = path
         self.detail = detail
@@ -86,6 +89,11 @@ class StoreBusy(GitStateError, TimeoutError):
         waited: seconds spent before giving up.
         attempts: how many times the change was applied.
     """
+
+    # The writers may be done in a moment: ask the client to come back.
+    status = 503
+    kind = UNAVAILABLE
+    retry_after = 1
 
     def __init__(self, ref: str, waited: float, attempts: int, reason: str) -> None:
         self.ref = ref
@@ -107,6 +115,9 @@ class _WriteFailed(Exception):
 
 class RevisionNotFound(GitStateError, LookupError):
     """A commit or time asked for is not in the state branch's history."""
+
+    status = 404
+    kind = NOT_FOUND
 
     def __init__(self, revision: str, detail: str = "not found in the state history") -> None:
         self.revision = revision

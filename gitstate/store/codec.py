@@ -25,7 +25,7 @@ from ruamel.yaml.error import YAMLError
 from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.resolver import VersionedResolver
 
-from gitstate.errors import GitStateError
+from gitstate.errors import UNAVAILABLE, GitStateError
 
 #: Key every record carries so that a reader can tell which layout it holds.
 SCHEMA_KEY = "schema_version"
@@ -41,6 +41,12 @@ class RecordError(GitStateError, ValueError):
         commit: the state commit the record was read from, if known.
         detail: what is wrong with it.
     """
+
+    # The request is fine, the data is not: 503 tells clients to retry
+    # once an operator has fixed the record.
+    status = 503
+    kind = UNAVAILABLE
+    public_fields = (("path", "path"),)
 
     def __init__(self, path: str, detail: str, commit: str | None = None) -> None:
         self.path = path
