@@ -35,8 +35,12 @@ def _deployed(base: str, count: int, timeout: float = 300.0) -> list[dict]:
     """Wait (bounded) until ``count`` environments are deployed; return them."""
     until = time.monotonic() + timeout
     while True:
-        status = requests.get(f"{base}/code-manager/v1/deploys/status", timeout=10).json()
-        deployed = status["file-sync-storage-status"]["deployed"]
+        answer = requests.get(f"{base}/code-manager/v1/deploys/status", timeout=10)
+        if answer.status_code == 503 and time.monotonic() < until:
+            time.sleep(0.2)  # busy: a client retries, as Retry-After says
+            continue
+        assert answer.status_code == 200, answer.text
+        deployed = answer.json()["file-sync-storage-status"]["deployed"]
         if len(deployed) >= count or time.monotonic() > until:
             return deployed
         time.sleep(0.2)
