@@ -7,12 +7,12 @@ tags its commits with the same request id as the logs.
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
 import falcon
 
+from gitstate.base import jsonbody
 from gitstate.gates.validation import InvalidRequest
 
 from .auth import principal
@@ -121,9 +121,9 @@ def read_json(req: falcon.Request) -> Any:
         discard_body(req)
         raise BodyTooLarge(None)
     try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as ex:
-        raise InvalidRequest("Json was not valid") from ex
+        return jsonbody.loads(data)
+    except jsonbody.JsonRefused as ex:
+        raise InvalidRequest(f"Json was not valid: {ex.reason}") from ex
 
 
 class DrainUnreadBodies:

@@ -43,6 +43,11 @@ def _chunks(size: int) -> Iterator[bytes]:
     yield b'"}'
 
 
+def _deep(depth: int) -> bytes:
+    """A JSON array nested ``depth`` deep (5000 is past Python's recursion limit)."""
+    return b"[" * depth + b"]" * depth
+
+
 def _probes(client: Client) -> dict[str, Callable[[], None]]:
     tokens = client.tokens
     admin, pipeline, deployer = tokens.admin, tokens.pipeline, tokens.deployer
@@ -253,6 +258,26 @@ def _probes(client: Client) -> dict[str, Callable[[], None]]:
             params={"type": "github", "token": f"gst_{NO_TRACE}"},
             token=None,
             json={"ref": "refs/heads/production", "after": "1" * 40},
+        ),
+        "deep-json-gates": simple(
+            "deep-json-gates", "PUT", "/api/gates", token=pipeline, data=_deep(5000)
+        ),
+        "deep-json-deploy": simple(
+            "deep-json-deploy", "POST", "/code-manager/v1/deploys", token=deployer, data=_deep(100)
+        ),
+        "deep-json-webhook": simple(
+            "deep-json-webhook",
+            "POST",
+            "/code-manager/v1/webhook",
+            params={"type": "github"},
+            headers={"X-GitHub-Event": "push"},
+            data=_deep(5000),
+        ),
+        "surrogate-message": simple(
+            "surrogate-message",
+            "PUT",
+            f"/api/gates/{GATE_GROUP}/s1/live",
+            data=b'{"state": "closed", "message": "\\ud800 ' + NO_TRACE.encode() + b'"}',
         ),
         "hostile-branches": hostile_branches,
     }

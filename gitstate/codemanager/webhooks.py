@@ -38,13 +38,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-import json
 import logging
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gitstate.auth import Principal
+from gitstate.base import jsonbody
 from gitstate.codemanager.service import CodeManager
 from gitstate.deploys.queue import BAD_REQUEST, KIND_PREFIX, Requested, environment_path
 from gitstate.engine.environments import CollectFailed
@@ -183,9 +183,9 @@ def decode(provider: str, body: bytes, content_type: str | None = None) -> Any:
             raise MalformedPayload(provider, "payload", "a form field holding the JSON payload")
         body = fields["payload"][0].encode()
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as ex:
-        raise MalformedPayload(provider, "body", "a JSON object") from ex
+        return jsonbody.loads(body)
+    except jsonbody.JsonRefused as ex:
+        raise MalformedPayload(provider, "body", f"a JSON object ({ex.reason})") from ex
 
 
 def parse(
