@@ -66,7 +66,6 @@ CODE_REF = "refs/heads/code"
 ENVIRONMENT_REF_PREFIX = "refs/environments/"
 SERVICE = "gitstate"
 PACK_THRESHOLD = 64  # copy this many objects or more as one pack
-OUTSIDE = 1 << 30  # the escape of an absolute symlink: outside at any depth
 _TREE = int(FileMode.TREE)
 _LINK = int(FileMode.LINK)
 _COMMIT = int(FileMode.COMMIT)
@@ -114,29 +113,6 @@ class Imported:
 @dataclasses.dataclass(frozen=True)
 class _Scan:
     changed: bool
-
-
-def link_escape(directory: str, target: str) -> int:
-    """Return how many levels above the tree root a symlink reaches, by its text alone.
-
-    Kept for file-sync clients until they resolve links themselves
-    (:mod:`gitstate.engine.links`).
-
-    Args:
-        directory: the link's directory relative to the tree root ("" for
-            the root itself).
-        target: the link's target as stored.
-    """
-    if target.startswith("/"):
-        return OUTSIDE
-    level = len([part for part in directory.split("/") if part])
-    lowest = level
-    for part in target.split("/"):
-        if part in ("", "."):
-            continue
-        level = level - 1 if part == ".." else level + 1
-        lowest = min(lowest, level)
-    return max(0, -lowest)
 
 
 class Storage:
