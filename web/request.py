@@ -122,6 +122,8 @@ def read_json(req: falcon.Request) -> Any:
         raise BodyTooLarge(None)
     try:
         return jsonbody.loads(data)
+    except jsonbody.JsonSyntaxError as ex:
+        raise InvalidRequest("Json was not valid") from ex  # gatekeeper's words
     except jsonbody.JsonRefused as ex:
         raise InvalidRequest(f"Json was not valid: {ex.reason}") from ex
 

@@ -45,7 +45,12 @@ HOSTILE_BRANCHES = {
     "hostile_ext": "a Puppetfile module with an ext:: URL",
     "hostile_path": "a Puppetfile install_path outside the environment",
     "hostile_link": "a symlink escaping the environment",
+    "hostile_chain": "a symlink escaping through another symlink",
+    # 250 characters: no client could write it (.<env>.swap-<pid> > 255 bytes).
+    "hostile_long_" + "l" * 237: "a branch name no directory takes",
 }
+#: Where hostile_chain's inner link sits; it points back to the environment's root.
+CHAIN_DIRS = "a/b/c/d/e/f/g/h/i/j"
 
 
 def git(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -221,8 +226,22 @@ class Cluster:
         os.symlink("../../../../../../etc", work / "escape")
         git("add", "escape", cwd=work)
         git("commit", "-q", "-m", "hostile_link: " + HOSTILE_BRANCHES["hostile_link"], cwd=work)
+        self._hostile_chain(work)
+        long = next(branch for branch in HOSTILE_BRANCHES if branch.startswith("hostile_long_"))
+        git("checkout", "-q", "-b", long, "production", cwd=work)
         # The hook is not installed yet: these pushes deploy nothing by themselves.
         git("push", "-q", "origin", *HOSTILE_BRANCHES, cwd=work)
+
+    @staticmethod
+    def _hostile_chain(work: Path) -> None:
+        """Commit issue 18's repro: each link's text stays inside, the chain does not."""
+        git("checkout", "-q", "-b", "hostile_chain", "production", cwd=work)
+        (work / CHAIN_DIRS).mkdir(parents=True)
+        os.symlink("/".join([".."] * 10), work / CHAIN_DIRS / "l")
+        os.symlink("/".join([CHAIN_DIRS, "l", *[".."] * 10, "etc"]), work / "escape")
+        git("add", "-A", cwd=work)
+        message = "hostile_chain: " + HOSTILE_BRANCHES["hostile_chain"]
+        git("commit", "-q", "-m", message, cwd=work)
 
     # -- running --------------------------------------------------------------------
 

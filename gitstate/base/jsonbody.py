@@ -36,6 +36,10 @@ class JsonRefused(GitStateError, ValueError):
         super().__init__(reason)
 
 
+class JsonSyntaxError(JsonRefused):
+    """The text is not JSON at all (as opposed to JSON of a refused shape)."""
+
+
 def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
     """Parse ``data`` as JSON; refuse deep nesting and lone surrogates.
 
@@ -48,7 +52,7 @@ def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
     except RecursionError:
         raise JsonRefused(f"nested deeper than {max_depth} levels") from None
     except (ValueError, UnicodeDecodeError) as ex:
-        raise JsonRefused(f"not valid JSON: {ex}") from ex
+        raise JsonSyntaxError(f"not valid JSON: {ex}") from ex
     _check(value, max_depth)
     return value
 

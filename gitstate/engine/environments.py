@@ -37,6 +37,7 @@ import pygit2
 from gitstate.base.hostlock import environment_lock_path, flocked
 from gitstate.config import Config
 from gitstate.engine.forge import DEFAULT_FORGE, Forge, ForgeError
+from gitstate.engine.links import UnsafeSymlink
 from gitstate.engine.mirrors import FetchFailed, Mirrors, UnsafeURL
 from gitstate.engine.puppetfile import (
     CONTROL_BRANCH,
@@ -46,15 +47,13 @@ from gitstate.engine.puppetfile import (
     PuppetfileError,
     parse,
 )
-from gitstate.engine.sources import EnvironmentCollision, Sources, correct_name
-from gitstate.engine.storage import (
-    OUTSIDE,
-    PublishConflict,
-    Published,
-    Storage,
-    SymlinkEscape,
-    UnsafeEntry,
+from gitstate.engine.sources import (
+    EnvironmentCollision,
+    Sources,
+    correct_name,
+    environment_name_problem,
 )
+from gitstate.engine.storage import PublishConflict, Published, Storage, UnsafeEntry
 from gitstate.errors import GitStateError
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,6 @@ DEPLOY_RECORD = ".r10k-deploy.json"
 ENGINE_VERSION = "1"
 _HEX40 = re.compile(r"\A[0-9a-fA-F]{40}\Z")
 _HEX_PREFIX = re.compile(r"\A[0-9a-fA-F]{7,40}\Z")
-_ENV_NAME = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 
 
 class CollectFailed(GitStateError):
@@ -153,6 +151,8 @@ class Collection:
     """Environment → environment-commit published when collecting began."""
     fresh_after: float | None = None
     """Mirrors fetched since this time are not fetched again (None: always fetch once)."""
+    refused: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Environment → why, for branches whose environment name cannot be a directory."""
     _fetched: dict[str, FetchFailed | None] = dataclasses.field(default_factory=dict, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
@@ -300,8 +300,9 @@ class Deployer:
         if errors:
             raise CollectFailed("\n".join(errors))
         heads = {source.name: self.mirrors.branches(source.remote) for source in self.sources}
+        refused: dict[str, str] = {}
         try:
-            named = self.sources.environments(heads)
+            named = self.sources.environments(heads, refused)
         except EnvironmentCollision as ex:
             raise CollectFailed(f"ERROR\t -> {ex}") from ex
         environments = {
@@ -315,7 +316,7 @@ class Deployer:
             )
             for env, branch in named.items()
         }
-        return Collection(environments, started, published, fresh_after)
+        return Collection(environments, started, published, fresh_after, refused)
 
     # -- deploying ----------------------------------------------------------------------
 
@@ -355,6 +356,12 @@ class Deployer:
             except CollectFailed as ex:
                 raise DeployFailure(environment, corrected, ex.details) from ex
         source = collection.environments.get(corrected)
+        if source is None and corrected in collection.refused:
+            raise DeployFailure(
+                environment,
+                corrected,
+                f"Environment '{corrected}' cannot be deployed: {collection.refused[corrected]}.",
+            )
         if source is None:
             raise DeployFailure(
                 environment,
@@ -363,7 +370,7 @@ class Deployer:
                 "and will not be deployed.",
             )
         if (
-            not _ENV_NAME.match(corrected)
+            environment_name_problem(corrected) is not None
             or ".." in corrected
             or corrected.endswith((".lock", "."))
         ):
@@ -379,7 +386,7 @@ class Deployer:
             FetchFailed,
             UnsafeURL,
             ForgeError,
-            SymlinkEscape,
+            UnsafeSymlink,
             UnsafeEntry,
             PublishConflict,
             ValueError,
@@ -423,6 +430,8 @@ class Deployer:
         deploy_key = hashlib.sha256(json.dumps(key_data).encode()).hexdigest()
         module_deploys = tuple(item.deploy for item in resolved)
         if published is not None and published.deploy_key == deploy_key:
+            # Published by an engine that judged links by their text alone?
+            self.storage.check_links(pygit2.Oid(hex=published.tree))
             code = self.storage.code_commit()
             assert code is not None
             return DeployResult(
@@ -430,9 +439,6 @@ class Deployer:
             )
 
         base = self.storage.import_tree(control, commit.tree_id)
-        if base.escape > 0:
-            assert base.link is not None
-            raise SymlinkEscape("", *base.link)
         placements: dict[str, pygit2.Oid] = {}
         for item in resolved:
             if item.tree is None:
@@ -445,12 +451,6 @@ class Deployer:
             else:
                 imported = self.storage.import_tree(
                     self.storage.repo, item.tree, exclude_spec=module.exclude_spec
-                )
-            depth = module.path.count("/") + 1
-            if imported.escape >= OUTSIDE or imported.escape > depth:
-                assert imported.link is not None
-                raise SymlinkEscape(
-                    module.path, f"{module.path}/{imported.link[0]}", imported.link[1]
                 )
             placements[module.path] = imported.oid
         finished = datetime.now(UTC)
@@ -469,6 +469,9 @@ class Deployer:
             tree = self.storage.compose(base.oid, placements, {DEPLOY_RECORD: blob})
         except ValueError as ex:
             raise PuppetfileError(str(ex), environment=env) from ex
+        # Only the whole tree says where a link lands: a module's link may
+        # pass through the branch's, and the other way round.
+        self.storage.check_links(tree)
         message = (
             f"Deploy {env} at {source.sha[:12]}\n\n"
             f"Source: {source.source}\nBranch: {source.branch}\nSignature: {source.sha}\n"

@@ -18,6 +18,14 @@ first, then every ASCII non-word character becomes one ``_`` (no collapsing;
 Ruby's ``\W`` is ASCII-only, so ``é`` is corrected too), then the prefix is
 put in front without being corrected itself. ``invalid_branches: error`` (the
 Code Manager default) skips such branches with r10k's log line instead.
+
+An environment is a directory in every live directory, so a name no file
+system takes (:func:`environment_name_problem`: too long, ``.``, ``..``,
+``/`` or NUL) is never deployed, whatever the mode: no correction r10k knows
+makes a long name fit, and a name cut short would be one nobody asked for
+and could take another branch's place. ``error`` logs an error,
+``correct`` and ``correct_and_warn`` a warning, and a deploy asking for it
+fails saying why.
 """
 
 from __future__ import annotations
@@ -34,6 +42,17 @@ log = logging.getLogger(__name__)
 
 INVALID_CHARACTERS = re.compile(r"\W", re.ASCII)
 DEFAULT_INVALID_BRANCHES = "error"
+#: Bytes of one file name (NAME_MAX of ext4, xfs, btrfs, tmpfs).
+FILE_NAME_MAX = 255
+#: Bytes other file names add to an environment's name: a live directory's
+#: swap link ``.<env>.swap-<pid>`` adds 7 and a pid of up to 7 digits (the
+#: most; lock files and ref locks add ``.lock``).
+NAME_ROOM = 14
+#: Longest environment name, in bytes (UTF-8).
+ENVIRONMENT_NAME_MAX = FILE_NAME_MAX - NAME_ROOM
+#: What an environment name may hold: what r10k's correction leaves, dots
+#: and dashes, not leading (a hidden file, an option).
+ENVIRONMENT_CHARACTERS = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 
 
 class EnvironmentCollision(GitStateError):
@@ -60,6 +79,31 @@ def correct_name(name: str) -> str:
     ``feature/x`` finds the environment ``feature_x``.
     """
     return INVALID_CHARACTERS.sub("_", name)
+
+
+def environment_name_problem(name: str) -> str | None:
+    """Say why ``name`` cannot be an environment's directory, or None if it can.
+
+    Shared by the engine (which never deploys such a name) and file-sync
+    clients (which never trust that it did not).
+    """
+    if name in ("", ".", ".."):
+        return f"{name!r} is not a directory name"
+    if "/" in name or "\0" in name:
+        return "a directory name cannot hold '/' or NUL"
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > ENVIRONMENT_NAME_MAX:
+        return (
+            f"the name is {size} bytes long; at most {ENVIRONMENT_NAME_MAX} fit in a "
+            f"directory name ({FILE_NAME_MAX} bytes) with room for the live directory's "
+            "and the locks' suffixes"
+        )
+    if not ENVIRONMENT_CHARACTERS.match(name):
+        return (
+            "only ASCII letters, digits, '_', '.' and '-' may be used, "
+            "and the name must not start with '.' or '-'"
+        )
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +172,9 @@ class Source:
     def name_branch(self, branch: str) -> Branch | None:
         """Turn a branch into its environment, or None if it is not deployed.
 
-        Logs r10k's warning or error for branches with non-word characters.
+        Logs r10k's warning or error for branches with non-word characters,
+        and skips (logging why) a branch whose environment name cannot be a
+        directory.
         """
         if self.ignored(branch):
             log.warning(
@@ -139,17 +185,46 @@ class Source:
             return None
         name = self.stripped(branch)
         corrected = correct_name(name)
-        if corrected != name:
-            if self.invalid_branches == "error":
-                log.error('Environment "%s" contained non-word characters, ignoring it.', name)
-                return None
-            if self.invalid_branches == "correct_and_warn":
-                log.warning(
-                    'Environment "%s" contained non-word characters, correcting name to %s',
-                    name,
-                    self.prefix_text + corrected,
-                )
+        if corrected != name and self.invalid_branches == "error":
+            log.error('Environment "%s" contained non-word characters, ignoring it.', name)
+            return None
+        problem = self.name_problem(branch)
+        if problem is not None:
+            self._log_unusable(name, problem[1])
+            return None
+        if corrected != name and self.invalid_branches == "correct_and_warn":
+            log.warning(
+                'Environment "%s" contained non-word characters, correcting name to %s',
+                name,
+                self.prefix_text + corrected,
+            )
         return Branch(self.name, branch, name, self.prefix_text + corrected)
+
+    def _log_unusable(self, name: str, why: str) -> None:
+        """Log a branch skipped because no directory can have its name.
+
+        An error in ``error`` mode, as r10k logs branches it ignores; a
+        warning in the correcting modes, which have nothing to correct it to.
+        """
+        if self.invalid_branches == "error":
+            log.error('Environment "%s" cannot be a directory (%s), ignoring it.', name, why)
+        else:
+            log.warning(
+                'Environment "%s" cannot be a directory (%s) and no correction makes it one; '
+                "skipping it.",
+                name,
+                why,
+            )
+
+    def name_problem(self, branch: str) -> tuple[str, str] | None:
+        """Return ``(environment, why)`` if the branch's environment name is no directory name.
+
+        Judged on the name as it would be corrected, whatever the mode, so
+        that a deploy asking for it can say why it is not deployed.
+        """
+        environment = self.prefix_text + correct_name(self.stripped(branch))
+        why = environment_name_problem(environment)
+        return (environment, why) if why is not None else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,11 +255,15 @@ class Sources:
                 return source
         raise KeyError(name)
 
-    def environments(self, branches: Mapping[str, Iterable[str]]) -> dict[str, Branch]:
+    def environments(
+        self, branches: Mapping[str, Iterable[str]], refused: dict[str, str] | None = None
+    ) -> dict[str, Branch]:
         """Name every branch of every source, refusing collisions.
 
         Args:
             branches: source name → its branch names.
+            refused: filled with environment → why, for branches skipped
+                because their environment's name cannot be a directory.
 
         Returns:
             environment name → branch, sorted by environment name.
@@ -197,6 +276,9 @@ class Sources:
             for branch_name in sorted(branches.get(source.name, ())):
                 branch = source.name_branch(branch_name)
                 if branch is None:
+                    problem = source.name_problem(branch_name)
+                    if refused is not None and problem is not None:
+                        refused[problem[0]] = problem[1]
                     continue
                 other = found.get(branch.environment)
                 if other is not None:

@@ -56,6 +56,7 @@ from pygit2.enums import FileMode
 from gitstate.base import durable
 from gitstate.base.bare import create_bare
 from gitstate.base.hostlock import LockTimeout, break_stale_ref_locks, flocked
+from gitstate.engine.links import TreeLinks
 from gitstate.engine.manifest import ManifestReader, Published, publish_tree
 from gitstate.errors import GitStateError
 
@@ -65,26 +66,9 @@ CODE_REF = "refs/heads/code"
 ENVIRONMENT_REF_PREFIX = "refs/environments/"
 SERVICE = "gitstate"
 PACK_THRESHOLD = 64  # copy this many objects or more as one pack
-OUTSIDE = 1 << 30  # the escape of an absolute symlink: outside at any depth
 _TREE = int(FileMode.TREE)
 _LINK = int(FileMode.LINK)
 _COMMIT = int(FileMode.COMMIT)
-
-
-class SymlinkEscape(GitStateError, ValueError):
-    """A symlink in a branch or module points outside its environment.
-
-    Attributes:
-        path: where the tree was to be placed in the environment.
-        link: the offending link, relative to the environment.
-        target: what it points to.
-    """
-
-    def __init__(self, path: str, link: str, target: str) -> None:
-        self.path = path
-        self.link = link
-        self.target = target
-        super().__init__(f"symlink {link} -> {target} points outside the environment")
 
 
 class UnsafeEntry(GitStateError, ValueError):
@@ -121,41 +105,14 @@ class Imported:
     Attributes:
         oid: the tree's id in storage (differs from the source's when
             gitlinks or ``spec`` were dropped).
-        escape: how many directory levels above the tree's root its
-            symlinks reach (0: none leave it; :data:`OUTSIDE`: absolute).
-        link: one link that reaches furthest, for error messages.
     """
 
     oid: pygit2.Oid
-    escape: int
-    link: tuple[str, str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class _Scan:
-    escape: int
-    link: tuple[str, str] | None
     changed: bool
-
-
-def link_escape(directory: str, target: str) -> int:
-    """Return how many levels above the tree root a symlink reaches.
-
-    Args:
-        directory: the link's directory relative to the tree root ("" for
-            the root itself).
-        target: the link's target as stored.
-    """
-    if target.startswith("/"):
-        return OUTSIDE
-    level = len([part for part in directory.split("/") if part])
-    lowest = level
-    for part in target.split("/"):
-        if part in ("", "."):
-            continue
-        level = level - 1 if part == ".." else level + 1
-        lowest = min(lowest, level)
-    return max(0, -lowest)
 
 
 class Storage:
@@ -187,6 +144,7 @@ class Storage:
         self._scans: dict[bytes, _Scan] = {}
         self._memo_lock = threading.Lock()
         self._manifests = ManifestReader()
+        self.links = TreeLinks()
 
     @property
     def repo(self) -> pygit2.Repository:
@@ -209,7 +167,9 @@ class Storage:
         one pack when there are many, which costs a fraction of writing
         loose objects one by one), then rebuild the few trees that lost an
         entry. Scans are remembered by tree id, so a module shared by twenty
-        environments is walked once per process.
+        environments is walked once per process. Symlinks are judged on the
+        environment's final tree (:meth:`check_links`), not here: where a
+        link lands depends on the links around it.
         """
         key = (tree_id.raw, exclude_spec)
         with self._memo_lock:
@@ -217,38 +177,14 @@ class Storage:
         if found is not None:
             return found
         missing: list[pygit2.Oid] = []
-        scan = self._scan(source, tree_id, missing, set())
+        self._scan(source, tree_id, missing, set())
         self._copy(source, missing)
-        tree = source[tree_id]
-        escape, link = scan.escape, scan.link
-        if exclude_spec and "spec" in tree:
-            escape, link = 0, None
-            for entry in tree:
-                if entry.name == "spec":
-                    continue
-                reach, where = self._entry_escape(source, entry)
-                if reach > escape:
-                    escape, link = reach, where
-        result = Imported(self._rebuild(source, tree_id, exclude_spec), escape, link)
+        result = Imported(self._rebuild(source, tree_id, exclude_spec))
         with self._memo_lock:
             if len(self._memo) > 200_000:
                 self._memo.clear()
             self._memo[key] = result
         return result
-
-    def _entry_escape(
-        self, source: pygit2.Repository, entry: pygit2.Object
-    ) -> tuple[int, tuple[str, str] | None]:
-        """Return how far above its tree one entry's symlinks reach."""
-        if entry.filemode == _TREE:
-            sub = self._scans[entry.id.raw]
-            if sub.link is None:
-                return 0, None
-            return sub.escape - 1, (f"{entry.name}/{sub.link[0]}", sub.link[1])
-        if entry.filemode == _LINK:
-            target = source.odb.read(entry.id)[1].decode("utf-8", "surrogateescape")
-            return link_escape("", target), (entry.name, target)
-        return 0, None
 
     def _scan(
         self,
@@ -257,7 +193,7 @@ class Storage:
         missing: list[pygit2.Oid],
         seen: set[bytes],
     ) -> _Scan:
-        """Walk a source tree: what storage lacks, its symlinks, its gitlinks."""
+        """Walk a source tree: what storage lacks, its gitlinks, its unsafe names."""
         found = self._scans.get(tree_id.raw)
         if found is not None and tree_id in self.repo.odb:
             return found
@@ -265,8 +201,6 @@ class Storage:
         present = tree_id in odb
         tree = source[tree_id]
         changed = False
-        escape = 0
-        link: tuple[str, str] | None = None
         for entry in tree:
             mode = entry.filemode
             if mode == _COMMIT:
@@ -279,13 +213,10 @@ class Storage:
             elif not present and entry.id.raw not in seen and entry.id not in odb:
                 seen.add(entry.id.raw)
                 missing.append(entry.id)
-            reach, where = self._entry_escape(source, entry)
-            if reach > escape:
-                escape, link = reach, where
         if not present and tree_id.raw not in seen:
             seen.add(tree_id.raw)
             missing.append(tree_id)
-        result = _Scan(escape, link, changed)
+        result = _Scan(changed)
         if len(self._scans) > 200_000:
             self._scans.clear()
         self._scans[tree_id.raw] = result
@@ -390,6 +321,19 @@ class Storage:
             )
             builder.insert(name, self._overlay(sub_base, value), FileMode.TREE)
         return builder.write()
+
+    def check_links(self, tree: pygit2.Oid) -> None:
+        """Refuse an environment's final tree if a symlink in it is unsafe.
+
+        Each link is resolved against the whole tree, as the file system
+        will (:mod:`gitstate.engine.links`); trees already listed or judged
+        cost nothing.
+
+        Raises:
+            UnsafeSymlink: a link leaves the environment, loops, or has a
+                target no file system takes.
+        """
+        self.links.check(self.repo, tree)
 
     # -- commits and refs ----------------------------------------------------------------
 

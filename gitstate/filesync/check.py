@@ -31,8 +31,6 @@ from collections.abc import Callable
 import pygit2
 from pygit2.enums import FileMode
 
-from gitstate.engine.storage import link_escape
-
 _TREE = int(FileMode.TREE)
 _LINK = int(FileMode.LINK)
 _COMMIT = int(FileMode.COMMIT)
@@ -141,11 +139,9 @@ def _compare(
                 edits.append((path, "modified"))
             continue
         if mode == _LINK:
+            # A version holding an unsafe link is never written (livedir).
             target = repo[entry.id].data.decode("utf-8", "surrogateescape")
-            if link_escape(rel, target) > 0:  # never written: must stay absent
-                if item is not None:
-                    edits.append((path, "added"))
-            elif item is None:
+            if item is None:
                 edits.append((path, "removed"))
             elif not item.is_symlink() or os.readlink(item.path) != target:
                 edits.append((path, "modified"))

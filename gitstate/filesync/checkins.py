@@ -33,6 +33,7 @@ from typing import Any
 from gitstate.base.fswatch import DirectoryWatch
 from gitstate.base.times import now_iso
 from gitstate.errors import BAD_REQUEST, GitStateError
+from gitstate.filesync.livedir import MAX_FAILED, MAX_REASON
 from gitstate.settings import CLIENT_NAME
 
 SCHEMA_VERSION = 2
@@ -40,6 +41,8 @@ SCHEMA_VERSION = 2
 MAX_CHECK_IN = 256 * 1024
 #: Local edits kept of one check-in.
 MAX_EDITS = 100
+#: Longest environment name kept of a failure (a file name's length).
+_NAME_MAX = 255
 _SHA = frozenset("0123456789abcdef")
 
 
@@ -79,7 +82,8 @@ class CheckIns:
             name: the client's name.
             report: what the client says: ``code_commit``, ``environments``
                 (env → environment-commit, deploy-signature, ...),
-                ``local_edits`` and its own ``time``.
+                ``local_edits``, ``failed_environments`` (env → why the
+                last sync could not write it) and its own ``time``.
 
         Raises:
             InvalidCheckIn: the name or the report is malformed.
@@ -97,6 +101,9 @@ class CheckIns:
             raise InvalidCheckIn("environments must be an object and local_edits a list")
         edits = [edit for edit in edits[:MAX_EDITS] if isinstance(edit, Mapping)]
         total = report.get("local_edits_total")
+        failed = report.get("failed_environments") or {}
+        if not isinstance(failed, Mapping):
+            raise InvalidCheckIn("failed_environments must be an object")
         record: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "name": name,
@@ -107,6 +114,10 @@ class CheckIns:
             "local_edits": edits,
             "local_edits_total": total if isinstance(total, int) else len(edits),
             "local_edits_at": report.get("local_edits_at"),
+            "failed_environments": {
+                str(env)[:_NAME_MAX]: str(why)[:MAX_REASON]
+                for env, why in list(failed.items())[:MAX_FAILED]
+            },
         }
         if environments:
             # A client from before check-ins named only their code-commit.

@@ -280,7 +280,7 @@ class SyncClient:
                 report.written,
                 report.linked,
             )
-        changed = commit != self.applied or bool(report.local_edits)
+        changed = commit != self.applied or bool(report.local_edits) or bool(report.failed)
         self.applied = commit
         if changed:
             self._next_check_in = 0.0
@@ -354,7 +354,9 @@ def check_in_report(state: Mapping[str, Any]) -> dict[str, Any]:
     names every environment's tree, environment-commit and signature
     exactly, and the server holds that commit (the client got it from
     there). Local edits are sent while the body stays under
-    :data:`EDITS_BUDGET` bytes, with their total count.
+    :data:`EDITS_BUDGET` bytes, with their total count. Environments the
+    last sync could not write are named with why (at most
+    :data:`gitstate.filesync.livedir.MAX_FAILED`, bounded in length).
     """
     edits = [edit for edit in state.get("local_edits") or [] if isinstance(edit, Mapping)]
     sent: list[Mapping[str, Any]] = []
@@ -370,6 +372,7 @@ def check_in_report(state: Mapping[str, Any]) -> dict[str, Any]:
         "local_edits": sent,
         "local_edits_total": len(edits),
         "local_edits_at": state.get("local_edits_at"),
+        "failed_environments": state.get("failed") or {},
         "time": time.time(),
         "host": socket.gethostname(),
     }

@@ -57,7 +57,6 @@ import functools
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -67,8 +66,9 @@ from typing import Any
 import pygit2
 from pygit2.enums import FileMode
 
+from gitstate.engine.links import TreeLinks, UnsafeSymlink
 from gitstate.engine.manifest import ENVIRONMENTS_DIR
-from gitstate.engine.storage import link_escape
+from gitstate.engine.sources import environment_name_problem
 from gitstate.errors import GitStateError
 from gitstate.filesync.check import BlobSearch, DirCheck, Subtrees, check_dirs, safe_name
 from gitstate.filesync.objects import OBJECTS, ObjectStore
@@ -84,14 +84,18 @@ LOCK_FILE = ".gitstate-sync.lock"
 DEFAULT_KEEP_VERSIONS = 3
 #: Local edits kept in the state file (and so in check-ins).
 MAX_EDITS = 100
+#: Failed environments kept in the state file (and so in check-ins), and
+#: the longest reason kept for each: with the local edits' budget, a
+#: check-in stays under the server's 64 KiB bodies.
+MAX_FAILED = 20
+MAX_REASON = 300
+_NAME_MAX = 255
 #: A marker is a few hundred bytes; anything larger is an index of layout 1.
 _MARKER_MAX = 1024
 _TREE = int(FileMode.TREE)
 _LINK = int(FileMode.LINK)
 _COMMIT = int(FileMode.COMMIT)
 _EXECUTABLE = int(FileMode.BLOB_EXECUTABLE)
-#: Environment names a client will materialise (storage uses the same rule).
-_ENV_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
 
 
 class LiveDirBusy(GitStateError, RuntimeError):
@@ -113,15 +117,38 @@ def environment_trees(repo: pygit2.Repository, code_commit: str) -> dict[str, st
     return _trees(repo, root[ENVIRONMENTS_DIR].id if ENVIRONMENTS_DIR in root else None)
 
 
-def _trees(repo: pygit2.Repository, oid: pygit2.Oid | None) -> dict[str, str]:
+def _trees(
+    repo: pygit2.Repository, oid: pygit2.Oid | None, refused: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Return environment → tree of an ``environments/`` tree.
+
+    Entries that are not trees or whose names a live directory cannot hold
+    are left out, and put in ``refused`` (name → why) when it is given.
+    """
     found: dict[str, str] = {}
     for entry in repo[oid] if oid is not None else ():
         name = entry.name or ""
-        if entry.filemode != _TREE or not _ENV_NAME.match(name):
-            log.warning("code-commit names environment %r; not a safe name", name)
+        why = "not a directory" if entry.filemode != _TREE else environment_name_problem(name)
+        if why is not None:
+            log.warning("code-commit names environment %r; not synced: %s", name, why)
+            if refused is not None:
+                refused[name] = f"refused name: {why}"
             continue
         found[name] = str(entry.id)
     return found
+
+
+def _failures(state: Mapping[str, Any]) -> dict[str, str]:
+    """Return the environments the last sync failed (env → why)."""
+    failed = state.get("failed")
+    if not isinstance(failed, Mapping):
+        return {}
+    return {str(env): str(why) for env, why in failed.items()}
+
+
+def _bounded(failed: Mapping[str, str]) -> dict[str, str]:
+    """Return at most :data:`MAX_FAILED` failures, each reason cut to a readable length."""
+    return {env[:_NAME_MAX]: why[:MAX_REASON] for env, why in sorted(failed.items())[:MAX_FAILED]}
 
 
 def _environments_tree(repo: pygit2.Repository, code_commit: str) -> pygit2.Oid | None:
@@ -157,7 +184,9 @@ class SyncReport:
             examines only those whose tree changed (all of them when it
             verifies, or after an interrupted sync).
         hashed: files whose content was hashed because their metadata moved.
-        refused_links: symlinks not written because they leave the environment.
+        failed: environments not brought to their tree, and why (a symlink
+            refused, a name or a write the file system refused); the others
+            are synced all the same.
     """
 
     code_commit: str
@@ -168,7 +197,7 @@ class SyncReport:
     linked: int = 0
     examined: int = 0
     hashed: int = 0
-    refused_links: list[str] = dataclasses.field(default_factory=list)
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -213,6 +242,8 @@ class LiveDir:
         self.objects = ObjectStore(self.root / OBJECTS)
         self.trash = self.root / TRASH
         self._subtrees = Subtrees()
+        self._links = TreeLinks()
+        self._refused: tuple[bytes, dict[str, str]] | None = None
 
     # -- locking and state ----------------------------------------------------------
 
@@ -265,7 +296,11 @@ class LiveDir:
     def live_environments(self) -> list[str]:
         """Return the environments visible in the live directory."""
         try:
-            return sorted(name for name in os.listdir(self.environments) if _ENV_NAME.match(name))
+            return sorted(
+                name
+                for name in os.listdir(self.environments)
+                if environment_name_problem(name) is None
+            )
         except FileNotFoundError:
             return []
 
@@ -302,16 +337,21 @@ class LiveDir:
         hashed = self.objects.hashed
         target = _environments_tree(repo, code_commit)
         changed, removed = self._changes(repo, shown, target, full=verify)
+        failed_before = _failures(state) if layout else {}
+        changed.update(self._retried(repo, target, failed_before, changed))
+        report.failed.update(self._refused_names(repo, target))
         if changed or removed:
             # Until this sync ends, the tree comparison cannot be trusted.
             self._write_state({**state, "applying": code_commit})
         run = _Run(report)
         for env, tree in sorted(changed.items()):
             report.examined += 1
-            self._converge(repo, env, tree, run)
+            with self._isolated(env, run):
+                self._converge(repo, env, tree, run)
         for env in removed:
-            self._remove(env)
-            report.removed.append(env)
+            with self._isolated(env, run):
+                self._remove(env)
+                report.removed.append(env)
         if verify:
             self._check(repo, run)
         self._repair(repo, run)
@@ -340,9 +380,41 @@ class LiveDir:
                 "local_edits": edits or [],
                 "local_edits_at": edits_at,
                 "objects_checked": self.objects.trusted_before,
+                "failed": _bounded(report.failed),
             }
         )
         return report
+
+    def _retried(
+        self,
+        repo: pygit2.Repository,
+        target: pygit2.Oid | None,
+        failed_before: Mapping[str, str],
+        changed: Mapping[str, str],
+    ) -> dict[str, str]:
+        """Return env → tree of environments the last sync failed, to try again.
+
+        Their trees may not have changed since, so the tree comparison alone
+        would leave them as they are.
+        """
+        if not failed_before:
+            return {}
+        wanted = _trees(repo, target)
+        return {env: wanted[env] for env in failed_before if env in wanted and env not in changed}
+
+    def _refused_names(self, repo: pygit2.Repository, target: pygit2.Oid | None) -> dict[str, str]:
+        """Return the environments of ``target`` whose names no live directory takes.
+
+        Listed once per ``environments/`` tree: a sync that changes nothing
+        there pays nothing.
+        """
+        if target is None:
+            return {}
+        if self._refused is None or self._refused[0] != target.raw:
+            refused: dict[str, str] = {}
+            _trees(repo, target, refused)
+            self._refused = (target.raw, refused)
+        return dict(self._refused[1])
 
     def _changes(
         self, repo: pygit2.Repository, shown: str | None, target: pygit2.Oid | None, *, full: bool
@@ -367,9 +439,35 @@ class LiveDir:
         wanted = _trees(repo, target)
         return wanted, [env for env in self.live_environments() if env not in wanted]
 
+    @contextlib.contextmanager
+    def _isolated(self, env: str, run: _Run) -> Iterator[None]:
+        """Confine a failure to its environment: report it, and go on with the others.
+
+        A symlink that would leave the environment, a name or a write the
+        file system refuses (``ENAMETOOLONG``, ``EACCES``, ``ENOSPC``) stop
+        this environment only; it keeps whatever version it showed.
+        """
+        try:
+            yield
+        except (UnsafeSymlink, OSError) as ex:
+            reason = f"{type(ex).__name__}: {ex}"
+            log.error("environment %s not synced: %s", env, reason)
+            run.report.failed[env] = reason
+
     def _converge(self, repo: pygit2.Repository, env: str, tree: str, run: _Run) -> None:
-        """Make ``env`` show ``tree``, unless it already does."""
+        """Make ``env`` show ``tree``, unless it already does.
+
+        A tree whose links are unsafe is never written; if it is what the
+        environment shows (written by a client that judged links by their
+        text), the environment is taken out.
+        """
         version = self.current(env)
+        try:
+            self._links.check(repo, pygit2.Oid(hex=tree))
+        except UnsafeSymlink:
+            if version is not None and _tree_of(version) == tree:
+                self._remove(env)
+            raise
         since = self._since(env, version) if version is not None else None
         if since is not None and version is not None:
             if _tree_of(version) == tree:
@@ -396,6 +494,7 @@ class LiveDir:
         With ``reuse``, an intact version of the same tree still kept (a
         rollback, a reverted branch) is swapped back instead.
         """
+        self._links.check(repo, pygit2.Oid(hex=tree))
         env_versions = self.versions / env
         env_versions.mkdir(parents=True, exist_ok=True)
         run.built.add(env)
@@ -408,7 +507,11 @@ class LiveDir:
         if (env_versions / version).exists() or (env_versions / f"{version}.json").exists():
             version = f"{tree}~{time.time_ns()}"
         staging = env_versions / f".tmp-{version}"
-        self._write_tree(repo, tree, str(staging), run.report)
+        try:
+            self._write_tree(repo, tree, str(staging), run.report)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         os.rename(staging, env_versions / version)
         # Written after the rename (which sets the directory's ctime): the
         # marker's mtime is the baseline of the version's directories.
@@ -423,12 +526,15 @@ class LiveDir:
     def _write_tree(
         self, repo: pygit2.Repository, tree: str, staging: str, report: SyncReport
     ) -> None:
-        """Write a tree under ``staging``: directories, symlinks, links to objects."""
+        """Write a tree under ``staging``: directories, symlinks, links to objects.
+
+        Its symlinks were resolved against the tree first (:meth:`_build`).
+        """
         os.mkdir(staging)
         objects = self.objects
-        stack: list[tuple[str, str, pygit2.Oid]] = [(staging, "", pygit2.Oid(hex=tree))]
+        stack: list[tuple[str, pygit2.Oid]] = [(staging, pygit2.Oid(hex=tree))]
         while stack:
-            directory, prefix, oid = stack.pop()
+            directory, oid = stack.pop()
             for entry in repo[oid]:
                 mode = entry.filemode
                 name = entry.name
@@ -437,19 +543,9 @@ class LiveDir:
                 path = f"{directory}/{name}"
                 if mode == _TREE:
                     os.mkdir(path)
-                    stack.append((path, f"{prefix}{name}/", entry.id))
+                    stack.append((path, entry.id))
                 elif mode == _LINK:
-                    target = repo[entry.id].data.decode("utf-8", "surrogateescape")
-                    if link_escape(prefix, target) > 0:
-                        # Storage refuses such trees; a client never trusts that alone.
-                        log.warning(
-                            "not writing symlink %s -> %s: leaves the environment",
-                            prefix + name,
-                            target,
-                        )
-                        report.refused_links.append(prefix + name)
-                        continue
-                    os.symlink(target, path)
+                    os.symlink(repo[entry.id].data.decode("utf-8", "surrogateescape"), path)
                 elif objects.place(repo, entry.id, mode == _EXECUTABLE, path):
                     report.written += 1
                 else:
@@ -554,7 +650,8 @@ class LiveDir:
             since = self._since(env, version) if version is not None else None
             if version is None or since is None:
                 continue
-            run.edits(self._check_version(repo, env, version, since), rebuild=True)
+            with self._isolated(env, run):
+                run.edits(self._check_version(repo, env, version, since), rebuild=True)
 
     def _check_version(
         self, repo: pygit2.Repository, env: str, version: str, since: int
@@ -625,9 +722,10 @@ class LiveDir:
                 version = self.current(env)
                 if version is None:
                     continue
-                self._build(repo, env, _tree_of(version), run, reuse=False)
-                if env not in run.report.updated:
-                    run.report.updated.append(env)
+                with self._isolated(env, run):
+                    self._build(repo, env, _tree_of(version), run, reuse=False)
+                    if env not in run.report.updated:
+                        run.report.updated.append(env)
 
     def _showing(
         self,

@@ -336,6 +336,7 @@ class FileSyncService:
                 ],
                 "local-edits": record.get("local_edits", []),
                 "local-edits-at": _iso(record.get("local_edits_at")),
+                "failed-environments": record.get("failed_environments") or {},
             }
         return {
             "all-synced": all(item["synced-with-file-sync-storage"] for item in clients.values()),

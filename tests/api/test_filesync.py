@@ -10,11 +10,15 @@ from pathlib import Path
 
 import pygit2
 import pytest
+from pygit2.enums import FileMode
 
 from gitstate.cli.sample import SampleRepos
+from gitstate.engine.sources import ENVIRONMENT_NAME_MAX
 from gitstate.engine.storage import CODE_REF
 from gitstate.filesync.client import LocalSource, SyncClient
 from gitstate.filesync.livedir import LiveDir
+from gitstate.settings import FileSyncSettings
+from tests.support.deploy_fixtures import Link
 from tests.support.filesync import (
     CM,
     Harness,
@@ -136,36 +140,123 @@ def test_local_edits_are_overwritten_and_reported(harness: Harness, tmp_path: Pa
         }
 
 
-def test_symlinks_leaving_the_environment_are_not_written(tmp_path: Path) -> None:
-    # Storage refuses such trees; the client checks again on its own.
-    repo = pygit2.init_repository(str(tmp_path / "storage.git"), bare=True)
-    blob = repo.create_blob(b"hello\n")
-    inside = repo.create_blob(b"../README")
-    outside = repo.create_blob(b"../../../etc/passwd")
-    sub = repo.TreeBuilder()
-    sub.insert("ok", inside, pygit2.enums.FileMode.LINK)
-    sub.insert("escape", outside, pygit2.enums.FileMode.LINK)
-    env = repo.TreeBuilder()
-    env.insert("README", blob, pygit2.enums.FileMode.BLOB)
-    env.insert("dir", sub.write(), pygit2.enums.FileMode.TREE)
-    env_tree = env.write()
+def crafted_storage(
+    path: Path, environments: dict[str, dict[str, bytes | Link]], parent: str | None = None
+) -> tuple[pygit2.Repository, str]:
+    """Publish trees straight into a storage repository, bypassing the engine.
+
+    Returns the repository and the new code-commit.
+    """
+    repo = pygit2.init_repository(str(path), bare=True)
     envs = repo.TreeBuilder()
-    envs.insert("production", env_tree, pygit2.enums.FileMode.TREE)
-    manifest = repo.create_blob(
-        b'{"environments": {"production": {"commit": "", "tree": "%s"}}}' % str(env_tree).encode()
-    )
+    for name, files in environments.items():
+        envs.insert(name, _tree(repo, files), FileMode.TREE)
     root = repo.TreeBuilder()
-    root.insert("environments", envs.write(), pygit2.enums.FileMode.TREE)
-    root.insert("environments.json", manifest, pygit2.enums.FileMode.BLOB)
+    root.insert("environments", envs.write(), FileMode.TREE)
     sig = pygit2.Signature("t", "t@example.test")
-    commit = repo.create_commit(CODE_REF, sig, sig, "code", root.write(), [])
+    parents = [pygit2.Oid(hex=parent)] if parent else []
+    commit = repo.create_commit(None, sig, sig, "code", root.write(), parents)
+    repo.references.create(CODE_REF, commit, force=True)
+    return repo, str(commit)
+
+
+def _tree(repo: pygit2.Repository, files: dict[str, bytes | Link]) -> pygit2.Oid:
+    nested: dict[str, dict[str, bytes | Link]] = {}
+    builder = repo.TreeBuilder()
+    for path, content in files.items():
+        head, _, rest = path.partition("/")
+        if rest:
+            nested.setdefault(head, {})[rest] = content
+        elif isinstance(content, Link):
+            builder.insert(head, repo.create_blob(content.target.encode()), FileMode.LINK)
+        else:
+            builder.insert(head, repo.create_blob(content), FileMode.BLOB)
+    for name, inside in nested.items():
+        builder.insert(name, _tree(repo, inside), FileMode.TREE)
+    return builder.write()
+
+
+DEEP = "a/b/c/d/e/f/g/h/i/j"
+HOSTILE_LINKS: dict[str, dict[str, bytes | Link]] = {
+    "textual": {"README": b"x\n", "dir/escape": Link("../../../etc/passwd")},
+    "chained": {
+        f"{DEEP}/l": Link("/".join([".."] * 10)),
+        "x": Link("/".join([DEEP, "l", *[".."] * 10, "etc/passwd"])),
+    },
+    "chained_dir": {
+        f"{DEEP}/l": Link("/".join([".."] * 10)),
+        "x": Link("/".join([DEEP, "l", *[".."] * 10, "etc"])),
+    },
+    "looped": {"one": Link("two"), "two": Link("one")},
+}
+
+
+def test_a_client_refuses_environments_whose_links_leave_and_syncs_the_others(
+    tmp_path: Path,
+) -> None:
+    # Storage refuses such trees; a client never trusts that alone.
+    production = {"README": b"hello\n", "dir/ok": Link("../README"), "up": Link("dir/../dir/ok")}
+    repo, commit = crafted_storage(
+        tmp_path / "storage.git", {"production": production, **HOSTILE_LINKS}
+    )
     live = LiveDir(tmp_path / "live")
     with live.locked():
-        report = live.apply(repo, str(commit))
-    assert report.refused_links == ["dir/escape"]
-    production = live.root / "environments" / "production"
-    assert os.readlink(production / "dir" / "ok") == "../README"
-    assert not os.path.lexists(production / "dir" / "escape")
+        report = live.apply(repo, commit)
+    assert report.updated == ["production"]
+    assert sorted(report.failed) == sorted(HOSTILE_LINKS)
+    assert "points outside the environment" in report.failed["chained"]
+    assert "loop" in report.failed["looped"]
+    assert sorted(os.listdir(live.root / "environments")) == ["production"]
+    assert not os.path.lexists(live.root / ".versions" / "chained")
+    shown = live.root / "environments" / "production"
+    assert (shown / "up").read_bytes() == b"hello\n"
+    assert live.state()["failed"] == report.failed
+    assert live.state()["code_commit"] == commit
+
+
+def test_a_client_keeps_syncing_when_one_environment_cannot_be_written(tmp_path: Path) -> None:
+    longest = "n" * ENVIRONMENT_NAME_MAX
+    too_long = "l" * 250
+    envs: dict[str, dict[str, bytes | Link]] = {
+        name: {"README": name.encode()} for name in ("production", "blocked", longest, too_long)
+    }
+    _repo, first = crafted_storage(tmp_path / "data" / "storage.git", envs)
+    live = LiveDir(tmp_path / "live")
+    live.root.mkdir()
+    (live.root / ".versions").mkdir()
+    # Something the client cannot replace stands where blocked's versions go.
+    (live.root / ".versions" / "blocked").write_text("not a directory\n")
+    source = LocalSource(tmp_path / "data" / "storage.git")
+    client = SyncClient("primary", live, source, FileSyncSettings())
+    try:
+        with live.locked():
+            report = client.sync(first, verify=False)
+            client.check_in(force=True)
+        assert sorted(report.updated) == sorted(["production", longest])
+        assert sorted(report.failed) == sorted(["blocked", too_long])
+        assert "bytes long" in report.failed[too_long]
+        assert (live.root / "environments" / longest / "README").read_bytes() == longest.encode()
+        check_in = source.check_ins.get("primary")
+        assert check_in is not None
+        assert check_in["code_commit"] == first
+        assert sorted(check_in["failed_environments"]) == sorted(["blocked", too_long])
+
+        # Once the obstacle is gone, the next sync writes blocked, though its tree did not change.
+        (live.root / ".versions" / "blocked").unlink()
+        del envs[too_long]
+        envs["staging"] = {"README": b"staging"}
+        _repo, second = crafted_storage(tmp_path / "data" / "storage.git", envs, parent=first)
+        with live.locked():
+            report = client.sync(second, verify=False)
+            client.check_in(force=True)
+        assert sorted(report.updated) == ["blocked", "staging"]
+        assert report.failed == {}
+        check_in = source.check_ins.get("primary")
+        assert check_in is not None
+        assert check_in["code_commit"] == second
+        assert check_in["failed_environments"] == {}
+    finally:
+        source.close()
 
 
 def test_readers_never_see_a_mix_of_two_versions(

@@ -563,3 +563,116 @@ def test_lock_files_left_by_a_killed_publisher_are_recovered(tmp_path) -> None:
     assert second.code_commit != first.code_commit
     assert not (storage / "refs/heads/code.lock").exists()
     assert not (storage / "refs/environments/production.lock").exists()
+
+
+# -- symlink chains (issue 18, item 1) -------------------------------------------------
+
+#: Ten directories deep, then a link back up to whatever holds ``a``.
+DEEP = "a/b/c/d/e/f/g/h/i/j"
+BACK_UP = Link("/".join([".."] * 10))
+
+
+def chain(climb: int, then: str) -> Link:
+    """A link through ``DEEP/l`` (which is the directory holding ``a``), then up ``climb``."""
+    return Link("/".join([DEEP, "l", *[".."] * climb, then]))
+
+
+def assert_not_published(dep: Deployer, environment: str) -> None:
+    assert environment not in dep.environments()
+    refs = git("for-each-ref", "--format=%(refname)", cwd=dep.storage.path).split()
+    assert f"refs/environments/{environment}" not in refs
+
+
+@pytest.mark.parametrize(
+    ("link", "why"),
+    [
+        # The issue's repro: the text stays inside, the resolution does not.
+        (chain(10, "etc/passwd"), "points outside the environment"),
+        (chain(10, "etc"), "points outside the environment"),
+        (chain(1, "x"), "points outside the environment"),
+    ],
+    ids=["to-a-file", "to-a-directory", "just-above-the-root"],
+)
+def test_a_chain_through_a_link_that_leaves_fails_the_deploy(tmp_path, repos, link, why):
+    control = repos["control"]
+    control.commit("chained", {f"{DEEP}/l": BACK_UP, "x": link}, base="production")
+    dep = deployer(tmp_path / "data", control)
+    with pytest.raises(DeployFailure) as info:
+        dep.deploy("chained")
+    assert f"symlink x -> {link.target} {why}" in info.value.message
+    assert "'chained'" in info.value.message
+    assert_not_published(dep, "chained")
+
+
+def test_a_link_loop_fails_the_deploy(tmp_path, repos):
+    control = repos["control"]
+    control.commit(
+        "loop",
+        {"one": Link("two"), "two": Link("dir/../one"), "dir/keep": "x\n"},
+        base="production",
+    )
+    dep = deployer(tmp_path / "data", control)
+    with pytest.raises(DeployFailure, match=r"symlink one -> two never resolves.*loop"):
+        dep.deploy("loop")
+    assert_not_published(dep, "loop")
+
+
+@pytest.mark.parametrize(
+    ("install", "climb"),
+    [("", 3), (", :install_path => 'vendor/deep'", 4)],
+    ids=["in-modules", "under-install-path"],
+)
+def test_a_chain_inside_a_module_that_leaves_fails_the_deploy(tmp_path, repos, install, climb):
+    # The module sits 2 (modules/apache) or 3 (vendor/deep/apache) levels deep;
+    # l resolves to the module's root, so `climb` levels up from it is outside.
+    control, apache = repos["control"], repos["apache"]
+    apache.commit("chained", {f"{DEEP}/l": BACK_UP, "x": chain(climb, "etc/shadow")}, base="main")
+    control.commit(
+        "production",
+        {"Puppetfile": f"mod 'apache', :git => '{apache.url}', :branch => 'chained'{install}\n"},
+    )
+    dep = deployer(tmp_path / "data", control)
+    with pytest.raises(DeployFailure, match=r"/apache/x -> .* points outside the environment"):
+        dep.deploy("production")
+    assert_not_published(dep, "production")
+
+
+def test_a_chain_that_stays_inside_deploys(tmp_path, repos):
+    control, apache = repos["control"], repos["apache"]
+    apache.commit(
+        "chained",
+        {f"{DEEP}/l": BACK_UP, "up": chain(2, "manifests/site.pp"), "self": Link(".")},
+        base="main",
+    )
+    control.commit(
+        "production",
+        {
+            f"{DEEP}/l": BACK_UP,
+            "x": chain(0, "manifests/site.pp"),
+            "dangling": Link("nowhere/yet"),
+            "Puppetfile": f"mod 'apache', :git => '{apache.url}', :branch => 'chained'\n",
+        },
+    )
+    dep = deployer(tmp_path / "data", control)
+    dep.deploy("production")
+    files = tree_files(dep, "production")
+    assert files["x"] == f"-> {DEEP}/l/manifests/site.pp".encode()
+    assert files["modules/apache/up"] == f"-> {DEEP}/l/../../manifests/site.pp".encode()
+    assert files["dangling"] == b"-> nowhere/yet"
+
+
+# -- names no file system takes (issue 18, item 2) --------------------------------------
+
+
+def test_a_branch_name_too_long_for_a_directory_is_refused_and_others_deploy(tmp_path, repos):
+    control = repos["control"]
+    long = "l" * 250
+    control.commit(long, {"README": "long\n"}, base="production")
+    dep = deployer(tmp_path / "data", control)
+    with pytest.raises(DeployFailure) as info:
+        dep.deploy(long)
+    assert info.value.message.startswith(f"Environment '{long}' cannot be deployed: ")
+    assert "250 bytes long" in info.value.message
+    assert_not_published(dep, long)
+    assert dep.deploy("production").environment == "production"
+    assert list(dep.environments()) == ["production"]

@@ -8,11 +8,13 @@ import pytest
 
 from gitstate.base.schema import SettingError, read_section
 from gitstate.engine.sources import (
+    ENVIRONMENT_NAME_MAX,
     Branch,
     EnvironmentCollision,
     Source,
     Sources,
     correct_name,
+    environment_name_problem,
 )
 from gitstate.settings import SourceSettings
 
@@ -120,3 +122,48 @@ def test_bad_config_names_the_key(config, key):
         settings(config)
     assert info.value.key == f"sources.puppet.{key}"
     assert str(info.value).startswith(f"sources.puppet.{key}: ")
+
+
+# -- names no file system takes (issue 18, item 2) --------------------------------------
+
+LONG = "l" * 250
+
+
+def test_a_name_too_long_for_a_directory_is_refused_in_error_mode(caplog):
+    with caplog.at_level(logging.ERROR, logger="gitstate.engine.sources"):
+        assert name(LONG) is None
+    assert "cannot be a directory (the name is 250 bytes long" in caplog.text
+    assert "ignoring it" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["correct", "correct_and_warn"])
+def test_a_name_too_long_is_skipped_with_a_warning_when_correcting(caplog, mode):
+    # No correction r10k knows shortens a name; a cut name could take another's place.
+    with caplog.at_level(logging.WARNING, logger="gitstate.engine.sources"):
+        assert name(LONG, invalid_branches=mode) is None
+        assert name(LONG.replace("l", "/", 1), invalid_branches=mode) is None
+    assert "no correction makes it one; skipping it" in caplog.text
+
+
+def test_the_longest_name_leaves_room_for_the_suffixes_and_counts_the_prefix():
+    assert ENVIRONMENT_NAME_MAX + len(".") + len(".swap-4194304") <= 255
+    fits = "f" * ENVIRONMENT_NAME_MAX
+    assert name(fits) == fits
+    assert name("f" * (ENVIRONMENT_NAME_MAX + 1)) is None
+    assert name(fits[:-3], name="abc", prefix=True) is None  # "abc_" + 238 > the limit
+    assert name(fits[:-4], name="abc", prefix=True) == "abc_" + fits[:-4]
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "a\0b", ".hidden", "-x", "é" * 121])
+def test_names_no_directory_takes(bad):
+    assert environment_name_problem(bad) is not None
+
+
+def test_refused_names_are_reported_by_environments():
+    sources = Sources.from_settings(
+        {"puppet": settings({"remote": "/r", "invalid_branches": "correct"})}
+    )
+    refused: dict[str, str] = {}
+    found = sources.environments({"puppet": ["production", LONG]}, refused)
+    assert list(found) == ["production"]
+    assert list(refused) == [LONG]
