@@ -1194,21 +1194,20 @@ class Store:
         self, base: Snapshot, draft: Draft, job: _Job[Any], blobs: _Blobs
     ) -> tuple[pygit2.Oid, pygit2.Oid] | None:
         """Do what :meth:`_write_commit` says, through whichever object database is set."""
-        with _unchecked_names():
-            base_tree = self._repo[base._tree_id] if base._tree_id is not None else None
-            tree_id = self._write_tree(base_tree, blobs)
-            if tree_id == base._tree_id:
-                return None
-            now = time.time()
-            message = _message(draft.subject, draft.body, job.operation, job.identity)
-            parents = [base._commit_id] if base._commit_id is not None else []
-            # PERF: pygit2's create_commit looks the new root tree up first,
-            # reading back the object just written (six system calls and an
-            # inflate, with the host lock held); the bytes are the same.
-            data = commit_bytes(
-                tree_id, parents, job.identity.signature(now), _service_signature(int(now)), message
-            )
-            return self._repo.odb.write(ObjectType.COMMIT, data), tree_id
+        base_tree = self._repo[base._tree_id] if base._tree_id is not None else None
+        tree_id = self._write_tree(base_tree, blobs)
+        if tree_id == base._tree_id:
+            return None
+        now = time.time()
+        message = _message(draft.subject, draft.body, job.operation, job.identity)
+        parents = [base._commit_id] if base._commit_id is not None else []
+        # PERF: pygit2's create_commit looks the new root tree up first,
+        # reading back the object just written (six system calls and an
+        # inflate, with the host lock held); the bytes are the same.
+        data = commit_bytes(
+            tree_id, parents, job.identity.signature(now), _service_signature(int(now)), message
+        )
+        return self._repo.odb.write(ObjectType.COMMIT, data), tree_id
 
     @contextlib.contextmanager
     def _loose_objects(self) -> Iterator[None]:
@@ -1322,10 +1321,7 @@ class Store:
         delay = 0.0005
         reflog = f"gitstate: {subject}"[:200]
         while True:
-            # PERF: without the check libgit2 would read the new commit back
-            # to see that it exists; it was written a moment ago, under the
-            # host lock that every writer here takes.
-            with self._mutex, _unchecked_names():
+            with self._mutex:
                 try:
                     if base._commit_id is None:
                         self._repo.create_reference_direct(
@@ -1371,28 +1367,6 @@ class Store:
             yield
         finally:
             self._lock.release()
-
-
-@contextlib.contextmanager
-def _unchecked_names() -> Iterator[None]:
-    """Let libgit2 write trees and commits without reading back the objects they name.
-
-    By default libgit2 checks that every object a new tree entry or commit
-    names exists, which reads each one back: five system calls for every
-    entry put into a tree and for a commit's tree and parent, an eighth of
-    the system calls of a gate request. The store needs no such check: a tree it
-    writes names only blobs and trees it has just written or that the base
-    tree already names, and a commit names that tree and the tip it read.
-    The setting is process-wide in libgit2, so it is switched off only while
-    the store writes and switched back on after (the default, which the
-    file-sync storage code relies on when it copies objects between
-    repositories).
-    """
-    pygit2.settings.enable_strict_object_creation(False)
-    try:
-        yield
-    finally:
-        pygit2.settings.enable_strict_object_creation(True)
 
 
 def _pin_ident(repo: pygit2.Repository) -> None:
