@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -602,11 +601,9 @@ def test_object_checks_stay_on_while_the_store_writes(
 
 def test_every_object_a_commit_names_is_stored(state_path: Path) -> None:
     # git fsck proves that no tree or commit the store wrote names an
-    # object it did not write (libgit2's own checks are there too),
-    # before and after git gc packs the history. The store opened after
-    # the gc has nothing cached, so its first writes must read packed trees
-    # and the packed parent commit, which the loose-only object database
-    # it writes through cannot.
+    # object it did not write, before and after git gc packs the history.
+    # The store opened after the gc has nothing cached, so its first writes
+    # must read packed trees and the packed parent commit.
     store = Store(state_path)
     for step in range(6):
         store.transact(_set(f"d{step % 3}/r{step}.yaml", n=step), subject="put", operation="x")
@@ -635,85 +632,6 @@ def test_every_object_a_commit_names_is_stored(state_path: Path) -> None:
         "d2/r5.yaml",
         "d2/r8.yaml",
     ]
-
-
-def _read_during_write_window(store: Store, read) -> tuple[bool, list[object]]:
-    """Run ``read`` in a thread while another holds the store's write window.
-
-    Returns whether the read was still waiting 0.2 s into the window, and
-    what it gave (its value or the exception it raised) once the window
-    closed.
-    """
-    inside, leave = threading.Event(), threading.Event()
-    outcome: list[object] = []
-
-    def write_window() -> None:
-        with store._mutex, store._loose_objects():
-            inside.set()
-            leave.wait(10)
-
-    def reader() -> None:
-        try:
-            outcome.append(read())
-        except Exception as ex:  # reported by the caller, in the test's thread
-            outcome.append(ex)
-
-    writer = threading.Thread(target=write_window)
-    writer.start()
-    inside.wait(10)
-    reading = threading.Thread(target=reader)
-    reading.start()
-    reading.join(0.2)
-    waited = reading.is_alive()
-    leave.set()
-    writer.join()
-    reading.join()
-    return waited, outcome
-
-
-def test_every_read_waits_while_the_store_writes_through_loose_objects(
-    state_path: Path, request: pytest.FixtureRequest
-) -> None:
-    # While the store writes, its repository reads through an object
-    # database holding loose objects alone (Store._loose_objects), under the
-    # store's mutex. A read from another thread must wait for the mutex:
-    # after git gc, with libgit2's object cache off, one that ran inside
-    # that window would not find the packed objects it needs.
-    seeding = Store(state_path)
-    commits = [
-        seeding.transact(_set(f"r/{n % 3}/{n}.yaml", n=n), subject="seed", operation="x").commit
-        for n in range(9)
-    ]
-    seeding.close()
-    git("--git-dir", str(state_path), "gc", "-q")
-    pygit2.settings.enable_caching(False)
-    request.addfinalizer(lambda: pygit2.settings.enable_caching(True))
-    store = Store(state_path)
-    tip, past = store.snapshot(), store.at(commits[4])
-    reads = [
-        ("get at the tip", lambda: tip.get("r/2/8.yaml"), {"schema_version": 1, "n": 8}),
-        ("get in the past", lambda: past.get("r/1/4.yaml"), {"schema_version": 1, "n": 4}),
-        (
-            "listing in the past",
-            lambda: past.paths("r"),
-            sorted(f"r/{n % 3}/{n}.yaml" for n in range(5)),
-        ),
-        (
-            "state at a commit",
-            lambda: store.at(commits[6]).get("r/0/6.yaml"),
-            {"schema_version": 1, "n": 6},
-        ),
-        (
-            "history",
-            lambda: [change.record for change in store.history("r/1/7.yaml")],
-            [{"schema_version": 1, "n": 7}],
-        ),
-        ("log", lambda: [change.subject for change in store.log(limit=2)], ["seed", "seed"]),
-    ]
-    for name, read, expected in reads:
-        waited, outcome = _read_during_write_window(store, read)
-        assert waited, f"{name}: ran inside the write window and gave {outcome}"
-        assert outcome == [expected], name
 
 
 def test_processes_creating_the_state_repository_at_once_all_succeed(tmp_path) -> None:

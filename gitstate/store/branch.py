@@ -650,8 +650,6 @@ class Store:
         self._trees: OrderedDict[pygit2.Oid, pygit2.Tree] = OrderedDict()
         self._lock: HostLock | None = None
         self._optimism = _Optimism()
-        # The repository's own object database and a loose-only one for writes.
-        self._odbs: tuple[pygit2.Odb, pygit2.Odb] | None = None
         self._index = history_index.HistoryIndex(self.path, self.ref)
         self._since_indexed = 0
 
@@ -670,7 +668,6 @@ class Store:
             if self._repo_obj is not None:
                 self._repo_obj.free()
                 self._repo_obj = None
-            self._odbs = None
             if self._lock is not None:
                 self._lock.close()
                 self._lock = None
@@ -1178,22 +1175,6 @@ class Store:
         Returns the ids of the commit and its tree, or None when the new
         tree is the base's (nothing to commit).
         """
-        try:
-            with self._loose_objects():
-                return self._write_tree_and_commit(base, draft, job, blobs)
-        except (KeyError, pygit2.GitError):
-            # NOTE(store): a tree or the parent commit these writes read is
-            # only in a pack (after git gc) and not in libgit2's cache, so
-            # the loose object database cannot read it (KeyError, or
-            # "Unable to read tree"). Writing again through the whole object
-            # database is harmless: objects are named by their content. A
-            # write that fails for another reason fails again there.
-            return self._write_tree_and_commit(base, draft, job, blobs)
-
-    def _write_tree_and_commit(
-        self, base: Snapshot, draft: Draft, job: _Job[Any], blobs: _Blobs
-    ) -> tuple[pygit2.Oid, pygit2.Oid] | None:
-        """Do what :meth:`_write_commit` says, through whichever object database is set."""
         base_tree = self._repo[base._tree_id] if base._tree_id is not None else None
         tree_id = self._write_tree(base_tree, blobs)
         if tree_id == base._tree_id:
@@ -1209,47 +1190,18 @@ class Store:
         )
         return self._repo.odb.write(ObjectType.COMMIT, data), tree_id
 
-    @contextlib.contextmanager
-    def _loose_objects(self) -> Iterator[None]:
-        """Send this process's new objects to the loose object store alone (mutex held).
-
-        libgit2 writes an object only after looking for it, and when it is
-        not found (as a new object never is) it rescans ``objects/pack``
-        first: seven system calls, on each of the up to eight objects a
-        gate request writes. An object database holding only the loose
-        backend has no packs to rescan. It is swapped in for the writes and
-        swapped out after; libgit2's object cache belongs to the repository,
-        so what was read stays cached. A write that must read a packed
-        object fails, and is done again the usual way (see
-        :meth:`_write_commit`). Every read of the repository takes the
-        mutex, so no reader sees the loose-only view.
-        """
-        repo = self._repo
-        if self._odbs is None:
-            loose = pygit2.Odb()
-            # No fsync per object: durable.flush covers them before the ref moves.
-            loose.add_backend(pygit2.OdbBackendLoose(str(self.path / "objects"), -1, False), 1)
-            self._odbs = (repo.odb, loose)
-        whole, loose = self._odbs
-        repo.set_odb(loose)
-        try:
-            yield
-        finally:
-            repo.set_odb(whole)
-
     def _write_blobs(self, changes: Mapping[str, dict[str, Any] | None]) -> _Blobs:
         """Encode and store each changed record; remember the parsed form (mutex held)."""
         blobs: _Blobs = {}
-        with self._loose_objects():
-            for path, record in changes.items():
-                if record is None:
-                    blobs[path] = (None, None)
-                    continue
-                data = codec.encode(record, path)
-                oid = self._repo.create_blob(data)
-                # The draft's copy is its own and no longer changes; readers get copies.
-                self._parsed.put(oid, record)
-                blobs[path] = (oid, record)
+        for path, record in changes.items():
+            if record is None:
+                blobs[path] = (None, None)
+                continue
+            data = codec.encode(record, path)
+            oid = self._repo.create_blob(data)
+            # The draft's copy is its own and no longer changes; readers get copies.
+            self._parsed.put(oid, record)
+            blobs[path] = (oid, record)
         return blobs
 
     def _write_tree(
