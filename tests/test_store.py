@@ -19,7 +19,6 @@ from gitstate.store.branch import (
     RevisionNotFound,
     Store,
     StoreBusy,
-    commit_bytes,
 )
 from gitstate.store.codec import RecordError
 from tests.helpers import git, slow_transaction
@@ -109,31 +108,6 @@ def test_reflog_entries_are_signed_by_the_configured_service(state_path: Path) -
     expected = f"{config['user.name']} <{config['user.email']}>"
     signers = git("reflog", "show", "--format=%gn <%ge>", "state", cwd=state_path)
     assert signers.splitlines() == [expected, expected]
-
-
-@pytest.mark.parametrize(
-    ("name", "email", "offset", "parents"),
-    [
-        ("alice", "alice@gitstate", 0, 0),
-        ("Zoë Ørsted", "zoe@example.test", 330, 1),
-        ("  padded name ", "p@example.test", -150, 2),
-    ],
-)
-def test_commit_objects_are_the_bytes_libgit2_writes(
-    tmp_path: Path, name: str, email: str, offset: int, parents: int
-) -> None:
-    # The store formats its commits itself (pygit2 would read the new root
-    # tree back first); git must not be able to tell them apart.
-    repo = pygit2.init_repository(str(tmp_path / "r.git"), bare=True)
-    tree = repo.TreeBuilder().write()
-    sig = pygit2.Signature("seed", "seed@example.test", 1_700_000_000, 0)
-    tips = [repo.create_commit(None, sig, sig, f"seed {n}\n", tree, []) for n in range(parents)]
-    author = pygit2.Signature(name, email, 1_800_000_000, offset)
-    committer = pygit2.Signature("gitstate", "gitstate@host", 1_800_000_001, 0)
-    message = "alice closed gate shop/cart: ünïcode\n\nActor: alice\nOperation: gate.close\n"
-    mine = commit_bytes(tree, tips, author, committer, message)
-    theirs = repo.create_commit_string(author, committer, message, tree, tips)
-    assert mine == theirs.encode()
 
 
 def test_the_store_commits_what_libgit2_would(state_path: Path) -> None:

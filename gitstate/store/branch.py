@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import pygit2
-from pygit2.enums import FileMode, ObjectType, SortMode
+from pygit2.enums import FileMode, SortMode
 
 from gitstate.base import durable, metrics
 from gitstate.base.bare import create_bare
@@ -1182,13 +1182,9 @@ class Store:
         now = time.time()
         message = _message(draft.subject, draft.body, job.operation, job.identity)
         parents = [base._commit_id] if base._commit_id is not None else []
-        # PERF: pygit2's create_commit looks the new root tree up first,
-        # reading back the object just written (six system calls and an
-        # inflate, with the host lock held); the bytes are the same.
-        data = commit_bytes(
-            tree_id, parents, job.identity.signature(now), _service_signature(int(now)), message
-        )
-        return self._repo.odb.write(ObjectType.COMMIT, data), tree_id
+        author, committer = job.identity.signature(now), _service_signature(int(now))
+        commit_id = self._repo.create_commit(None, author, committer, message, tree_id, parents)
+        return commit_id, tree_id
 
     def _write_blobs(self, changes: Mapping[str, dict[str, Any] | None]) -> _Blobs:
         """Encode and store each changed record; remember the parsed form (mutex held)."""
@@ -1377,39 +1373,6 @@ def _message(subject: str, body: str, operation: str, identity: Identity) -> str
     trailers.append(f"Operation: {operation}")
     parts.append("\n".join(trailers))
     return "\n\n".join(parts) + "\n"
-
-
-def commit_bytes(
-    tree: pygit2.Oid,
-    parents: list[pygit2.Oid],
-    author: pygit2.Signature,
-    committer: pygit2.Signature,
-    message: str,
-) -> bytes:
-    """Return the raw commit object git would store for these parts.
-
-    The same bytes as libgit2's ``git_commit_create`` (no encoding header:
-    names and message are UTF-8); a signature made by :class:`pygit2.Signature`
-    has already been checked for the characters a header may not hold.
-    """
-    lines = [b"tree " + str(tree).encode()]
-    lines.extend(b"parent " + str(parent).encode() for parent in parents)
-    lines.append(b"author " + _signature_bytes(author))
-    lines.append(b"committer " + _signature_bytes(committer))
-    return b"\n".join(lines) + b"\n\n" + message.encode()
-
-
-def _signature_bytes(signature: pygit2.Signature) -> bytes:
-    sign = b"-" if signature.offset < 0 else b"+"
-    hours, minutes = divmod(abs(signature.offset), 60)
-    return b"%s <%s> %d %s%02d%02d" % (
-        signature.raw_name,
-        signature.raw_email,
-        signature.time,
-        sign,
-        hours,
-        minutes,
-    )
 
 
 def _change(commit: pygit2.Commit, record: dict[str, Any] | None) -> Change:
