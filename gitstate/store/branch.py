@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import pygit2
-from pygit2.enums import FileMode, ObjectType, SortMode
+from pygit2.enums import FileMode, SortMode
 
 from gitstate.base import durable, metrics
 from gitstate.base.bare import create_bare
@@ -661,8 +661,6 @@ class Store:
         self._trees: OrderedDict[pygit2.Oid, pygit2.Tree] = OrderedDict()
         self._lock: HostLock | None = None
         self._optimism = _Optimism()
-        # The repository's own object database and a loose-only one for writes.
-        self._odbs: tuple[pygit2.Odb, pygit2.Odb] | None = None
         self._index = history_index.HistoryIndex(self.path, self.ref)
         self._since_indexed = 0
 
@@ -681,7 +679,6 @@ class Store:
             if self._repo_obj is not None:
                 self._repo_obj.free()
                 self._repo_obj = None
-            self._odbs = None
             if self._lock is not None:
                 self._lock.close()
                 self._lock = None
@@ -1189,79 +1186,29 @@ class Store:
         Returns the ids of the commit and its tree, or None when the new
         tree is the base's (nothing to commit).
         """
-        try:
-            with self._loose_objects():
-                return self._write_tree_and_commit(base, draft, job, blobs)
-        except (KeyError, pygit2.GitError):
-            # NOTE(store): a tree or the parent commit these writes read is
-            # only in a pack (after git gc) and not in libgit2's cache, so
-            # the loose object database cannot read it (KeyError, or
-            # "Unable to read tree"). Writing again through the whole object
-            # database is harmless: objects are named by their content. A
-            # write that fails for another reason fails again there.
-            return self._write_tree_and_commit(base, draft, job, blobs)
-
-    def _write_tree_and_commit(
-        self, base: Snapshot, draft: Draft, job: _Job[Any], blobs: _Blobs
-    ) -> tuple[pygit2.Oid, pygit2.Oid] | None:
-        """Do what :meth:`_write_commit` says, through whichever object database is set."""
-        with _unchecked_names():
-            base_tree = self._repo[base._tree_id] if base._tree_id is not None else None
-            tree_id = self._write_tree(base_tree, blobs)
-            if tree_id == base._tree_id:
-                return None
-            now = time.time()
-            message = _message(draft.subject, draft.body, job.operation, job.identity)
-            parents = [base._commit_id] if base._commit_id is not None else []
-            # PERF: pygit2's create_commit looks the new root tree up first,
-            # reading back the object just written (six system calls and an
-            # inflate, with the host lock held); the bytes are the same.
-            data = commit_bytes(
-                tree_id, parents, job.identity.signature(now), _service_signature(int(now)), message
-            )
-            return self._repo.odb.write(ObjectType.COMMIT, data), tree_id
-
-    @contextlib.contextmanager
-    def _loose_objects(self) -> Iterator[None]:
-        """Send this process's new objects to the loose object store alone (mutex held).
-
-        libgit2 writes an object only after looking for it, and when it is
-        not found (as a new object never is) it rescans ``objects/pack``
-        first: seven system calls, on each of the up to eight objects a
-        gate request writes. An object database holding only the loose
-        backend has no packs to rescan. It is swapped in for the writes and
-        swapped out after; libgit2's object cache belongs to the repository,
-        so what was read stays cached. A write that must read a packed
-        object fails, and is done again the usual way (see
-        :meth:`_write_commit`). Every read of the repository takes the
-        mutex, so no reader sees the loose-only view.
-        """
-        repo = self._repo
-        if self._odbs is None:
-            loose = pygit2.Odb()
-            # No fsync per object: durable.flush covers them before the ref moves.
-            loose.add_backend(pygit2.OdbBackendLoose(str(self.path / "objects"), -1, False), 1)
-            self._odbs = (repo.odb, loose)
-        whole, loose = self._odbs
-        repo.set_odb(loose)
-        try:
-            yield
-        finally:
-            repo.set_odb(whole)
+        base_tree = self._repo[base._tree_id] if base._tree_id is not None else None
+        tree_id = self._write_tree(base_tree, blobs)
+        if tree_id == base._tree_id:
+            return None
+        now = time.time()
+        message = _message(draft.subject, draft.body, job.operation, job.identity)
+        parents = [base._commit_id] if base._commit_id is not None else []
+        author, committer = job.identity.signature(now), _service_signature(int(now))
+        commit_id = self._repo.create_commit(None, author, committer, message, tree_id, parents)
+        return commit_id, tree_id
 
     def _write_blobs(self, changes: Mapping[str, dict[str, Any] | None]) -> _Blobs:
         """Encode and store each changed record; remember the parsed form (mutex held)."""
         blobs: _Blobs = {}
-        with self._loose_objects():
-            for path, record in changes.items():
-                if record is None:
-                    blobs[path] = (None, None)
-                    continue
-                data = codec.encode(record, path)
-                oid = self._repo.create_blob(data)
-                # The draft's copy is its own and no longer changes; readers get copies.
-                self._parsed.put(oid, record)
-                blobs[path] = (oid, record)
+        for path, record in changes.items():
+            if record is None:
+                blobs[path] = (None, None)
+                continue
+            data = codec.encode(record, path)
+            oid = self._repo.create_blob(data)
+            # The draft's copy is its own and no longer changes; readers get copies.
+            self._parsed.put(oid, record)
+            blobs[path] = (oid, record)
         return blobs
 
     def _write_tree(
@@ -1333,10 +1280,7 @@ class Store:
         delay = 0.0005
         reflog = f"gitstate: {subject}"[:200]
         while True:
-            # PERF: without the check libgit2 would read the new commit back
-            # to see that it exists; it was written a moment ago, under the
-            # host lock that every writer here takes.
-            with self._mutex, _unchecked_names():
+            with self._mutex:
                 try:
                     if base._commit_id is None:
                         self._repo.create_reference_direct(
@@ -1382,28 +1326,6 @@ class Store:
             yield
         finally:
             self._lock.release()
-
-
-@contextlib.contextmanager
-def _unchecked_names() -> Iterator[None]:
-    """Let libgit2 write trees and commits without reading back the objects they name.
-
-    By default libgit2 checks that every object a new tree entry or commit
-    names exists, which reads each one back: five system calls for every
-    entry put into a tree and for a commit's tree and parent, an eighth of
-    the system calls of a gate request. The store needs no such check: a tree it
-    writes names only blobs and trees it has just written or that the base
-    tree already names, and a commit names that tree and the tip it read.
-    The setting is process-wide in libgit2, so it is switched off only while
-    the store writes and switched back on after (the default, which the
-    file-sync storage code relies on when it copies objects between
-    repositories).
-    """
-    pygit2.settings.enable_strict_object_creation(False)
-    try:
-        yield
-    finally:
-        pygit2.settings.enable_strict_object_creation(True)
 
 
 def _pin_ident(repo: pygit2.Repository) -> None:
@@ -1462,39 +1384,6 @@ def _message(subject: str, body: str, operation: str, identity: Identity) -> str
     trailers.append(f"Operation: {operation}")
     parts.append("\n".join(trailers))
     return "\n\n".join(parts) + "\n"
-
-
-def commit_bytes(
-    tree: pygit2.Oid,
-    parents: list[pygit2.Oid],
-    author: pygit2.Signature,
-    committer: pygit2.Signature,
-    message: str,
-) -> bytes:
-    """Return the raw commit object git would store for these parts.
-
-    The same bytes as libgit2's ``git_commit_create`` (no encoding header:
-    names and message are UTF-8); a signature made by :class:`pygit2.Signature`
-    has already been checked for the characters a header may not hold.
-    """
-    lines = [b"tree " + str(tree).encode()]
-    lines.extend(b"parent " + str(parent).encode() for parent in parents)
-    lines.append(b"author " + _signature_bytes(author))
-    lines.append(b"committer " + _signature_bytes(committer))
-    return b"\n".join(lines) + b"\n\n" + message.encode()
-
-
-def _signature_bytes(signature: pygit2.Signature) -> bytes:
-    sign = b"-" if signature.offset < 0 else b"+"
-    hours, minutes = divmod(abs(signature.offset), 60)
-    return b"%s <%s> %d %s%02d%02d" % (
-        signature.raw_name,
-        signature.raw_email,
-        signature.time,
-        sign,
-        hours,
-        minutes,
-    )
 
 
 def _change(commit: pygit2.Commit, record: dict[str, Any] | None) -> Change:
