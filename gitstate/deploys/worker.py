@@ -55,6 +55,7 @@ from gitstate.deploys.queue import (
 )
 from gitstate.engine.environments import CollectFailed, Collection, Deployer, DeployFailure
 from gitstate.errors import GitStateError
+from gitstate.gates.records import GATES_DIR, HOLIDAYS_PATH
 from gitstate.store.branch import Draft
 from gitstate.store.tipwatch import TipWatch
 
@@ -69,6 +70,11 @@ MAX_BATCH = 64
 RECOVER_EVERY = 10.0
 #: Held (``flock``) by the worker claiming deploys right now, in DATADIR/locks.
 CLAIM_LOCK = "deploy-claim.lock"
+#: The parts of the state branch a worker's work depends on: the queue's
+#: records, and, while queued deploys wait on their gates, the gates and
+#: holidays.
+_INTEREST = ("deploys",)
+_GATE_INTEREST = (GATES_DIR, HOLIDAYS_PATH)
 
 
 @contextlib.contextmanager
@@ -254,23 +260,43 @@ class DeployWorker:
             ", ".join(f"#{deploy_id}" for deploy_id in recovered) or "nothing",
         )
         last_recover = time.monotonic()
+        store = self.queue.store
+        # What the last look for work saw of the parts of the branch that
+        # decide it; a commit elsewhere (gates of other groups, tickets of
+        # pipelines, tokens: nearly every commit under gate traffic) is
+        # not a reason to look again.
+        looked: tuple[str | None, ...] | None = None
+        waiting_on_gates = False
         while not stop.is_set():
-            head = self.queue.store.head()
+            head = store.head()
+            interest = store.ids(_INTEREST + (_GATE_INTEREST if waiting_on_gates else ()))
             try:
-                if self.run_once():
-                    continue
+                if interest != looked:
+                    if self.run_once():
+                        looked = None
+                        continue
+                    looked = interest
+                    # Queued deploys that none could claim wait on their
+                    # gates (or on another worker's claim, whose commit
+                    # changes deploys/ anyway): a gate commit may free them.
+                    blocked = self.queue.claimable() > 0
+                    if blocked != waiting_on_gates:
+                        waiting_on_gates, looked = blocked, None
                 if time.monotonic() - last_recover > RECOVER_EVERY:
                     self.recover()
                     last_recover = time.monotonic()
             except GitStateError as ex:
                 log.error("deploy worker %s: %s", self.name, ex)
+                looked = None
                 stop.wait(self.queue.settings.poll_interval)
                 continue
-            watch.wait(
-                lambda head=head: self.queue.store.head() != head,
+            moved = watch.wait(
+                lambda head=head: store.head() != head,
                 self.queue.settings.poll_interval,
                 stop=stop,
             )
+            if not moved:
+                looked = None  # a poll: time rules and ticket expiry move without commits
 
     # -- running a batch -------------------------------------------------------------
 

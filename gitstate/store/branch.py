@@ -40,7 +40,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -692,6 +692,24 @@ class Store:
         with self._mutex:
             ref = self._lookup_ref()
             return str(ref.target) if ref is not None else None
+
+    def ids(self, paths: Sequence[str]) -> tuple[str | None, ...]:
+        """Return the object id of each path (a record or a directory) at the tip.
+
+        A few lookups in cached trees, no snapshot: a process that only
+        cares about part of the branch (a deploy worker, about ``deploys/``)
+        can tell whether a new tip changed that part before it reads more.
+        """
+        with self._mutex:
+            ref = self._lookup_ref()
+            if ref is None:
+                return tuple(None for _ in paths)
+            tree_id = self._repo[ref.target].tree_id
+            found = []
+            for path in paths:
+                entry = self._entry(tree_id, path)
+                found.append(str(entry.id) if entry is not None else None)
+            return tuple(found)
 
     def _lookup_ref(self) -> pygit2.Reference | None:
         try:

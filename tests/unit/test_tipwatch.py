@@ -1,0 +1,93 @@
+"""A TipWatch wakes its waiters when a ref moves, and only then."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gitstate.store.branch import Store
+from gitstate.store.tipwatch import TipWatch
+from tests.support.helpers import git
+
+
+@pytest.fixture
+def store(state_path: Path) -> Store:
+    store = Store(state_path, fsync=False)
+    store.transact(
+        lambda draft: draft.put("a.yaml", {"schema_version": 1, "n": 0}),
+        subject="first",
+        operation="test",
+    )
+    return store
+
+
+def _later(action, delay: float = 0.2) -> threading.Thread:
+    thread = threading.Thread(target=lambda: (time.sleep(delay), action()))
+    thread.start()
+    return thread
+
+
+def test_a_commit_wakes_a_waiter(store: Store) -> None:
+    watch = TipWatch(Path(store.path)).start()
+    try:
+        head = store.head()
+        writer = _later(
+            lambda: store.transact(
+                lambda draft: draft.put("a.yaml", {"schema_version": 1, "n": 1}),
+                subject="next",
+                operation="test",
+            )
+        )
+        assert watch.wait(lambda: store.head() != head, 30)
+        writer.join()
+    finally:
+        watch.stop()
+
+
+def test_a_ref_in_a_new_directory_and_packed_refs_wake_a_waiter(store: Store) -> None:
+    watch = TipWatch(Path(store.path)).start()
+    repo = str(store.path)
+    head = store.head()
+    try:
+        refs = lambda: git("for-each-ref", "--format=%(refname)", cwd=repo).split()  # noqa: E731
+        creator = _later(lambda: git("update-ref", "refs/tags/deep/er/one", head, cwd=repo))
+        assert watch.wait(lambda: "refs/tags/deep/er/one" in refs(), 30)
+        creator.join()
+        # pack-refs moves them into packed-refs; deleting a packed ref
+        # rewrites only that file.
+        git("pack-refs", "--all", cwd=repo)
+        deleter = _later(lambda: git("update-ref", "-d", "refs/tags/deep/er/one", cwd=repo))
+        assert watch.wait(lambda: "refs/tags/deep/er/one" not in refs(), 30)
+        deleter.join()
+    finally:
+        watch.stop()
+
+
+def test_lock_files_and_objects_do_not_wake_a_waiter(store: Store) -> None:
+    watch = TipWatch(Path(store.path)).start()
+    looks = []
+    try:
+
+        def touch() -> None:
+            (Path(store.path) / "refs" / "heads" / "state.lock").write_text("x")
+            (Path(store.path) / "refs" / "heads" / "state.lock").unlink()
+            subprocess.run(
+                ["git", "hash-object", "-w", "--stdin"],
+                input=b"an object",
+                cwd=store.path,
+                check=True,
+                capture_output=True,
+            )
+
+        toucher = _later(touch, 0.05)
+        assert not watch.wait(lambda: looks.append(1) and False, 0.6)
+        toucher.join()
+        # Asked at the start and once more when the time is up; any wake in
+        # between would have asked again.
+        assert len(looks) == 2
+    finally:
+        watch.stop()
