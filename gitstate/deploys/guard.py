@@ -138,8 +138,10 @@ class DeployGuard:
         group, service, env = self.gate_of(environment)
         gates = self.gates
         now = gates.clock()
-        wanted = gates.wanted({group: {service: env}})
         try:
+            # A name no gate can have (too long, say) guards nothing; the
+            # deploy goes on and the engine says what is wrong with it.
+            wanted = gates.wanted({group: {service: env}})
             answer = gates.take_on(draft, now, wanted, link=link, actor=actor)
         except (GateNotFound, EnvironmentNotFound, InvalidName):
             return None

@@ -234,3 +234,22 @@ def test_wait_answers_a_deploy_that_a_gate_closed_after_the_request(guarded: Run
     assert entry["error"]["kind"] == "puppetlabs.code-manager/gate-closed"
     assert "code/puppet/development is closed" in entry["error"]["msg"]
     assert guarded.services.code_manager.queue.get(first["id"])["status"] == "complete"
+
+
+def test_an_environment_no_gate_can_name_deploys_and_blocks_no_one(
+    guarded: Running, sample: SampleRepos, tmp_path: Path
+) -> None:
+    # 120 characters: a valid directory, but longer than any gate name may be.
+    long_name = "e" * 120
+    work = tmp_path / "long-work"
+    git("clone", "-q", "--branch", "production", str(sample.control), str(work))
+    git("checkout", "-q", "-b", long_name, cwd=work)
+    git("push", "-q", "origin", long_name, cwd=work)
+    first = guarded.client.simulate_post(
+        f"{CM}/deploys", json={"environments": [long_name], "wait": True}
+    ).json
+    assert first[0]["status"] == "complete", first
+    after = guarded.client.simulate_post(
+        f"{CM}/deploys", json={"environments": ["development"], "wait": True}
+    ).json
+    assert after[0]["status"] == "complete", after
