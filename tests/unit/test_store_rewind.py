@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from gitstate.cli.main import main
 from gitstate.store.branch import Store
 from gitstate.store.rewind import MARK_FILE, BranchRewound
 from tests.support.helpers import git
@@ -176,3 +177,18 @@ def test_a_repository_without_a_mark_is_taken_as_it_is(state_path: Path) -> None
     assert store.rewound() is None
     _write(store, 3)
     assert (state_path / MARK_FILE).read_text().strip() == _tip(state_path)
+
+
+def test_the_cli_checks_and_accepts_the_tip(
+    store: Store, state_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "gitstate.yaml"
+    config.write_text(f"datadir: {state_path.parent}\nstate: {{fsync: false}}\n")
+    assert main(["state", "check", "--config", str(config)]) == 0
+    _old, new = _rewind(state_path)
+    assert main(["state", "check", "--config", str(config)]) == 1
+    assert "moved back" in capsys.readouterr().err
+    assert main(["state", "accept-tip", "--config", str(config)]) == 0
+    assert new in capsys.readouterr().out
+    assert main(["state", "check", "--config", str(config)]) == 0
+    assert _write(store, 12) is not None
