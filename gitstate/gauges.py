@@ -3,7 +3,8 @@
 The deploy queue's length and the file-sync clients' lag are not counted as
 things happen: they are read from the queue's active index and from the
 clients' check-ins at scrape time, so they are right whichever process
-changed them and need no bookkeeping in the writers.
+changed them and need no bookkeeping in the writers. So is whether the
+state branch has moved back (:class:`RewoundGauge`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from gitstate.deploys.queue import DeployQueue
 from gitstate.engine.storage import Storage
 from gitstate.filesync.checkins import CheckIns
+from gitstate.store.branch import Store
 
 #: Statuses reported even when no deploy has them, so alerts see a zero.
 QUEUE_STATUSES = ("queued", "deploying")
@@ -101,6 +103,27 @@ class SyncLagGauge:
         yield family
 
 
+class RewoundGauge:
+    """``gitstate_state_branch_rewound``: 1 while the state branch has moved back.
+
+    Read at scrape time from the branch and the mark every writer keeps
+    (:mod:`gitstate.store.rewind`), so it says the same in every process and
+    drops to 0 as soon as an operator restores the branch or accepts its tip.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Check the branch now."""
+        yield GaugeMetricFamily(
+            "gitstate_state_branch_rewound",
+            "1 while the state branch does not contain the last commit gitstate made "
+            "(moved back behind its back; writes are refused), else 0.",
+            value=1 if self._store.rewound() is not None else 0,
+        )
+
+
 def _history(storage: Storage, wanted: set[str]) -> list[tuple[str, int]]:
     """Walk the code ref's first parents from the tip until every wanted commit is seen."""
     tip = storage.code_commit()
@@ -132,10 +155,17 @@ def _lag(history: Sequence[tuple[str, int]], synced: str | None, now: float) -> 
 
 
 def collectors(
-    queue: DeployQueue, storage: Path, check_ins: CheckIns, clients: Iterable[str]
+    queue: DeployQueue,
+    storage: Path,
+    check_ins: CheckIns,
+    clients: Iterable[str],
+    state: Store | None = None,
 ) -> list[Any]:
     """Return the scrape-time collectors of one server process."""
-    return [DeployQueueGauge(queue), SyncLagGauge(storage, check_ins, list(clients))]
+    found: list[Any] = [DeployQueueGauge(queue), SyncLagGauge(storage, check_ins, list(clients))]
+    if state is not None:
+        found.append(RewoundGauge(state))
+    return found
 
 
 def for_services(services: Any) -> list[Any]:
@@ -146,4 +176,5 @@ def for_services(services: Any) -> list[Any]:
         file_sync.storage_path,
         file_sync.check_ins,
         [client.name for client in file_sync.settings.clients],
+        services.store,
     )

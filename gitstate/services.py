@@ -17,6 +17,7 @@ from gitstate.deploys.guard import DeployGuard
 from gitstate.engine.sources import Sources
 from gitstate.gates.service import Gates
 from gitstate.store.branch import Store
+from gitstate.store.rewind import BranchRewound
 
 
 def open_store(config: Config) -> Store:
@@ -47,9 +48,17 @@ class Services:
         self.webhooks = Webhooks(self.code_manager, self.store, config.webhooks)
 
     def health(self) -> tuple[dict[str, Any], str | None]:
-        """Report that the process can read the state branch.
+        """Report that the process can read the state branch and write on it.
 
         Returns gatekeeper's body (``{"status": "ok"}``) and the state commit
         the process sees (None before the first write).
+
+        Raises:
+            BranchRewound: the state branch moved back behind gitstate's
+                back, and writes are refused until an operator acts (a 503,
+                so a load balancer or monitor sees it).
         """
+        rewind = self.store.rewound()
+        if rewind is not None:
+            raise BranchRewound(rewind.ref, rewind.expected, rewind.found)
         return {"status": "ok"}, self.store.head()

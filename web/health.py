@@ -1,4 +1,4 @@
-"""``GET /internal/health``: is this worker alive and able to read state."""
+"""``GET /internal/health``: is this worker alive, able to read state and to write it."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ class HealthResource:
 
         The state commit this worker sees goes in the ``X-Gitstate-State``
         header, so the body stays exactly what gatekeeper's probes expect.
+        While the state branch has moved back behind gitstate's back the
+        service raises, and the answer is a 503 in gatekeeper's error shape.
         """
         body, commit = self._services.health()
         resp.media = body

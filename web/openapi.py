@@ -980,7 +980,7 @@ def _other_paths() -> dict[str, Any]:
             "get": {
                 "operationId": "health",
                 "tags": ["operations"],
-                "summary": "Liveness: the state branch is readable.",
+                "summary": "Liveness: the state branch is readable and may be written.",
                 "security": _PUBLIC,
                 "responses": {
                     "200": _response(
@@ -993,7 +993,11 @@ def _other_paths() -> dict[str, Any]:
                             }
                         },
                     ),
-                    "503": _UNAVAILABLE,
+                    "503": _response(
+                        "The state branch moved back behind gitstate's back (writes are "
+                        "refused until an operator acts), or the repository is unusable.",
+                        _ref("GateError"),
+                    ),
                 },
             },
         },

@@ -252,6 +252,23 @@ def _install_hook(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _state(args: argparse.Namespace) -> int:
+    """``gitstate state check|accept-tip``: the state branch's rewind check, by hand."""
+    from gitstate.services import open_store
+
+    store = open_store(_local_config(args))
+    if args.state_command == "accept-tip":
+        before, after = store.accept_tip()
+        print(f"accepted {after or 'no commit'} as the state tip (it was {before or 'unset'})")
+        return EXIT_OK
+    rewind = store.rewound()
+    if rewind is not None:
+        print(rewind.message, file=sys.stderr)
+        return EXIT_ERROR
+    print(f"ok: the state branch contains the last commit gitstate made ({store.head()})")
+    return EXIT_OK
+
+
 def _maintenance(args: argparse.Namespace) -> int:
     import dataclasses
     import threading
@@ -369,6 +386,21 @@ def build_parser() -> argparse.ArgumentParser:
             "--config", help="config file (default $GITSTATE_CONFIG or ./gitstate.yaml)"
         )
     token.set_defaults(func=_token)
+
+    state = sub.add_parser("state", help="check the state branch, or accept its tip after a rewind")
+    state_sub = state.add_subparsers(dest="state_command", required=True, metavar="ACTION")
+    check = state_sub.add_parser(
+        "check", help="exit 1 if the state branch moved back behind gitstate's back"
+    )
+    accept = state_sub.add_parser(
+        "accept-tip",
+        help="take the branch's current tip as right, ending a rewind (writes resume)",
+    )
+    for action in (check, accept):
+        action.add_argument(
+            "--config", help="config file (default $GITSTATE_CONFIG or ./gitstate.yaml)"
+        )
+    state.set_defaults(func=_state)
 
     maintenance = sub.add_parser(
         "maintenance", help="pack and index the state and storage repositories (safe while live)"

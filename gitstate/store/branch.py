@@ -17,7 +17,9 @@ pygit2. It offers three things:
   Writers on one host queue on an ``flock`` so that they do not storm the
   ref; the CAS still guards against writers we do not know about. A
   ``.lock`` file left by a killed process is removed once it is old enough
-  to be certainly dead.
+  to be certainly dead. A tip that no longer contains the last commit a
+  writer set (moved back behind our back) is refused
+  (:mod:`gitstate.store.rewind`).
 * **The past.** State at a commit or at a point in time, read from the
   first-parent chain of the branch, and the history of one record, found
   through an index of which commit changed which record
@@ -53,6 +55,7 @@ from gitstate.base.bare import create_bare
 from gitstate.base.hostlock import HostLock, break_stale_ref_locks
 from gitstate.errors import BAD_REQUEST, NOT_FOUND, UNAVAILABLE, GitStateError
 from gitstate.store import codec, history_index
+from gitstate.store.rewind import Rewind, SeenTip
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -663,6 +666,7 @@ class Store:
         self._optimism = _Optimism()
         self._index = history_index.HistoryIndex(self.path, self.ref)
         self._since_indexed = 0
+        self._seen = SeenTip(self.path, self.ref)
 
     @property
     def _repo(self) -> pygit2.Repository:
@@ -1009,6 +1013,9 @@ class Store:
 
         Raises:
             StoreBusy: the deadline passed before the ref could be advanced.
+            BranchRewound: the tip does not contain the last commit a
+                gitstate writer set (the branch was moved back behind our
+                back); nothing is committed until an operator acts.
             RecordError: a record written or read is invalid.
             Any exception the change function raises, with nothing written.
         """
@@ -1065,6 +1072,48 @@ class Store:
                 self._since_indexed = 0
                 self._index_after_commit(outcome.commit)
         return Committed(outcome.value, outcome.commit_hex, snap, tally.runs)
+
+    def rewound(self) -> Rewind | None:
+        """Return how the branch moved back, or None while it contains the last tip set.
+
+        For readers (health, metrics) that do not hold the host lock: the
+        mark is read before the tip, so a commit landing in between leaves
+        a tip that contains it; a rewind is reported only if a second look
+        finds the same one (a writer may be rewriting the mark just then).
+        """
+        found: Rewind | None = None
+        for _ in range(2):
+            mark = self._seen.read()
+            with self._mutex:
+                ref = self._lookup_ref()
+                tip = str(ref.target) if ref is not None else None
+                rewind = self._seen.compare(self._repo, mark, tip)
+            if rewind is None or rewind == found:
+                break
+            found = rewind
+        else:
+            return None  # two different answers: the branch is moving; ask again later
+        if rewind is not None:
+            self._seen.report(rewind)
+        return rewind
+
+    def accept_tip(self) -> tuple[str | None, str | None]:
+        """Take the branch's current tip as the last one set, ending a rewind.
+
+        For an operator who has decided the branch is where it should be
+        (a deliberate rewind, or one whose lost commits are restored by
+        hand). Returns the mark before and after.
+        """
+        started = time.monotonic()
+        with self._writer, self._host_lock(started + self.deadline, started):
+            before = self._seen.read()
+            tip = self.head()
+            if tip is None:
+                self._seen.path.unlink(missing_ok=True)
+            else:
+                self._seen.write(tip)
+        log.warning("state tip accepted: %s (the mark was %s)", tip, before)
+        return before, tip
 
     def _index_after_commit(self, commit: pygit2.Oid) -> None:
         try:
@@ -1193,6 +1242,8 @@ class Store:
         if not self._advance(base, ref, commit_id, draft.subject, job.until):
             tally.conflicts += 1
             return None
+        # Still under the host lock: the next writer checks its tip against it.
+        self._seen.record(str(commit_id))
         delta = {path: oid for path, (oid, _record) in blobs.items()}
         return _Outcome(value, base, commit_id, delta, tree_id)
 
@@ -1202,12 +1253,16 @@ class Store:
         """Write the trees above ``blobs`` and a commit of them on ``base`` (mutex held).
 
         Returns the ids of the commit and its tree, or None when the new
-        tree is the base's (nothing to commit).
+        tree is the base's (nothing to commit). Refuses, with
+        :class:`BranchRewound`, to commit on a base that moved back.
         """
         base_tree = self._repo[base._tree_id] if base._tree_id is not None else None
         tree_id = self._write_tree(base_tree, blobs)
         if tree_id == base._tree_id:
             return None
+        # A change that leaves the tree as it is is answered like a read;
+        # one that commits is refused on a branch that moved back.
+        self._seen.refuse(self._repo, base.commit)
         now = time.time()
         message = _message(draft.subject, draft.body, job.operation, job.identity)
         parents = [base._commit_id] if base._commit_id is not None else []

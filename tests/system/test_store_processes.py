@@ -154,3 +154,34 @@ def test_writer_killed_while_holding_host_lock_does_not_block_others(
     done = store.transact(increment, subject="after the kill", operation="counter.increment")
     assert done.value == 2
     assert store.get("held.yaml") is None
+
+
+def _rewind_checker(path: str, stop, alarms) -> None:
+    store = Store(path, create=False)
+    while not stop.is_set():
+        if store.rewound() is not None:
+            alarms.value += 1
+
+
+def test_concurrent_writers_never_look_like_a_rewind(state_path: Path) -> None:
+    """Writers in several processes advance the mark in turn; checkers outside the lock agree."""
+    Store(state_path)
+    ctx = multiprocessing.get_context("fork")
+    stop, alarms = ctx.Event(), ctx.Value("i", 0)
+    checkers = [
+        ctx.Process(target=_rewind_checker, args=(str(state_path), stop, alarms)) for _ in range(2)
+    ]
+    writers = [
+        ctx.Process(target=_writer, args=(str(state_path), 100, f"writer{n}")) for n in range(4)
+    ]
+    for proc in [*checkers, *writers]:
+        proc.start()
+    for proc in writers:
+        proc.join(300)
+        assert proc.exitcode == 0  # a BranchRewound would have failed it
+    stop.set()
+    for proc in checkers:
+        proc.join(60)
+    assert alarms.value == 0
+    tip = git("rev-parse", "refs/heads/state", cwd=state_path).strip()
+    assert (state_path / "gitstate-seen-tip").read_text().strip() == tip

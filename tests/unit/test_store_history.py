@@ -83,6 +83,7 @@ def test_a_replaced_branch_is_indexed_again(tmp_path: Path) -> None:
     # moves on from there: the index must not keep the lost commits.
     git("--git-dir", str(repo), "update-ref", store.ref, old)
     store = Store(repo, create=False)
+    store.accept_tip()  # writes on a branch that moved back need an operator's word
     store.transact(_set("b.yaml", 99), subject="after restore", operation="x")
     history = store.history("a.yaml")
     assert history == _walked(store, "a.yaml")
