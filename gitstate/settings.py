@@ -100,6 +100,17 @@ def is_regex(text: str) -> bool:
     return len(text) >= 2 and text.startswith("/") and text.endswith("/")
 
 
+def _directories(value: Any) -> tuple[Path, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(p, str) and p for p in items):
+        raise ValueError("must be a list of directories")
+    paths = tuple(Path(item).expanduser() for item in items)
+    relative = [str(item) for item in paths if not item.is_absolute()]
+    if relative:
+        raise ValueError(f"directories must be absolute paths, got {relative}")
+    return paths
+
+
 def _client_name(value: Any) -> str:
     name = str(value)
     if not CLIENT_NAME.match(name):
@@ -199,6 +210,12 @@ class DeploySettings:
     fetch_workers: int = setting(count(1), 8, "remotes fetched at once")
     private_key: str | None = setting(
         text(), None, "SSH private key for ssh remotes (none: the ssh agent)"
+    )
+    local_module_sources: tuple[Path, ...] = setting(
+        simple("list of absolute paths", _directories),
+        (),
+        "directories Puppetfile modules may name as local paths or file:// URLs"
+        " (empty: none; never the datadir)",
     )
     fetch_timeout: float | None = setting(
         seconds(), None, "older spelling of `deploy.timeouts.fetch`; wins when given"

@@ -163,6 +163,7 @@ class Cluster:
             "deploy": {
                 "pool_size": self.deploy_workers,
                 "timeouts": {"fetch": 30, "deploy": 120, "wait": 90, "sync": 45},
+                "local_module_sources": [str(self.fixture / "modules")],
             },
             "auth": {"enabled": True},
             "gates": {"current_ticket_lifetime": 10, "queued_ticket_lifetime": 2},
