@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,8 +69,17 @@ def run_peer(tool: str, out: Path) -> None:
     subprocess.run(peer_command(tool, out), check=True, capture_output=True)
 
 
+def _modules(remote: str) -> Path:
+    """Where the fixture's module repositories are: beside its control repository."""
+    return Path(urllib.parse.urlsplit(remote).path).parent / "modules"
+
+
 def deploy_all(datadir: Path | str, remote: str) -> Deployer:
-    dep = Deployer(Path(datadir), Sources.from_settings({"main": SourceSettings(remote=remote)}))
+    dep = Deployer(
+        Path(datadir),
+        Sources.from_settings({"main": SourceSettings(remote=remote)}),
+        local_module_sources=[_modules(remote)],
+    )
     collection = dep.collect()
     dep.prefetch(collection)
     for env in collection.names():
@@ -79,7 +89,11 @@ def deploy_all(datadir: Path | str, remote: str) -> Deployer:
 
 
 def deploy_one(datadir: Path, remote: str, env: str) -> None:
-    dep = Deployer(datadir, Sources.from_settings({"main": SourceSettings(remote=remote)}))
+    dep = Deployer(
+        datadir,
+        Sources.from_settings({"main": SourceSettings(remote=remote)}),
+        local_module_sources=[_modules(remote)],
+    )
     dep.deploy(env)
 
 

@@ -81,7 +81,7 @@ def push_to_live(base: Path, pushes: int) -> list[float]:
         "threads": 4,
         "state": {"fsync": False},
         "sources": {"puppet": {"remote": repos.control_url, "invalid_branches": "correct"}},
-        "deploy": {"pool_size": 1},
+        "deploy": {"pool_size": 1, "local_module_sources": [str(repos.modules)]},
         "file_sync": {
             "token": "bench",
             "clients": [

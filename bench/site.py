@@ -63,6 +63,8 @@ class Site:
             "datadir": str(self.datadir),
             "listen": f"127.0.0.1:{self.port}",
             "sources": {"puppet": {"remote": str(self.control)}},
+            # The fixture's Puppetfiles name its module repositories beside it.
+            "deploy": {"local_module_sources": [str(self.control.parent / "modules")]},
             "file_sync": {
                 "token": "bench-file-sync-token",
                 "clients": [

@@ -100,6 +100,17 @@ def is_regex(text: str) -> bool:
     return len(text) >= 2 and text.startswith("/") and text.endswith("/")
 
 
+def _directories(value: Any) -> tuple[Path, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(p, str) and p for p in items):
+        raise ValueError("must be a list of directories")
+    paths = tuple(Path(item).expanduser() for item in items)
+    relative = [str(item) for item in paths if not item.is_absolute()]
+    if relative:
+        raise ValueError(f"directories must be absolute paths, got {relative}")
+    return paths
+
+
 def _client_name(value: Any) -> str:
     name = str(value)
     if not CLIENT_NAME.match(name):
@@ -131,7 +142,7 @@ class AuthSettings:
         BOOL, True, "require tokens at all (turn off only on a trusted network)"
     )
     webhook_authentication: bool = setting(
-        BOOL, True, "require a token on the webhook too (else only the provider's secret)"
+        BOOL, True, "require a token on webhooks (false: a type's own secret may stand in)"
     )
     read_requires_token: bool = setting(BOOL, False, "require a token on reads (and /metrics) too")
 
@@ -199,6 +210,12 @@ class DeploySettings:
     fetch_workers: int = setting(count(1), 8, "remotes fetched at once")
     private_key: str | None = setting(
         text(), None, "SSH private key for ssh remotes (none: the ssh agent)"
+    )
+    local_module_sources: tuple[Path, ...] = setting(
+        simple("list of absolute paths", _directories),
+        (),
+        "directories Puppetfile modules may name as local paths or file:// URLs"
+        " (empty: none; never the datadir)",
     )
     fetch_timeout: float | None = setting(
         seconds(), None, "older spelling of `deploy.timeouts.fetch`; wins when given"
@@ -285,13 +302,36 @@ class GateSettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class GitHubWebhook:
-    """``webhooks.github``: the key of GitHub's ``X-Hub-Signature-256``."""
+class ProviderWebhook:
+    """``webhooks.<type>``: whether one webhook type is served at all.
 
-    secret: str | None = setting(text(), None, "the HMAC key", secret=True)
-    secret_file: Path | None = setting(path(), None, "a file holding the HMAC key")
+    A type without a secret of its own (Bitbucket Cloud signs nothing, the
+    post-receive hook sends a token) has only this switch; the others add
+    their secret. :attr:`shared_secret` is what a request of the type must
+    prove it knows, or None when only a token can vouch for it.
+    """
 
-    def checked(self, key: str) -> GitHubWebhook:
+    enabled: bool = setting(BOOL, True, "serve this webhook type (false: it is refused)")
+
+    @property
+    def shared_secret(self) -> bytes | None:
+        """The secret requests of this type prove, if one is configured."""
+        return None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SignedWebhook(ProviderWebhook):
+    """A webhook type whose requests prove a shared ``secret`` (a signature key)."""
+
+    secret: str | None = setting(text(), None, "the shared secret", secret=True)
+    secret_file: Path | None = setting(path(), None, "a file holding the shared secret")
+
+    @property
+    def shared_secret(self) -> bytes | None:
+        """The configured secret, as bytes."""
+        return self.secret.encode() if self.secret else None
+
+    def checked(self, key: str) -> SignedWebhook:
         """Read ``secret_file``; refuse both."""
         return dataclasses.replace(
             self, secret=_from_file(key, "secret", self.secret, self.secret_file)
@@ -299,11 +339,31 @@ class GitHubWebhook:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class GitLabWebhook:
+class GitHubWebhook(SignedWebhook):
+    """``webhooks.github``: the key of GitHub's ``X-Hub-Signature-256`` HMAC."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BitbucketServerWebhook(SignedWebhook):
+    """``webhooks.bitbucket_server`` / ``stash``: the key of ``X-Hub-Signature`` (HMAC)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TfsGitWebhook(SignedWebhook):
+    """``webhooks.tfs_git``: the basic-authentication password Azure DevOps sends."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GitLabWebhook(ProviderWebhook):
     """``webhooks.gitlab``: what GitLab sends in ``X-Gitlab-Token``."""
 
     token: str | None = setting(text(), None, "the token", secret=True)
     token_file: Path | None = setting(path(), None, "a file holding the token")
+
+    @property
+    def shared_secret(self) -> bytes | None:
+        """The configured token, as bytes."""
+        return self.token.encode() if self.token else None
 
     def checked(self, key: str) -> GitLabWebhook:
         """Read ``token_file``; refuse both."""
@@ -328,20 +388,49 @@ def _from_file(key: str, name: str, value: str | None, file: Path | None) -> str
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WebhookSettings:
-    """``webhooks``: optional per-provider secrets (docs/webhooks.md)."""
+    """``webhooks``: per webhook type, whether it is served and its secret (docs/webhooks.md).
 
-    github: GitHubWebhook = section(GitHubWebhook, "GitHub's signature key")
-    gitlab: GitLabWebhook = section(GitLabWebhook, "GitLab's token")
+    The keys are the types of ``?type=`` with ``-`` written ``_``.
+    """
+
+    github: GitHubWebhook = section(GitHubWebhook, "GitHub: switch and signature key", off=True)
+    gitlab: GitLabWebhook = section(GitLabWebhook, "GitLab: switch and token", off=True)
+    bitbucket: ProviderWebhook = section(
+        ProviderWebhook, "Bitbucket Cloud: switch (no secret)", off=True
+    )
+    bitbucket_server: BitbucketServerWebhook = section(
+        BitbucketServerWebhook, "Bitbucket Server: switch and signature key", off=True
+    )
+    stash: BitbucketServerWebhook = section(
+        BitbucketServerWebhook, "Stash: switch and signature key", off=True
+    )
+    tfs_git: TfsGitWebhook = section(
+        TfsGitWebhook, "Azure DevOps: switch and basic-auth password", off=True
+    )
+    gitstate_hook: ProviderWebhook = section(
+        ProviderWebhook, "the post-receive hook: switch (it sends a token)", off=True
+    )
+
+    def of(self, webhook_type: str) -> ProviderWebhook:
+        """Return the section of one ``?type=`` (``bitbucket-server`` → ``bitbucket_server``).
+
+        Raises:
+            KeyError: no section is declared for it.
+        """
+        name = webhook_type.replace("-", "_")
+        if name not in {field.name for field in dataclasses.fields(self)}:
+            raise KeyError(webhook_type)
+        return getattr(self, name)
 
     @property
     def github_secret(self) -> bytes | None:
         """The key of GitHub's HMAC, if one is configured."""
-        return self.github.secret.encode() if self.github.secret else None
+        return self.github.shared_secret
 
     @property
     def gitlab_token(self) -> bytes | None:
         """The token GitLab must send, if one is configured."""
-        return self.gitlab.token.encode() if self.gitlab.token else None
+        return self.gitlab.shared_secret
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -7,6 +7,7 @@ depend on who runs them (dulwich's habit).
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,10 +69,12 @@ def sample(tmp_path: Path, sample_template: Path) -> SampleRepos:
     """A private copy of the sample repositories (tests push to it).
 
     Module URLs inside the Puppetfiles point at the template's modules,
-    which no test changes.
+    which no test changes; ``modules`` says so, for the configs that allow
+    them (``deploy.local_module_sources``).
     """
     subprocess.run(["cp", "-a", str(sample_template), str(tmp_path / "repos")], check=True)
-    return build(tmp_path / "repos")
+    copy = build(tmp_path / "repos")
+    return dataclasses.replace(copy, modules=sample_template / "modules")
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@ The token comes from ``X-Authentication`` or ``?token=`` (as Code Manager
 takes it). Writes always need one (when authentication is on); reads only
 when ``auth.read_requires_token`` is set. A resource may declare
 ``auth_policy``: ``"public"`` (health) or ``"webhook"`` (token unless
-``auth.webhook_authentication`` is off; the provider's own secret is checked
-by the webhook service). The principal lands in ``req.context.principal``;
+``auth.webhook_authentication`` is off; a token, when presented, is checked
+here either way, and the webhook service then admits a request only if a
+token or the type's own secret vouches for it). The principal lands in ``req.context.principal``;
 the services check permissions against it. Refusals (:class:`gitstate.auth.AuthError`) are
 answered by :mod:`gitstate.web.errors`, like every other error.
 """

@@ -809,9 +809,14 @@ def _code_manager_paths() -> dict[str, Any]:
                         "Unknown type, or a payload missing a field.", "CodeManagerError"
                     ),
                     "401": _response(
-                        "No valid token (unless `auth.webhook_authentication` is off), or the "
-                        "provider's signature is missing or wrong.",
+                        "No valid token (required unless `auth.webhook_authentication` is "
+                        "off; then the type's secret may stand in), or the type's signature "
+                        "is missing or wrong.",
                         {"anyOf": [_ref("AuthError"), _ref("CodeManagerError")]},
+                    ),
+                    "403": _error(
+                        "The type is turned off (`webhooks.<type>.enabled: false`).",
+                        "CodeManagerError",
                     ),
                     "413": _error("The body is over 1 MiB.", "CodeManagerError"),
                     "503": _UNAVAILABLE,

@@ -26,7 +26,8 @@ class WebhookResource:
     authentication, never logged.
     """
 
-    #: Token required unless ``auth.webhook_authentication`` is off (see web/auth.py).
+    #: Token required unless ``auth.webhook_authentication`` is off (see web/auth.py);
+    #: then the webhook service wants a token or the type's secret.
     auth_policy = "webhook"
 
     def __init__(self, services: Services) -> None:

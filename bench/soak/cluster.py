@@ -46,6 +46,7 @@ HOSTILE_BRANCHES = {
     "hostile_path": "a Puppetfile install_path outside the environment",
     "hostile_link": "a symlink escaping the environment",
     "hostile_chain": "a symlink escaping through another symlink",
+    "hostile_state": "a Puppetfile module fetched from DATADIR/state.git",
     # 250 characters: no client could write it (.<env>.swap-<pid> > 255 bytes).
     "hostile_long_" + "l" * 237: "a branch name no directory takes",
 }
@@ -163,8 +164,11 @@ class Cluster:
             "deploy": {
                 "pool_size": self.deploy_workers,
                 "timeouts": {"fetch": 30, "deploy": 120, "wait": 90, "sync": 45},
+                "local_module_sources": [str(self.fixture / "modules")],
             },
-            "auth": {"enabled": True},
+            # Webhooks then need a token or the type's secret: the hostile
+            # phase posts types that have neither.
+            "auth": {"enabled": True, "webhook_authentication": False},
             "gates": {"current_ticket_lifetime": 10, "queued_ticket_lifetime": 2},
             "file_sync": {
                 "token": "soak-file-sync-token",
@@ -216,6 +220,10 @@ class Cluster:
                 "Puppetfile",
                 f"mod 'escape',\n  :git => '{module.as_uri()}',\n  :branch => 'main',\n"
                 "  :install_path => '../../../outside'\n",
+            ),
+            "hostile_state": (
+                "Puppetfile",
+                f"mod 'tokens',\n  :git => '{self.state_repo}',\n  :branch => 'state'\n",
             ),
         }
         for branch, (path, text) in contents.items():

@@ -259,6 +259,23 @@ def _probes(client: Client) -> dict[str, Callable[[], None]]:
             token=None,
             json={"ref": "refs/heads/production", "after": "1" * 40},
         ),
+        "webhook-unsecured-type": simple(
+            "webhook-unsecured-type",
+            "POST",
+            "/code-manager/v1/webhook",
+            params={"type": "bitbucket-server"},
+            token=None,
+            headers={"X-Event-Key": "repo:refs_changed"},
+            json={"changes": [{"refId": f"refs/heads/{NO_TRACE}", "type": "UPDATE"}]},
+        ),
+        "webhook-unsecured-hook": simple(
+            "webhook-unsecured-hook",
+            "POST",
+            "/code-manager/v1/webhook",
+            params={"type": "gitstate-hook"},
+            token=None,
+            json={"updates": [{"ref": f"refs/heads/{NO_TRACE}", "old": "0" * 40, "new": "1" * 40}]},
+        ),
         "deep-json-gates": simple(
             "deep-json-gates", "PUT", "/api/gates", token=pipeline, data=_deep(5000)
         ),

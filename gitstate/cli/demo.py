@@ -55,7 +55,11 @@ def prepare(directory: Path, port: int) -> tuple[Config, Path, SampleRepos]:
                     "invalid_branches": "correct_and_warn",
                 }
             },
-            "deploy": {"pool_size": DEPLOY_WORKERS},
+            "deploy": {
+                "pool_size": DEPLOY_WORKERS,
+                # The sample Puppetfiles name module repositories in this folder.
+                "local_module_sources": [str(repos.modules)],
+            },
             # Writes need a token, as in production; the demo's admin token
             # is in DIR/token.
             "auth": {"enabled": True},

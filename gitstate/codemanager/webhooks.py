@@ -27,14 +27,19 @@ Providers and what is read (details in docs/webhooks.md):
 * ``gitstate-hook`` (the post-receive hook): each ``updates[].ref``; deleted
   when ``new`` is zeros.
 
-Optional secrets (``webhooks`` config section) authenticate the provider
-itself: GitHub's ``X-Hub-Signature-256`` HMAC of the raw body and GitLab's
-``X-Gitlab-Token``, both compared in constant time. They add to, and do not
-replace, the RBAC token Code Manager expects in ``?token=``.
+Who may post (:func:`admit`): each type can be turned off
+(``webhooks.<type>.enabled``), and a request is admitted only when a valid
+token or the type's own secret vouches for it (:data:`PROOFS`: GitHub's and
+Bitbucket Server's HMACs, GitLab's token, Azure DevOps' basic-auth
+password; Bitbucket Cloud and the post-receive hook have only tokens).
+Turning ``auth.webhook_authentication`` off makes the secret an alternative
+to the token; it no longer opens a type that has no secret.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import hashlib
 import hmac
@@ -43,7 +48,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from gitstate.auth import Principal
+from gitstate.auth import ANONYMOUS, Principal
 from gitstate.base import jsonbody
 from gitstate.codemanager.service import CodeManager
 from gitstate.deploys.queue import BAD_REQUEST, KIND_PREFIX, Requested, environment_path
@@ -63,6 +68,8 @@ TYPES = (*PROVIDERS, HOOK)
 
 UNRECOGNIZED_TYPE = KIND_PREFIX + "unrecognized-webhook-type"
 INVALID_SIGNATURE = KIND_PREFIX + "invalid-webhook-signature"
+WEBHOOK_UNAUTHENTICATED = KIND_PREFIX + "webhook-unauthenticated"
+WEBHOOK_TYPE_DISABLED = KIND_PREFIX + "webhook-type-disabled"
 ZERO = "0" * 40
 #: Largest webhook body accepted, in bytes (GitHub caps payloads at 25 MB,
 #: but a push of a few branches is a few kilobytes).
@@ -379,39 +386,170 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, str]], list[Branch
 }
 
 
-# -- secrets ---------------------------------------------------------------------------
+# -- who may send what ----------------------------------------------------------------
+
+
+def _hmac_sha256(secret: bytes, given: str, body: bytes) -> bool:
+    """GitHub's and Bitbucket Server's signature: ``sha256=<hex HMAC of the raw body>``."""
+    digest = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(given.strip().encode(), f"sha256={digest}".encode())
+
+
+def _equal(secret: bytes, given: str, body: bytes) -> bool:
+    """GitLab's token: the header is the secret itself."""
+    return hmac.compare_digest(given.encode(), secret)
+
+
+def _basic_password(secret: bytes, given: str, body: bytes) -> bool:
+    """Azure DevOps' basic authentication: any user name, the secret as password."""
+    scheme, _, encoded = given.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+    except binascii.Error:
+        return False
+    _, colon, password = decoded.partition(b":")
+    return bool(colon) and hmac.compare_digest(password, secret)
+
+
+@dataclasses.dataclass(frozen=True)
+class Proof:
+    """How a request of one type proves the type's shared secret.
+
+    Attributes:
+        header: the header carrying the proof.
+        check: ``(secret, header value, raw body) -> bool``, in constant time.
+        setting: the key that configures the secret (for refusals that say how).
+    """
+
+    header: str
+    check: Callable[[bytes, str, bytes], bool]
+    setting: str
+
+
+#: Each type that can carry a secret; the others (Bitbucket Cloud, which signs
+#: nothing, and the post-receive hook, which sends a token) are token only.
+PROOFS: dict[str, Proof] = {
+    "github": Proof("X-Hub-Signature-256", _hmac_sha256, "webhooks.github.secret"),
+    "gitlab": Proof("X-Gitlab-Token", _equal, "webhooks.gitlab.token"),
+    "bitbucket-server": Proof("X-Hub-Signature", _hmac_sha256, "webhooks.bitbucket_server.secret"),
+    "stash": Proof("X-Hub-Signature", _hmac_sha256, "webhooks.stash.secret"),
+    "tfs-git": Proof("Authorization", _basic_password, "webhooks.tfs_git.secret"),
+}
+
+
+class WebhookTypeDisabled(GitStateError, PermissionError):
+    """The site turned this webhook type off (``webhooks.<type>.enabled: false``).
+
+    Attributes:
+        provider: the webhook type.
+        setting: the key that turns it back on.
+    """
+
+    status = 403
+    kind = WEBHOOK_TYPE_DISABLED
+    public_fields = (("type", "provider"), ("setting", "setting"))
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.setting = f"webhooks.{provider.replace('-', '_')}.enabled"
+        super().__init__(f"{provider} webhooks are turned off on this server ({self.setting})")
+
+
+class WebhookUnauthenticated(GitStateError, PermissionError):
+    """Nothing vouches for a webhook request: no token, and no secret to prove.
+
+    Attributes:
+        provider: the webhook type.
+        accepts: what would vouch for it: a token, and the type's secret
+            header when the type has one.
+        configure: how to make requests of this type acceptable.
+    """
+
+    status = 401
+    kind = WEBHOOK_UNAUTHENTICATED
+    public_fields = (("type", "provider"), ("accepts", "accepts"), ("configure", "configure"))
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        proof = PROOFS.get(provider)
+        self.accepts = ["X-Authentication", "token"] + ([proof.header] if proof else [])
+        token = "send a token with deploy permission (X-Authentication or ?token=)"
+        self.configure = (
+            f"{token}, or set {proof.setting} and configure the same secret at the git host"
+            if proof
+            else f"{token}; {provider} webhooks have no secret of their own"
+        )
+        super().__init__(f"{provider} webhook refused: no token, and no secret configured")
 
 
 def verify(
     provider: str, settings: WebhookSettings, headers: Mapping[str, str], body: bytes
-) -> None:
-    """Check the provider's secret, when one is configured for it.
+) -> bool:
+    """Check the proof of the type's secret a request carries.
 
     Args:
         provider: the webhook type.
-        settings: the configured secrets.
+        settings: the configured switches and secrets.
         headers: request headers, names in lower case.
         body: the raw request body, exactly as received.
 
+    Returns:
+        whether the secret is proven: False when the type has no secret
+        configured or the request carries no proof (the caller decides
+        whether a token stands in).
+
     Raises:
-        InvalidSignature: a secret is configured and the header is missing
-            or does not match.
+        InvalidSignature: a secret is configured and the proof the request
+            carries does not match it.
     """
-    if provider == "github" and settings.github_secret is not None:
-        header = "X-Hub-Signature-256"
-        given = headers.get(header.lower())
-        if not given:
-            raise InvalidSignature(provider, header, "missing")
-        digest = hmac.new(settings.github_secret, body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(given.strip().encode(), f"sha256={digest}".encode()):
-            raise InvalidSignature(provider, header, "mismatch")
-    elif provider == "gitlab" and settings.gitlab_token is not None:
-        header = "X-Gitlab-Token"
-        given = headers.get(header.lower())
-        if not given:
-            raise InvalidSignature(provider, header, "missing")
-        if not hmac.compare_digest(given.encode(), settings.gitlab_token):
-            raise InvalidSignature(provider, header, "mismatch")
+    proof = PROOFS.get(provider)
+    secret = settings.of(provider).shared_secret
+    if proof is None or secret is None:
+        return False
+    given = headers.get(proof.header.lower())
+    if not given:
+        return False
+    if not proof.check(secret, given, body):
+        raise InvalidSignature(provider, proof.header, "mismatch")
+    return True
+
+
+def admit(
+    provider: str,
+    settings: WebhookSettings,
+    headers: Mapping[str, str],
+    body: bytes,
+    principal: Principal | None,
+) -> None:
+    """Let a request through only if the type is on and something vouches for it.
+
+    A request is admitted when it proves the type's secret, or carries a
+    valid token (its deploy permissions then limit what is done). With
+    authentication off altogether (``principal`` is :data:`ANONYMOUS`),
+    every API write is open, and so is a type without a secret. A proof
+    that is presented must be right, token or not.
+
+    Raises:
+        WebhookTypeDisabled: the type is turned off.
+        InvalidSignature: a presented proof is wrong, or a secret is
+            configured and neither it nor a token is presented.
+        WebhookUnauthenticated: the type has no secret configured and the
+            request has no token.
+    """
+    if not settings.of(provider).enabled:
+        raise WebhookTypeDisabled(provider)
+    if verify(provider, settings, headers, body):
+        return
+    if principal is not None and principal.token_id is not None:
+        return
+    proof = PROOFS.get(provider)
+    if proof is not None and settings.of(provider).shared_secret is not None:
+        raise InvalidSignature(provider, proof.header, "missing")
+    if principal == ANONYMOUS:
+        return
+    raise WebhookUnauthenticated(provider)
 
 
 # -- acting ----------------------------------------------------------------------------
@@ -495,7 +633,7 @@ class Webhooks:
         """
         provider = check_type(webhook_type)
         lowered = {name.lower(): value for name, value in headers.items()}
-        verify(provider, self.settings, lowered, body)
+        admit(provider, self.settings, lowered, body, principal)
         if prefix is not None and (len(prefix) > _MAX_PREFIX or not prefix.strip()):
             raise MalformedPayload(provider, "prefix", f"1 to {_MAX_PREFIX} characters")
         events = parse(provider, decode(provider, body, content_type), lowered)

@@ -28,6 +28,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,13 @@ from gitstate.base.hostlock import environment_lock_path, flocked
 from gitstate.config import Config
 from gitstate.engine.forge import DEFAULT_FORGE, Forge, ForgeError
 from gitstate.engine.links import UnsafeSymlink
-from gitstate.engine.mirrors import FetchFailed, Mirrors, UnsafeURL
+from gitstate.engine.mirrors import (
+    FetchFailed,
+    LocalSourceRefused,
+    LocalSources,
+    Mirrors,
+    UnsafeURL,
+)
 from gitstate.engine.puppetfile import (
     CONTROL_BRANCH,
     PUPPETFILE,
@@ -225,6 +232,11 @@ class Deployer:
         private_key: ssh private key for ssh remotes (else the ssh agent).
         fsync: make each published version durable before its ref moves
             (``state.fsync``).
+        local_module_sources: directories Puppetfile git modules may be
+            fetched from on this host (``deploy.local_module_sources``);
+            none by default, and never the data directory. Control
+            repositories (``sources``) are configured by the operator and
+            are not limited.
     """
 
     def __init__(
@@ -238,9 +250,11 @@ class Deployer:
         fetch_workers: int = 8,
         private_key: str | None = None,
         fsync: bool = False,
+        local_module_sources: Sequence[Path] = (),
     ) -> None:
         self.datadir = Path(datadir)
         self.sources = sources
+        self.local_sources = LocalSources(tuple(local_module_sources), (self.datadir,))
         self.default_ref = default_ref
         self.mirrors = Mirrors(
             self.datadir / "cache",
@@ -266,6 +280,7 @@ class Deployer:
             fetch_workers=deploy.fetch_workers,
             private_key=deploy.private_key,
             fsync=config.state.fsync,
+            local_module_sources=deploy.local_module_sources,
         )
 
     # -- collecting ---------------------------------------------------------------------
@@ -385,6 +400,7 @@ class Deployer:
             UnresolvableRef,
             FetchFailed,
             UnsafeURL,
+            LocalSourceRefused,
             ForgeError,
             UnsafeSymlink,
             UnsafeEntry,
@@ -523,6 +539,8 @@ class Deployer:
         *,
         keep: bool = False,
     ) -> _Resolved:
+        if module.kind == "git" and module.url is not None:
+            self.local_sources.check(module.name, module.url)
         if keep and previous is not None and module.kind != "local":
             kept = self._keep_previous(module, previous)
             if kept is not None:
@@ -644,6 +662,10 @@ class Deployer:
             for module in puppetfile.modules:
                 if module.kind != "git" or not module.url:
                     continue
+                try:
+                    self.local_sources.check(module.name, module.url)
+                except LocalSourceRefused:
+                    continue  # the deploy says why
                 desired = source.branch if module.ref == CONTROL_BRANCH else module.ref
                 if self._static(module, desired) is None:
                     urls.add(module.url)

@@ -19,12 +19,14 @@ GIL, so fetching several mirrors from threads overlaps their waits.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import os
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -102,6 +104,104 @@ def check_url(url: str) -> str:
             raise UnsafeURL(url, "a host may not start with '-'")
         return url  # user@host:path, an ssh address
     return url  # a local path
+
+
+#: The setting that lists where Puppetfile modules may come from on disk.
+LOCAL_SOURCES_SETTING = "deploy.local_module_sources"
+
+
+class LocalSourceRefused(GitStateError, PermissionError):
+    """A Puppetfile module names a repository on this host it may not read.
+
+    A local path or ``file://`` URL reads whatever the server can read,
+    ``DATADIR/state.git`` (token hashes, gate records) included, and
+    publishes it as an environment; so local module sources must lie under a
+    directory :data:`LOCAL_SOURCES_SETTING` lists, and never under the data
+    directory.
+
+    Attributes:
+        module: the module's name in the Puppetfile.
+        url: the source as written.
+        path: where it leads once symlinks and ``..`` are resolved.
+        reason: why it is refused.
+    """
+
+    def __init__(self, module: str, url: str, path: str, reason: str) -> None:
+        self.module = module
+        self.url = url
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"mod '{module}': refusing local source {url!r} ({path}): {reason}"
+            f" (see {LOCAL_SOURCES_SETTING})"
+        )
+
+
+def local_path(url: str) -> str | None:
+    """Return the path on this host a checked URL reads, or None for a network URL.
+
+    ``file://`` URLs (with no host, or ``localhost``) and plain paths are
+    local; ssh, git and http(s) URLs and scp-style addresses are not.
+    """
+    scheme = _SCHEME.match(url)
+    if scheme is not None:
+        if scheme.group(1).lower() != "file":
+            return None
+        parts = urllib.parse.urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            return "//" + parts.netloc + urllib.parse.unquote(parts.path)
+        return urllib.parse.unquote(parts.path)
+    if _SCP.match(url) is not None and not url.startswith(("/", "./", "../")):
+        return None
+    return url
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalSources:
+    """Where on this host Puppetfile modules may be fetched from.
+
+    Attributes:
+        allowed: directories local module sources must lie under (none: no
+            local module source is allowed).
+        forbidden: directories no module source may lie under, whatever
+            ``allowed`` says (the data directory).
+    """
+
+    allowed: tuple[Path, ...] = ()
+    forbidden: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed", tuple(_real(path) for path in self.allowed))
+        object.__setattr__(self, "forbidden", tuple(_real(path) for path in self.forbidden))
+
+    def check(self, module: str, url: str) -> None:
+        """Refuse a module source on this host that is not allowed.
+
+        The path is resolved first (symlinks, ``..``, relative to the
+        working directory, as git would open it), so a link inside an
+        allowed directory cannot lead out of it.
+
+        Raises:
+            LocalSourceRefused: the source is local and under the data
+                directory, or under no allowed directory.
+        """
+        where = local_path(url)
+        if where is None:
+            return
+        path = _real(Path(where))
+        if any(path.is_relative_to(root) for root in self.forbidden):
+            raise LocalSourceRefused(
+                module, url, str(path), "it is inside gitstate's data directory"
+            )
+        if not any(path.is_relative_to(root) for root in self.allowed):
+            listed = ", ".join(str(root) for root in self.allowed) or "none"
+            raise LocalSourceRefused(
+                module, url, str(path), f"it is under no allowed directory (allowed: {listed})"
+            )
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
 
 
 def mirror_name(url: str) -> str:

@@ -224,11 +224,23 @@ def test_webhook_token_user_is_actor_and_permissions_apply(app, tmp_path: Path) 
     assert [entry["environment"] for entry in queued] == ["dev"]
 
 
-def test_webhook_without_authentication_when_configured(tmp_path: Path) -> None:
-    client, _, _ = _app(tmp_path, webhook_authentication=False)
+def test_webhook_authentication_off_does_not_open_a_type_without_secret(tmp_path: Path) -> None:
+    # Until issue 18, turning webhook authentication off opened every type
+    # without a secret to anyone; now a token or the type's secret must vouch.
+    client, services, _ = _app(tmp_path, webhook_authentication=False)
     payload = {"ref": "refs/heads/dev", "after": "2" * 40, "deleted": False}
     result = client.simulate_post(
         f"{CM}/webhook", params={"type": "github"}, json=payload, headers={"X-GitHub-Event": "push"}
+    )
+    assert result.status_code == 401
+    assert result.json["kind"] == "puppetlabs.code-manager/webhook-unauthenticated"
+    assert "webhooks.github.secret" in result.json["details"]["configure"]
+    token = _token(services, "ci-bot", "deploy:dev")
+    result = client.simulate_post(
+        f"{CM}/webhook",
+        params={"type": "github", "token": token},
+        json=payload,
+        headers={"X-GitHub-Event": "push"},
     )
     assert result.status_code == 200
     assert result.json == {"status": "OK"}

@@ -58,7 +58,12 @@ def fixture(name: str) -> bytes:
 class Harness:
     """The app over a control repo with ``production`` and ``dev``, and one worker."""
 
-    def __init__(self, tmp_path: Path, webhooks: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        webhooks: dict[str, Any] | None = None,
+        auth: dict[str, Any] | None = None,
+    ) -> None:
         self.remote = Remote(tmp_path / "remotes", "control")
         for branch in ("production", "dev"):
             self.remote.commit(
@@ -70,7 +75,7 @@ class Harness:
             {
                 "datadir": str(tmp_path / "data"),
                 "state": {"fsync": False},
-                "auth": {"enabled": False},
+                "auth": auth or {"enabled": False},
                 "sources": {"puppet": {"remote": self.remote.url, "invalid_branches": "correct"}},
                 "webhooks": webhooks,
             }

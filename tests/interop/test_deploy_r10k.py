@@ -182,7 +182,7 @@ def test_benchmark_fixture_matches_r10k(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     sources = Sources.from_settings({"main": SourceSettings(remote=(out / "control.git").as_uri())})
-    dep = Deployer(tmp_path / "data", sources)
+    dep = Deployer(tmp_path / "data", sources, local_module_sources=[out / "modules"])
     collection = dep.collect()
     for env in collection.names():
         dep.deploy(env, collection=collection)

@@ -108,7 +108,12 @@ def module_files(name: str, version: str = "1.0.0") -> dict[str, str | Link | No
 
 
 def deployer(datadir: Path, *remotes: Remote, **options: object) -> Deployer:
-    """Return a Deployer over one source per remote (the first is ``puppet``)."""
+    """Return a Deployer over one source per remote (the first is ``puppet``).
+
+    Module repositories are built beside the data directory, so its parent
+    is where local module sources may come from, unless the test says.
+    """
+    options.setdefault("local_module_sources", (Path(datadir).parent,))
     names = ["puppet", *(f"s{index}" for index in range(1, len(remotes)))]
     sources = {
         name: SourceSettings(remote=remote.url) for name, remote in zip(names, remotes, strict=True)

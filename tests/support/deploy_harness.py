@@ -25,7 +25,11 @@ def deploy_config(tmp_path: Path, sample: SampleRepos, **deploy: object) -> Conf
             # These tests are about deploys; tests/api/test_auth_web.py covers tokens.
             "auth": {"enabled": False},
             "sources": {"puppet": {"remote": sample.control_url, "invalid_branches": "correct"}},
-            "deploy": {"timeouts": {"wait": 60}, **deploy},
+            "deploy": {
+                "timeouts": {"wait": 60},
+                "local_module_sources": [str(sample.modules)],
+                **deploy,
+            },
         }
     )
 

@@ -34,7 +34,10 @@ def make_config(tmp_path: Path, sample: SampleRepos, **file_sync: Any) -> Config
             "state": {"fsync": False},
             "auth": {"enabled": False},
             "sources": {"puppet": {"remote": sample.control_url, "invalid_branches": "correct"}},
-            "deploy": {"timeouts": {"wait": 60, "sync": sync_timeout}},
+            "deploy": {
+                "timeouts": {"wait": 60, "sync": sync_timeout},
+                "local_module_sources": [str(sample.modules)],
+            },
             "file_sync": {"token": "s3cret", **file_sync},
         }
     )

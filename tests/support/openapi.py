@@ -37,7 +37,10 @@ def sample_config(tmp_path: Path, sample: SampleRepos, *, wait: float = 30, **au
             "threads": 2,
             "auth": {"enabled": bool(auth), **auth},
             "sources": {"puppet": {"remote": sample.control_url, "invalid_branches": "correct"}},
-            "deploy": {"timeouts": {"wait": wait, "sync": 0.2}},
+            "deploy": {
+                "timeouts": {"wait": wait, "sync": 0.2},
+                "local_module_sources": [str(sample.modules)],
+            },
             "file_sync": {"token": FILE_SYNC_TOKEN, "long_poll_timeout": 0.2},
         }
     )

@@ -91,7 +91,7 @@ def test_a_killed_workers_deploy_runs_again_elsewhere_and_finishes_once(
         "datadir": str(tmp_path / "data"),
         "state": {"fsync": False},
         "sources": {"puppet": {"remote": sample.control_url}},
-        "deploy": {"timeouts": {"fetch": 120}},
+        "deploy": {"timeouts": {"fetch": 120}, "local_module_sources": [str(sample.modules)]},
     }
     config_path = tmp_path / "gitstate.yaml"
     with config_path.open("w") as stream:

@@ -47,7 +47,11 @@ class Server:
             "state": {"fsync": False},
             "auth": {"enabled": False},
             "sources": {"puppet": {"remote": sample.control_url, "invalid_branches": "correct"}},
-            "deploy": {"pool_size": 1, "timeouts": {"wait": 120, "sync": 60}},
+            "deploy": {
+                "pool_size": 1,
+                "timeouts": {"wait": 120, "sync": 60},
+                "local_module_sources": [str(sample.modules)],
+            },
             "file_sync": {
                 "token": TOKEN,
                 "long_poll_timeout": 20,

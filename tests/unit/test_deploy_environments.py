@@ -374,7 +374,9 @@ from gitstate.engine.environments import Deployer
 from gitstate.engine.sources import Sources
 from gitstate.settings import SourceSettings
 dep = Deployer(
-    Path(sys.argv[1]), Sources.from_settings({"puppet": SourceSettings(remote=sys.argv[2])})
+    Path(sys.argv[1]),
+    Sources.from_settings({"puppet": SourceSettings(remote=sys.argv[2])}),
+    local_module_sources=[Path(sys.argv[1]).parent],
 )
 for env in sys.argv[3:]:
     dep.deploy(env, purge=False)
@@ -407,11 +409,16 @@ def test_from_config_reads_sources_and_deploy_section(tmp_path, repos):
         {
             "datadir": str(tmp_path / "data"),
             "sources": {"puppet": {"remote": repos["control"].url, "prefix": "qa"}},
-            "deploy": {"timeouts": {"fetch": "10s"}, "forge_url": "http://127.0.0.1:9/"},
+            "deploy": {
+                "timeouts": {"fetch": "10s"},
+                "forge_url": "http://127.0.0.1:9/",
+                "local_module_sources": [str(tmp_path / "remotes")],
+            },
         }
     )
     dep = Deployer.from_config(config)
     assert dep.mirrors.timeout == 10.0
+    assert dep.local_sources.allowed == ((tmp_path / "remotes").resolve(),)
     assert dep.forge.base_url == "http://127.0.0.1:9"
     assert dep.collect().names() == ["qa_production"]
     assert dep.deploy("qa_production").environment == "qa_production"
