@@ -10,17 +10,16 @@ branch and its history survive restarts.
 
 from __future__ import annotations
 
-import os
 import secrets
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import TextIO
 
 from ruamel.yaml import YAML
 
 from gitstate.auth import AuthError, Tokens
+from gitstate.base.private import open_private
 from gitstate.cli.sample import SampleRepos, build
 from gitstate.client import Client, ClientError
 from gitstate.config import Config
@@ -82,7 +81,7 @@ def prepare(directory: Path, port: int) -> tuple[Config, Path, SampleRepos]:
     yaml = YAML(typ="safe")
     yaml.default_flow_style = False
     # The config holds the file-sync token: only its owner may read it.
-    with _private(config_path) as stream:
+    with open_private(config_path) as stream:
         yaml.dump(config.to_mapping(), stream)
     init_repository(config.state_repo)
     _admin_token(config, directory / "token")
@@ -111,15 +110,8 @@ def _admin_token(config: Config, path: Path) -> None:
         description="gitstate demo",
         actor="gitstate-demo",
     )
-    with _private(path) as stream:
+    with open_private(path) as stream:
         stream.write(issued.token + "\n")
-
-
-def _private(path: Path) -> TextIO:
-    """Open ``path`` for writing, readable by its owner only (also when it exists)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # a file from an earlier run keeps its mode through O_CREAT
-    return os.fdopen(fd, "w", encoding="utf-8")
 
 
 def _file_sync_token(config_path: Path) -> str:

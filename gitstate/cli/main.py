@@ -16,6 +16,7 @@ from typing import Any
 
 from gitstate import __version__
 from gitstate.base import logs
+from gitstate.base.private import open_private
 from gitstate.cli.exits import EXIT_DEPLOY_FAILED, EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from gitstate.config import DEFAULT_PORT, Config
 from gitstate.errors import GitStateError
@@ -188,7 +189,6 @@ def _local_config(args: argparse.Namespace) -> Config:
 
 def _token(args: argparse.Namespace) -> int:
     import getpass
-    import os
 
     from gitstate.auth import Tokens
     from gitstate.services import open_store
@@ -206,8 +206,7 @@ def _token(args: argparse.Namespace) -> int:
             actor=actor,
         )
         if args.out:
-            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as stream:
+            with open_private(args.out) as stream:
                 stream.write(issued.token + "\n")
             print(
                 f"token {issued.token_id} for {issued.user} written to {args.out}", file=sys.stderr
