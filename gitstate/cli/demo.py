@@ -26,7 +26,8 @@ from gitstate.config import Config
 from gitstate.hooks.install import install_post_receive, install_state_guard
 from gitstate.process.supervisor import Supervisor, serve_children
 from gitstate.process.supervisor import prepare as prepare_serving
-from gitstate.store.branch import Store, init_repository
+from gitstate.services import open_store
+from gitstate.store.branch import init_repository
 
 DEFAULT_DIR = "gitstate-demo"
 DEPLOY_WORKERS = 2
@@ -96,7 +97,7 @@ def prepare(directory: Path, port: int) -> tuple[Config, Path, SampleRepos]:
 
 def _admin_token(config: Config, path: Path) -> None:
     """Issue the demo's admin token into ``path`` unless a valid one is there."""
-    tokens = Tokens(Store(config.state_repo, fsync=False))
+    tokens = Tokens(open_store(config), config.auth)
     if path.exists():
         try:
             tokens.verify(path.read_text(encoding="utf-8").strip())
