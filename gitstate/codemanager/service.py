@@ -318,13 +318,22 @@ class CodeManager:
         Code Manager's ``wait`` returns once the code is live on every
         server. Clients that lack a deployed code-commit (or a later one)
         after ``deploy.timeouts.sync`` add a ``timeout`` error to the
-        environments they lack.
+        environments they lack. An environment a client has the code-commit
+        of but refused to write (``failed_environments`` in its check-in) is
+        ``failed``, with each refusing client's reason.
         """
         complete = [answer for answer in answers if answer.get("status") == "complete"]
         commits = [answer["file-sync"]["code-commit"] for answer in complete]
         late = self.file_sync.wait_for_clients(commits, self.file_sync.sync_timeout)
-        for answer in complete if late else ():
-            answer["error"] = self.file_sync.sync_timeout_error(late, answer["environment"])
+        for answer in complete:
+            environment = answer["environment"]
+            refused = self.file_sync.refusals(environment, answer["file-sync"]["code-commit"])
+            if refused:
+                # Deployed to storage but not live everywhere: not complete.
+                answer["status"] = "failed"
+                answer["error"] = self.file_sync.refused_error(refused, environment)
+            elif late:
+                answer["error"] = self.file_sync.sync_timeout_error(late, environment)
         return answers
 
     def _waited(

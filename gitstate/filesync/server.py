@@ -37,7 +37,7 @@ from gitstate.base.times import now_iso
 from gitstate.config import Config
 from gitstate.deploys.queue import TIMEOUT
 from gitstate.engine.storage import CODE_REF, Storage, init_storage
-from gitstate.errors import BAD_REQUEST, FORBIDDEN, GitStateError
+from gitstate.errors import BAD_REQUEST, FORBIDDEN, KIND_PREFIX, GitStateError
 from gitstate.filesync.checkins import CheckIns, InvalidCheckIn
 from gitstate.filesync.rollback import RollbackRequest, Rollbacks
 from gitstate.store.branch import Store
@@ -49,6 +49,8 @@ MAX_NEGOTIATION = 32 * 1024 * 1024
 WAIT_SAFETY_NET = 5.0
 #: Code-commits whose environment lists are kept for the status.
 _DEPLOYED_CACHE = 8
+#: The error kind of a deploy a file-sync client would not write (a ``wait`` answer).
+FILE_SYNC_REFUSED = KIND_PREFIX + "file-sync-refused"
 _CHUNK = 64 * 1024
 _PROTOCOL = re.compile(r"^[A-Za-z0-9=:.-]{1,64}$")
 
@@ -284,6 +286,32 @@ class FileSyncService:
                 f"{self.sync_timeout:g}s"
             ),
             "details": {"corrected-env-name": environment, "unsynced-clients": list(late)},
+        }
+
+    def refusals(self, environment: str, commit: str) -> dict[str, str]:
+        """Return the clients that have ``commit`` but could not write ``environment``.
+
+        A client that refuses an environment (a link that leaves it, a name
+        its file system cannot take) still checks in the code-commit; the
+        environment is then listed under its ``failed_environments``, with
+        why. Maps each such client to its reason.
+        """
+        repo = self._repo()
+        refused = {}
+        for name, record in sorted(self.check_ins.all().items()):
+            why = (record.get("failed_environments") or {}).get(environment)
+            have = record.get("code_commit")
+            if why is not None and have and _contains(repo, have, commit):
+                refused[name] = str(why)
+        return refused
+
+    def refused_error(self, refused: Mapping[str, str], environment: str) -> dict[str, Any]:
+        """Return the error of an environment that file-sync clients refused to write."""
+        reasons = "; ".join(f"{client}: {why}" for client, why in refused.items())
+        return {
+            "kind": FILE_SYNC_REFUSED,
+            "msg": f"file-sync clients could not write {environment}: {reasons}",
+            "details": {"corrected-env-name": environment, "refusing-clients": dict(refused)},
         }
 
     # -- check-ins and status ----------------------------------------------------------

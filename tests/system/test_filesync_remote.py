@@ -214,3 +214,28 @@ def test_rollback_reaches_both_clients(server: Server, tmp_path: Path) -> None:
     status = requests.get(f"{server.base}/code-manager/v1/deploys/status", timeout=30).json()
     deployed = {d["environment"]: d for d in status["file-sync-storage-status"]["deployed"]}
     assert deployed["production"]["deploy-signature"] == first
+
+
+def test_wait_reports_failed_where_a_client_refuses_the_environment(
+    server: Server, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    git("clone", "-q", str(server.sample.control), str(work))
+    git("push", "-q", "origin", "origin/production:refs/heads/refused", cwd=work)
+    # Something the compiler's client cannot replace stands where the versions go.
+    blocker = server.live["compiler"] / ".versions" / "refused"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a directory\n")
+    try:
+        (answer,) = server.deploy({"environments": ["refused"], "wait": True})
+        assert answer["status"] == "failed", answer
+        assert answer["error"]["kind"] == "puppetlabs.code-manager/file-sync-refused"
+        assert sorted(answer["error"]["details"]["refusing-clients"]) == ["compiler"]
+        assert "compiler" in answer["error"]["msg"]
+        # The other client has it; one refusal does not hide that.
+        assert (server.live["primary"] / "environments" / "refused" / "Puppetfile").exists()
+    finally:
+        blocker.unlink()
+        git("push", "-q", "origin", ":refs/heads/refused", cwd=work)
+    answers = server.deploy({"deploy-all": True, "wait": True})
+    assert {a["status"] for a in answers} == {"complete"}, answers
