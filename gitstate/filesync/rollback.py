@@ -30,8 +30,9 @@ import pygit2
 from gitstate.base.hostlock import environment_lock_path, flocked
 from gitstate.base.times import now_iso
 from gitstate.deploys.queue import SCHEMA_VERSION, environment_path
+from gitstate.engine.links import UnsafeSymlink
 from gitstate.engine.storage import Published, Storage
-from gitstate.errors import BAD_REQUEST, NOT_FOUND, GitStateError
+from gitstate.errors import BAD_REQUEST, CONFLICT, NOT_FOUND, GitStateError
 from gitstate.store.branch import Draft, Identity, Store
 
 DEPLOY_RECORD = ".r10k-deploy.json"
@@ -68,6 +69,33 @@ class RollbackTargetNotFound(GitStateError, LookupError):
         self.environment = environment
         self.to = to
         super().__init__(detail)
+
+
+class UnsafeRollbackTarget(GitStateError, ValueError):
+    """The version asked for holds a symlink that would not be written today.
+
+    It was published before its links were resolved as the file system
+    will, or under other rules; publishing it again would hand every client
+    a version each one refuses.
+
+    Attributes:
+        environment: the environment.
+        signature: the version's deploy signature.
+        why: the refused link, as the check words it.
+    """
+
+    status = 409
+    kind = CONFLICT
+    public_fields = (("environment", "environment"), ("signature", "signature"))
+
+    def __init__(self, environment: str, signature: str, why: str) -> None:
+        self.environment = environment
+        self.signature = signature
+        self.why = why
+        super().__init__(
+            f"cannot roll {environment} back to {signature[:12]}: {why}; deploy a fixed commit "
+            "instead"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +188,7 @@ class Rollbacks:
         Raises:
             RollbackTargetNotFound: the environment is not deployed, or no
                 earlier version matches.
+            UnsafeRollbackTarget: the version holds a link storage refuses today.
         """
         env = request.environment
         with self._env_lock(env):
@@ -170,6 +199,10 @@ class Rollbacks:
             if target.tree == current.tree:
                 code = self.storage.code_commit()
                 return self._answer(env, target, current.commit, code, current, changed=False)
+            try:
+                self.storage.check_links(pygit2.Oid(hex=target.tree))
+            except UnsafeSymlink as ex:
+                raise UnsafeRollbackTarget(env, target.signature, str(ex)) from ex
             message = (
                 f"Roll back {env} to {target.signature[:12]}\n\n"
                 f"Signature: {target.signature}\n"
@@ -285,4 +318,5 @@ __all__ = [
     "RollbackRequest",
     "RollbackTargetNotFound",
     "Rollbacks",
+    "UnsafeRollbackTarget",
 ]

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import pygit2
 import pytest
 
 from gitstate.cli.sample import SampleRepos
-from gitstate.engine.storage import Storage
+from gitstate.engine.storage import Published, Storage
 from tests.support.filesync import Harness, make_config, push
 from tests.support.helpers import git
 
@@ -96,3 +97,46 @@ def test_rollback_is_refused_while_the_gate_is_closed(
         harness.client.simulate_post(ROLLBACKS, json={"environment": "production"}).status_code
         == 200
     )
+
+
+def test_rollback_refuses_a_version_whose_links_storage_refuses_today(
+    harness: Harness, sample: SampleRepos, tmp_path: Path
+) -> None:
+    harness.deploy("production")
+    storage = Storage(harness.storage_path)
+    good = storage.published()["production"]
+    # A version published before links were resolved as the file system
+    # will: its link passes through another link and out of the environment.
+    repo = storage.repo
+    builder = repo.TreeBuilder(repo[pygit2.Oid(hex=good.tree)])
+    chain = repo.TreeBuilder()
+    chain.insert("l", repo.create_blob(b"../../.."), pygit2.enums.FileMode.LINK)
+    tree = chain.write()  # a/b/c/l resolves to the environment's root
+    for name in ("c", "b"):
+        outer = repo.TreeBuilder()
+        outer.insert(name, tree, pygit2.enums.FileMode.TREE)
+        tree = outer.write()
+    builder.insert("a", tree, pygit2.enums.FileMode.TREE)
+    builder.insert(
+        "x", repo.create_blob(b"a/b/c/l/../../../etc/passwd"), pygit2.enums.FileMode.LINK
+    )
+    unsafe_tree = builder.write()
+    signature = "f" * 40
+    env_commit = storage.commit_environment(
+        "production", unsafe_tree, f"old version\n\nSignature: {signature}\n"
+    )
+    storage.publish(
+        {"production": Published("production", env_commit, str(unsafe_tree), signature, "old")},
+        "an old, unchecked publish",
+    )
+    push(sample, tmp_path / "work", "production", {"data/common.yaml": "v: 3\n"})
+    harness.deploy("production")
+    current = storage.published()["production"]
+
+    answer = harness.client.simulate_post(
+        ROLLBACKS, json={"environment": "production", "to": signature[:10]}
+    )
+    assert answer.status_code == 409, answer.text
+    assert "points outside the environment" in answer.json["msg"]
+    assert answer.json["kind"] == "puppetlabs.code-manager/conflict"
+    assert storage.published()["production"] == current
