@@ -1,16 +1,21 @@
-"""The WSGI application: routes and error handling, built per worker.
+"""The ASGI application: routes and error handling, built per worker.
 
 gunicorn calls :func:`create_app` in each worker after it forks, so every
 worker opens its own repository handles (libgit2 handles must not cross a
-fork).
+fork). Responders are coroutines on uvicorn's event loop: they read the
+request there, hand blocking work (git, flock) to a pool of ``threads``
+threads (:class:`~gitstate.base.blocking.Blocking`), and wait for events
+(a state-branch commit, a storage publish, a check-in) as asyncio tasks, so
+a waiting or slow client costs memory, not a thread.
 """
 
 from __future__ import annotations
 
 import os
 
-import falcon
+import falcon.asgi
 
+from gitstate.base.blocking import Blocking
 from gitstate.config import Config
 from gitstate.services import Services
 
@@ -22,7 +27,6 @@ from . import (
     gates,
     metrics,
     openapi,
-    request,
     requestlog,
     ui,
     watch,
@@ -34,7 +38,7 @@ from .health import HealthResource
 CONFIG_ENV = "GITSTATE_CONFIG"
 
 
-def create_app(config: Config | None = None, services: Services | None = None) -> falcon.App:
+def create_app(config: Config | None = None, services: Services | None = None) -> falcon.asgi.App:
     """Build the Falcon application.
 
     Args:
@@ -49,23 +53,23 @@ def create_app(config: Config | None = None, services: Services | None = None) -
                 raise RuntimeError(f"set {CONFIG_ENV} to the config file")
             config = Config.load(path)
         services = Services(config)
-    app = falcon.App(
+    run = Blocking(services.config.threads)
+    app = falcon.asgi.App(
         middleware=[
-            request.DrainUnreadBodies(),
             requestlog.RequestLogMiddleware(),
             metrics.MetricsMiddleware(),
-            auth.AuthMiddleware(services),
+            auth.AuthMiddleware(services, run),
         ]
     )
     app.req_options.strip_url_path_trailing_slash = False
     errors.register(app)
     app.add_route("/internal/health", HealthResource(services))
-    gates.add_routes(app, services)
-    deploys.add_routes(app, services)
-    webhooks.add_routes(app, services)
-    filesync.add_routes(app, services)
-    watch.add_routes(app, services)
-    metrics.add_routes(app, services)
+    gates.add_routes(app, services, run)
+    deploys.add_routes(app, services, run)
+    webhooks.add_routes(app, services, run)
+    filesync.add_routes(app, services, run)
+    watch.add_routes(app, services, run)
+    metrics.add_routes(app, services, run)
     ui.add_routes(app)
     openapi.add_routes(app)
     return app

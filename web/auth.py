@@ -15,26 +15,27 @@ from __future__ import annotations
 
 from typing import Any
 
-import falcon
+from falcon.asgi import Request, Response
 
 from gitstate.auth import ANONYMOUS, Principal
+from gitstate.base.blocking import Blocking
 from gitstate.services import Services
 
 TOKEN_HEADER = "X-Authentication"
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def token_of(req: falcon.Request) -> str | None:
+def token_of(req: Request) -> str | None:
     """Return the token a request presents, if any."""
     return req.get_header(TOKEN_HEADER) or req.get_param("token") or None
 
 
-def principal(req: falcon.Request) -> Principal:
+def principal(req: Request) -> Principal:
     """Return the request's principal (anonymous admin when auth is off)."""
     return getattr(req.context, "principal", ANONYMOUS)
 
 
-def require(req: falcon.Request, permission: str, what: str) -> Principal:
+def require(req: Request, permission: str, what: str) -> Principal:
     """Return the principal if it holds ``permission``; raise otherwise.
 
     Raises:
@@ -48,11 +49,12 @@ def require(req: falcon.Request, permission: str, what: str) -> Principal:
 class AuthMiddleware:
     """Authenticate every request routed to a resource."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, run: Blocking) -> None:
         self._tokens = services.tokens
+        self._run = run
 
-    def process_resource(
-        self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict[str, Any]
+    async def process_resource(
+        self, req: Request, resp: Response, resource: Any, params: dict[str, Any]
     ) -> None:
         """Set ``req.context.principal`` or refuse the request."""
         policy = getattr(resource, "auth_policy", "default")
@@ -66,4 +68,9 @@ class AuthMiddleware:
             required = settings.webhook_authentication
         else:
             required = req.method not in _READS or settings.read_requires_token
-        req.context.principal = self._tokens.authenticate(token_of(req), required=required)
+        token = token_of(req)
+        if token is None and not required:
+            req.context.principal = self._tokens.authenticate(None, required=False)
+            return
+        # A token is looked up in the state branch: blocking work.
+        req.context.principal = await self._run(self._tokens.authenticate, token, required=required)

@@ -32,6 +32,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import falcon
+import falcon.asgi
+from falcon.asgi import Request, Response
 
 from gitstate.auth import AuthError
 from gitstate.errors import GitStateError, kind_of, status_of
@@ -71,7 +73,7 @@ def error_body(error: GitStateError, *, code_manager: bool) -> dict[str, Any]:
     return gatekeeper
 
 
-def _internal_error(req: falcon.Request, resp: falcon.Response, error: BaseException) -> None:
+def _internal_error(req: Request, resp: Response, error: BaseException) -> None:
     # req.path, not req.uri or req.log_error: the query string may hold a token.
     log.error("%s %s failed", req.method, req.path, exc_info=error)
     resp.status = falcon.HTTP_500
@@ -79,8 +81,8 @@ def _internal_error(req: falcon.Request, resp: falcon.Response, error: BaseExcep
     resp.media = {"status": "error", "reason": INTERNAL}
 
 
-def answer_service_error(
-    req: falcon.Request, resp: falcon.Response, ex: GitStateError, params: Any
+async def answer_service_error(
+    req: Request, resp: Response, ex: GitStateError, params: Any
 ) -> None:
     """Answer a service error with the status, headers and body its class declares."""
     status = status_of(ex)
@@ -96,21 +98,19 @@ def answer_service_error(
         resp.set_header("WWW-Authenticate", ex.challenge)
 
 
-def answer_unexpected(
-    req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any
-) -> None:
+async def answer_unexpected(req: Request, resp: Response, ex: Exception, params: Any) -> None:
     """Answer an exception nobody raised on purpose: log it, say nothing of it."""
     _internal_error(req, resp, ex)
 
 
-def serialize_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError) -> None:
+def serialize_http_error(req: Request, resp: Response, ex: falcon.HTTPError) -> None:
     """Render Falcon's own errors (404, bad JSON, 413, ...) as JSON always."""
     reason = ex.description or ex.title or "error"
     resp.content_type = falcon.MEDIA_JSON
     resp.media = {"status": "error", "reason": reason}
 
 
-def register(app: falcon.App) -> None:
+def register(app: falcon.asgi.App) -> None:
     """Install the error handlers; called once, by :func:`gitstate.web.app.create_app`."""
     # Falcon picks the handler of the most specific class, so its own
     # HTTPError and HTTPStatus handlers still win over the Exception one.

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import falcon
+import falcon.asgi
+from falcon.asgi import Request, Response
 
+from gitstate.base.blocking import Blocking
 from gitstate.gates.service import Answer, Gates
 from gitstate.services import Services
 
@@ -19,24 +21,25 @@ from .auth import require
 from .request import actor, expected, read_json, request_id
 
 
-def respond(resp: falcon.Response, answer: Answer) -> None:
+def respond(resp: Response, answer: Answer) -> None:
     """Write a service answer and its state commit as the ``ETag``."""
     resp.media = answer.body
     if answer.commit is not None:
         resp.etag = answer.commit
 
 
-def _may_change(req: falcon.Request, group: str) -> None:
+def _may_change(req: Request, group: str) -> None:
     require(req, f"gates:{group}", f"change the gates of group {group!r}")
 
 
-def _writer(req: falcon.Request) -> dict[str, Any]:
+def _writer(req: Request) -> dict[str, Any]:
     return {"actor": actor(req), "request_id": request_id(req), "expect": expected(req)}
 
 
 class _Resource:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, run: Blocking) -> None:
         self._services = services
+        self._run = run
 
     @property
     def gates(self) -> Gates:
@@ -46,13 +49,13 @@ class _Resource:
 class GateSetResource(_Resource):
     """``/api/gates``: list every service, or take or queue for several gates at once."""
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: Request, resp: Response) -> None:
         """List every service's document with derived states and closure reasons."""
-        respond(resp, self.gates.list_all())
+        respond(resp, await self._run(self.gates.list_all))
 
-    def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_put(self, req: Request, resp: Response) -> None:
         """Test-and-set; ``?queue=true`` queues instead of being denied."""
-        body = read_json(req)
+        body = await read_json(req)
         if not isinstance(body, dict):
             body = {}
         if isinstance(body.get("gates"), dict):
@@ -61,8 +64,13 @@ class GateSetResource(_Resource):
         queue = req.get_param_as_bool("queue", default=False)
         respond(
             resp,
-            self.gates.test_and_set(
-                body.get("gates"), body.get("ticket"), body.get("link"), bool(queue), **_writer(req)
+            await self._run(
+                self.gates.test_and_set,
+                body.get("gates"),
+                body.get("ticket"),
+                body.get("link"),
+                bool(queue),
+                **_writer(req),
             ),
         )
 
@@ -70,60 +78,65 @@ class GateSetResource(_Resource):
 class ServiceResource(_Resource):
     """``/api/gates/<group>/<service>``: one service's gates."""
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response, group: str, service: str) -> None:
+    async def on_post(self, req: Request, resp: Response, group: str, service: str) -> None:
         """Create the service's gates from ``{"environments": [...]}``."""
         _may_change(req, group)
-        body = read_json(req)
+        body = await read_json(req)
         envs = body.get("environments") if isinstance(body, dict) else None
-        respond(resp, self.gates.create(group, service, envs, **_writer(req)))
+        respond(resp, await self._run(self.gates.create, group, service, envs, **_writer(req)))
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, group: str, service: str) -> None:
+    async def on_get(self, req: Request, resp: Response, group: str, service: str) -> None:
         """Return the document with derived states (``?at=`` for the past)."""
-        respond(resp, self.gates.get_service(group, service, req.get_param("at")))
+        respond(resp, await self._run(self.gates.get_service, group, service, req.get_param("at")))
 
-    def on_put(self, req: falcon.Request, resp: falcon.Response, group: str, service: str) -> None:
+    async def on_put(self, req: Request, resp: Response, group: str, service: str) -> None:
         """Move, rename, replace or set environments."""
         _may_change(req, group)
-        body = read_json(req)
+        body = await read_json(req)
         if isinstance(body, dict) and isinstance(body.get("group"), str):
             _may_change(req, body["group"])
-        respond(resp, self.gates.update(group, service, body, **_writer(req)))
+        respond(resp, await self._run(self.gates.update, group, service, body, **_writer(req)))
 
-    def on_delete(
-        self, req: falcon.Request, resp: falcon.Response, group: str, service: str
-    ) -> None:
+    async def on_delete(self, req: Request, resp: Response, group: str, service: str) -> None:
         """Delete the service's gates."""
         _may_change(req, group)
-        respond(resp, self.gates.delete(group, service, **_writer(req)))
+        respond(resp, await self._run(self.gates.delete, group, service, **_writer(req)))
 
 
 class EnvironmentResource(_Resource):
     """``/api/gates/<group>/<service>/<environment>``: one gate."""
 
-    def on_get(
+    async def on_get(
         self,
-        req: falcon.Request,
-        resp: falcon.Response,
+        req: Request,
+        resp: Response,
         group: str,
         service: str,
         environment: str,
     ) -> None:
         """Return the environment object with its derived state."""
-        answer = self.gates.get_environment(group, service, environment, req.get_param("at"))
+        answer = await self._run(
+            self.gates.get_environment, group, service, environment, req.get_param("at")
+        )
         respond(resp, answer)
 
-    def on_put(
+    async def on_put(
         self,
-        req: falcon.Request,
-        resp: falcon.Response,
+        req: Request,
+        resp: Response,
         group: str,
         service: str,
         environment: str,
     ) -> None:
         """Set ``state`` and/or ``message`` by hand."""
         _may_change(req, group)
-        answer = self.gates.set_environment(
-            group, service, environment, read_json(req), **_writer(req)
+        answer = await self._run(
+            self.gates.set_environment,
+            group,
+            service,
+            environment,
+            await read_json(req),
+            **_writer(req),
         )
         respond(resp, answer)
 
@@ -131,23 +144,23 @@ class EnvironmentResource(_Resource):
 class HistoryResource(_Resource):
     """``/api/gates/<group>/<service>/<environment>/history``: who changed it."""
 
-    def on_get(
+    async def on_get(
         self,
-        req: falcon.Request,
-        resp: falcon.Response,
+        req: Request,
+        resp: Response,
         group: str,
         service: str,
         environment: str,
     ) -> None:
         """List the environment's changes, newest first (``?limit=``)."""
         limit = req.get_param_as_int("limit", min_value=1)
-        respond(resp, self.gates.history(group, service, environment, limit))
+        respond(resp, await self._run(self.gates.history, group, service, environment, limit))
 
 
 class TicketResource(_Resource):
     """``DELETE /api/tickets/<id>``: release a ticket."""
 
-    def on_delete(self, req: falcon.Request, resp: falcon.Response, ticket_id: str) -> None:
+    async def on_delete(self, req: Request, resp: Response, ticket_id: str) -> None:
         """Release the ticket; unknown tickets are fine.
 
         The caller needs ``gates:<group>`` for every group the ticket holds
@@ -158,29 +171,36 @@ class TicketResource(_Resource):
             for group in sorted(groups):
                 _may_change(req, group)
 
-        respond(resp, self.gates.release(ticket_id, may_release=may_release, **_writer(req)))
+        respond(
+            resp,
+            await self._run(self.gates.release, ticket_id, may_release=may_release, **_writer(req)),
+        )
 
 
 class HolidaysResource(_Resource):
     """``/api/holidays/``: the holidays set through the API."""
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: Request, resp: Response) -> None:
         """List holidays from today on."""
-        respond(resp, self.gates.holidays(req.get_param("at")))
+        respond(resp, await self._run(self.gates.holidays, req.get_param("at")))
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_post(self, req: Request, resp: Response) -> None:
         """Replace every API holiday."""
         require(req, "gates:*", "set holidays (they apply to every group)")
-        respond(resp, self.gates.set_holidays(read_json(req), **_writer(req)))
+        respond(
+            resp, await self._run(self.gates.set_holidays, await read_json(req), **_writer(req))
+        )
 
 
-def add_routes(app: falcon.App, services: Services) -> None:
+def add_routes(app: falcon.asgi.App, services: Services, run: Blocking) -> None:
     """Mount gatekeeper's API on ``app``."""
-    app.add_route("/api/gates", GateSetResource(services))
-    app.add_route("/api/gates/{group}/{service}", ServiceResource(services))
-    app.add_route("/api/gates/{group}/{service}/{environment}", EnvironmentResource(services))
-    app.add_route("/api/gates/{group}/{service}/{environment}/history", HistoryResource(services))
-    app.add_route("/api/tickets/{ticket_id}", TicketResource(services))
-    holidays = HolidaysResource(services)
+    app.add_route("/api/gates", GateSetResource(services, run))
+    app.add_route("/api/gates/{group}/{service}", ServiceResource(services, run))
+    app.add_route("/api/gates/{group}/{service}/{environment}", EnvironmentResource(services, run))
+    app.add_route(
+        "/api/gates/{group}/{service}/{environment}/history", HistoryResource(services, run)
+    )
+    app.add_route("/api/tickets/{ticket_id}", TicketResource(services, run))
+    holidays = HolidaysResource(services, run)
     app.add_route("/api/holidays/", holidays)
     app.add_route("/api/holidays", holidays)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import falcon
+import falcon.asgi
+from falcon.asgi import Request, Response
 
 from gitstate import gauges as metrics_gauges
 from gitstate.base import metrics
+from gitstate.base.blocking import Blocking
 from gitstate.services import Services
 
 #: Route label of requests that matched no route (a label per path would be unbounded).
@@ -24,12 +26,12 @@ UNROUTED = "unrouted"
 class MetricsMiddleware:
     """Count and time every request by method, route template and status."""
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def process_request(self, req: Request, resp: Response) -> None:
         """Note when the request started."""
         req.context.started = time.perf_counter()
 
-    def process_response(
-        self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
+    async def process_response(
+        self, req: Request, resp: Response, resource: Any, req_succeeded: bool
     ) -> None:
         """Record the answered request."""
         started = getattr(req.context, "started", None)
@@ -40,16 +42,19 @@ class MetricsMiddleware:
 class MetricsResource:
     """Every gitstate process's counters and histograms, plus scrape-time gauges."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, run: Blocking) -> None:
         self._collectors = metrics_gauges.for_services(services)
+        self._run = run
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: Request, resp: Response) -> None:
         """Answer in Prometheus text format (OpenMetrics when asked for)."""
-        body, content_type = metrics.exposition(self._collectors, req.get_header("Accept"))
+        body, content_type = await self._run(
+            metrics.exposition, self._collectors, req.get_header("Accept")
+        )
         resp.data = body
         resp.content_type = content_type
 
 
-def add_routes(app: falcon.App, services: Services) -> None:
+def add_routes(app: falcon.asgi.App, services: Services, run: Blocking) -> None:
     """Serve ``/metrics``."""
-    app.add_route("/metrics", MetricsResource(services))
+    app.add_route("/metrics", MetricsResource(services, run))

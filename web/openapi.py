@@ -27,6 +27,7 @@ import re
 from typing import Any
 
 import falcon
+import falcon.asgi
 
 import gitstate
 
@@ -1138,7 +1139,7 @@ def build() -> dict[str, Any]:
     )
 
 
-def routed(app: falcon.App) -> dict[str, Any]:
+def routed(app: falcon.asgi.App) -> dict[str, Any]:
     """Return the document narrowed to the paths ``app`` routes.
 
     A route being added or removed by another module (``/metrics`` is
@@ -1167,14 +1168,14 @@ class OpenAPIResource:
         """Serve ``document`` from now on."""
         self._body = json.dumps(document, indent=1).encode()
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Send the document."""
         resp.content_type = falcon.MEDIA_JSON
         resp.cache_control = ["no-cache"]
         resp.data = self._body
 
 
-def add_routes(app: falcon.App) -> None:
+def add_routes(app: falcon.asgi.App) -> None:
     """Mount ``/openapi.json``; call it after every other route is added."""
     resource = OpenAPIResource()
     app.add_route("/openapi.json", resource)

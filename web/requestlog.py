@@ -3,8 +3,8 @@
 Every request gets an id: the client's ``X-Request-Id`` (cleaned and
 bounded) or a fresh one. It is echoed in the response's ``X-Request-Id``,
 bound to the logging context so every line logged while the request runs
-carries it, and written into the request's WSGI environ so that the
-commits the request makes (their ``Request-Id`` trailer, via
+carries it, and kept on the request's context so that the commits the
+request makes (their ``Request-Id`` trailer, via
 :func:`gitstate.web.request.request_id`) name the same id as the logs. One
 access line per request follows the answer: method, path, status,
 milliseconds and the acting user.
@@ -16,14 +16,13 @@ import logging
 import time
 from typing import Any
 
-import falcon
+from falcon.asgi import Request, Response
 
 from gitstate.base import logs
 
 from .request import actor, request_id
 
 HEADER = "X-Request-Id"
-_ENVIRON_KEY = "HTTP_X_REQUEST_ID"
 
 access_log = logging.getLogger("gitstate.access")
 
@@ -31,16 +30,15 @@ access_log = logging.getLogger("gitstate.access")
 class RequestLogMiddleware:
     """Give each request an id, log with it, and write the access line."""
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def process_request(self, req: Request, resp: Response) -> None:
         """Settle the request's id and bind it for logging."""
         value = request_id(req)
-        req.env[_ENVIRON_KEY] = value
         req.context.request_id = value
         req.context.log_binding = logs.bind_request(value)
         req.context.log_started = time.perf_counter()
 
-    def process_response(
-        self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
+    async def process_response(
+        self, req: Request, resp: Response, resource: Any, req_succeeded: bool
     ) -> None:
         """Echo the id, write the access line, unbind the id."""
         value = getattr(req.context, "request_id", None)

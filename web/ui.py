@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 
 import falcon
+import falcon.asgi
+from falcon.asgi import Request, Response
 
 #: Folder holding the page's files.
 STATIC_DIR = Path(__file__).parent / "static"
@@ -46,7 +48,7 @@ def _load(folder: Path) -> dict[str, _File]:
     return files
 
 
-def _send(req: falcon.Request, resp: falcon.Response, item: _File) -> None:
+def _send(req: Request, resp: Response, item: _File) -> None:
     resp.etag = item.etag
     resp.cache_control = ["no-cache"]
     if req.if_none_match and any(tag == item.etag for tag in req.if_none_match):
@@ -67,7 +69,7 @@ class PageResource:
     def __init__(self, files: dict[str, _File]) -> None:
         self._files = files
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: Request, resp: Response) -> None:
         """Send ``index.html``."""
         page = self._files.get("index.html")
         if page is None:
@@ -83,7 +85,7 @@ class StaticResource:
     def __init__(self, files: dict[str, _File]) -> None:
         self._files = files
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+    async def on_get(self, req: Request, resp: Response, name: str) -> None:
         """Send one file of :data:`STATIC_DIR`; 404 for anything else."""
         item = self._files.get(name)
         if item is None:
@@ -91,7 +93,7 @@ class StaticResource:
         _send(req, resp, item)
 
 
-def add_routes(app: falcon.App, folder: Path = STATIC_DIR) -> None:
+def add_routes(app: falcon.asgi.App, folder: Path = STATIC_DIR) -> None:
     """Mount the page and its files."""
     files = _load(folder)
     app.add_route("/", PageResource(files))

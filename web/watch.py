@@ -1,51 +1,59 @@
 """``GET /api/watch``: a long poll that answers when the state branch moves.
 
 The web page keeps one such request open and reloads what it shows when the
-answer names a new state commit. A waiting request holds a worker thread, so
-each process lets at most ``threads - 1`` requests wait at once: one thread
-always stays free for ordinary requests. Requests beyond that answer at once
-with ``retry`` set, and the page polls slowly instead.
+answer names a new state commit. The wait is an asyncio task woken by the
+state branch's :class:`~gitstate.store.tipwatch.TipWatch` (inotify): it
+holds no thread, so any number of pages may watch at once. ``retry`` stays
+in the answer for pages written when a busy server turned watchers away; it
+is always 0 now.
 """
 
 from __future__ import annotations
 
-import threading
+from pathlib import Path
 
-import falcon
+import falcon.asgi
+from falcon.asgi import Request, Response
 
+from gitstate.base.blocking import Blocking
+from gitstate.base.shutdown import stopping
 from gitstate.services import Services
-from gitstate.store.watch import MAX_WAIT, wait_for_change
+from gitstate.store.tipwatch import TipWatch
 
-#: Seconds a client should wait before asking again when no waiting slot was free.
-RETRY = 2.0
+#: Longest wait a caller may ask for, in seconds.
+MAX_WAIT = 25.0
 
 
 class WatchResource:
     """``GET /api/watch?since=<commit>[&timeout=<seconds>]``."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, run: Blocking) -> None:
         self._services = services
-        self._slots = threading.BoundedSemaphore(max(1, services.config.threads - 1))
-        self._waiting = services.config.threads > 1
+        self._run = run
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """Answer ``{"commit", "changed", "retry"}`` once the tip is not ``since``."""
+    async def on_get(self, req: Request, resp: Response) -> None:
+        """Answer ``{"commit", "changed", "retry"}`` once the tip is not ``since``.
+
+        Without ``since`` the answer is at once; with it, when the branch
+        moves, after ``timeout`` seconds (at most :data:`MAX_WAIT`), or when
+        the server stops.
+        """
         since = req.get_param("since") or None
         timeout = req.get_param_as_float("timeout", min_value=0.0, default=MAX_WAIT)
         head = self._services.gates.head
-        retry = 0.0
-        if self._waiting and self._slots.acquire(blocking=False):
-            try:
-                tip = wait_for_change(head, since, timeout)
-            finally:
-                self._slots.release()
-        else:
-            tip = head()
-            retry = RETRY if tip == since else 0.0
+        seen: dict[str, str | None] = {"tip": None}
+
+        async def moved() -> bool:
+            seen["tip"] = await self._run(head)
+            return since is None or seen["tip"] != since
+
+        watch = TipWatch.of(Path(self._services.store.path))
+        await watch.wait_async(moved, min(timeout, MAX_WAIT), stop=stopping)
+        tip = seen["tip"]
         resp.cache_control = ["no-store"]
-        resp.media = {"commit": tip, "changed": tip != since, "retry": retry}
+        resp.media = {"commit": tip, "changed": tip != since, "retry": 0.0}
 
 
-def add_routes(app: falcon.App, services: Services) -> None:
+def add_routes(app: falcon.asgi.App, services: Services, run: Blocking) -> None:
     """Mount the long poll."""
-    app.add_route("/api/watch", WatchResource(services))
+    app.add_route("/api/watch", WatchResource(services, run))

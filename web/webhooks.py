@@ -8,14 +8,16 @@ and errors use Code Manager's shapes (``{"status":"OK"}``;
 
 from __future__ import annotations
 
-import falcon
+import falcon.asgi
+from falcon.asgi import Request, Response
 
+from gitstate.base.blocking import Blocking
 from gitstate.codemanager.webhooks import MAX_PAYLOAD, PayloadTooLarge
 from gitstate.services import Services
 
 from .auth import principal
 from .deploys import PREFIX
-from .request import discard_body, request_id
+from .request import BodyTooLarge, read_body, request_id
 
 
 class WebhookResource:
@@ -30,19 +32,18 @@ class WebhookResource:
     #: then the webhook service wants a token or the type's secret.
     auth_policy = "webhook"
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, run: Blocking) -> None:
         self._services = services
+        self._run = run
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_post(self, req: Request, resp: Response) -> None:
         """Answer ``{"status":"OK"}`` once the push has been acted on."""
-        length = req.content_length
-        body = b""
-        if length is None or length <= MAX_PAYLOAD:
-            body = req.bounded_stream.read(MAX_PAYLOAD + 1)
-        if len(body) > MAX_PAYLOAD or (length or 0) > MAX_PAYLOAD:
-            discard_body(req)
-            raise PayloadTooLarge(MAX_PAYLOAD)
-        result = self._services.webhooks.receive(
+        try:
+            body = await read_body(req, MAX_PAYLOAD)
+        except BodyTooLarge as ex:
+            raise PayloadTooLarge(MAX_PAYLOAD) from ex
+        result = await self._run(
+            self._services.webhooks.receive,
             req.get_param("type"),
             body,
             {name: str(value) for name, value in req.headers.items()},
@@ -54,6 +55,6 @@ class WebhookResource:
         resp.media = result.to_json()
 
 
-def add_routes(app: falcon.App, services: Services) -> None:
+def add_routes(app: falcon.asgi.App, services: Services, run: Blocking) -> None:
     """Mount the webhook route."""
-    app.add_route(f"{PREFIX}/webhook", WebhookResource(services))
+    app.add_route(f"{PREFIX}/webhook", WebhookResource(services, run))

@@ -14,12 +14,12 @@ pipelines parse them.
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gitstate.auth import PermissionDenied, Principal
+from gitstate.base.blocking import Blocking
 from gitstate.config import Config
 from gitstate.deploys.guard import GATE_CLOSED, DeployGuard, GateClosed
 from gitstate.deploys.queue import (
@@ -141,7 +141,6 @@ class CodeManager:
         self.settings = config.deploy
         self.queue = DeployQueue(store, self.settings)
         # Waits hold a server thread each; keep two threads free for the rest.
-        self._wait_slots = threading.BoundedSemaphore(max(1, config.threads - 2))
         self.file_sync = FileSyncService(config, store)
         self.guard = guard
         self._config = config
@@ -260,30 +259,62 @@ class CodeManager:
         )
         if not request.wait:
             return refused + [entry.to_json() for entry in queued]
+        # A deploy that a gate closed since the request holds back is
+        # answered as such at once: it runs when the gate opens.
         ids = sorted({entry.deploy_id for entry in queued})
-        if not self._wait_slots.acquire(blocking=False):
-            # Every thread this process may spend waiting already waits: a
-            # waiting request holds a server thread, and filling them all
-            # would stop the server answering anything. Answer now.
-            records = {record["id"]: record for record in self.queue.records(ids)}
-            return refused + [
-                self._waited(entry, records.get(entry.deploy_id), busy=True) for entry in queued
-            ]
-        try:
-            # A deploy that a gate closed since the request holds back is
-            # answered as such at once: it runs when the gate opens.
-            records = {
-                record["id"]: record
-                for record in self.queue.wait(ids, self.settings.timeouts.wait, held=True)
-            }
-            held = self.queue.blocked(ids)
-            answers = [
-                self._waited(entry, records.get(entry.deploy_id), held=held.get(entry.deploy_id))
-                for entry in queued
-            ]
-            return refused + self._wait_for_file_sync(answers)
-        finally:
-            self._wait_slots.release()
+        records = self.queue.wait(ids, self.settings.timeouts.wait, held=True)
+        answers = self._settle(queued, records)
+        return refused + self._wait_for_file_sync(answers)
+
+    async def submit_async(
+        self,
+        request: DeployRequest,
+        *,
+        principal: Principal,
+        actor: str,
+        request_id: str | None = None,
+        run: Blocking,
+    ) -> list[dict[str, Any]]:
+        """:meth:`submit` for the web server: its waits hold no thread.
+
+        Queueing runs in ``run``'s thread pool; the waits for the deploys
+        and for the file-sync clients are asyncio tasks woken by the state
+        branch and by check-ins, so any number of ``wait: true`` requests
+        can be open at once.
+        """
+        if not request.wait:
+            return await run(
+                self.submit, request, principal=principal, actor=actor, request_id=request_id
+            )
+        queued_only = dataclasses.replace(request, wait=False)
+        answers: list[dict[str, Any]] = await run(
+            self.submit, queued_only, principal=principal, actor=actor, request_id=request_id
+        )
+        by_id = {answer["id"]: index for index, answer in enumerate(answers) if "id" in answer}
+        if not by_id:
+            return answers
+        queued = [
+            Requested(answers[index]["environment"], deploy_id, answers[index]["status"], False)
+            for deploy_id, index in by_id.items()
+        ]
+        ids = sorted(by_id)
+        records = await self.queue.wait_async(ids, self.settings.timeouts.wait, held=True, run=run)
+        settled = await run(self._settle, queued, records)
+        settled = await self._wait_for_file_sync_async(settled, run)
+        for entry, answer in zip(queued, settled, strict=True):
+            answers[by_id[entry.deploy_id]] = answer
+        return answers
+
+    def _settle(
+        self, queued: Sequence[Requested], records: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Answer each queued entry from its record as the wait left it."""
+        by_id = {record["id"]: record for record in records}
+        held = self.queue.blocked(entry.deploy_id for entry in queued)
+        return [
+            self._waited(entry, by_id.get(entry.deploy_id), held=held.get(entry.deploy_id))
+            for entry in queued
+        ]
 
     def rollback(
         self,
@@ -301,6 +332,26 @@ class CodeManager:
             InvalidRollback: the body is malformed.
             RollbackTargetNotFound: nothing to roll back to.
         """
+        self._may_roll_back(body, principal)
+        return self.file_sync.rollback(body, actor=actor, request_id=request_id)
+
+    async def rollback_async(
+        self,
+        body: Any,
+        *,
+        principal: Principal,
+        actor: str,
+        request_id: str | None = None,
+        run: Blocking,
+    ) -> dict[str, Any]:
+        """:meth:`rollback` for the web server: a ``wait`` holds no thread."""
+        await run(self._may_roll_back, body, principal)
+        return await self.file_sync.rollback_async(
+            body, actor=actor, request_id=request_id, run=run
+        )
+
+    def _may_roll_back(self, body: Any, principal: Principal) -> None:
+        """Refuse a rollback ``principal`` may not make, or that a closed gate holds."""
         environment = body.get("environment") if isinstance(body, Mapping) else None
         if isinstance(environment, str):
             corrected = correct_name(environment)
@@ -310,7 +361,6 @@ class CodeManager:
             closed = self.guard.blocked(corrected) if self.guard is not None else None
             if closed is not None:
                 raise closed
-        return self.file_sync.rollback(body, actor=actor, request_id=request_id)
 
     def _wait_for_file_sync(self, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Hold a ``wait`` answer until every configured client has the new code.
@@ -322,10 +372,22 @@ class CodeManager:
         of but refused to write (``failed_environments`` in its check-in) is
         ``failed``, with each refusing client's reason.
         """
-        complete = [answer for answer in answers if answer.get("status") == "complete"]
-        commits = [answer["file-sync"]["code-commit"] for answer in complete]
-        late = self.file_sync.wait_for_clients(commits, self.file_sync.sync_timeout)
-        for answer in complete:
+        late = self.file_sync.wait_for_clients(_commits(answers), self.file_sync.sync_timeout)
+        return self._synced(answers, late)
+
+    async def _wait_for_file_sync_async(
+        self, answers: list[dict[str, Any]], run: Blocking
+    ) -> list[dict[str, Any]]:
+        """:meth:`_wait_for_file_sync` as an asyncio task."""
+        late = await self.file_sync.wait_for_clients_async(
+            _commits(answers), self.file_sync.sync_timeout, run
+        )
+        return await run(self._synced, answers, late)
+
+    def _synced(self, answers: list[dict[str, Any]], late: Sequence[str]) -> list[dict[str, Any]]:
+        for answer in answers:
+            if answer.get("status") != "complete":
+                continue
             environment = answer["environment"]
             refused = self.file_sync.refusals(environment, answer["file-sync"]["code-commit"])
             if refused:
@@ -341,7 +403,6 @@ class CodeManager:
         entry: Requested,
         record: Mapping[str, Any] | None,
         *,
-        busy: bool = False,
         held: str | None = None,
     ) -> dict[str, Any]:
         answer: dict[str, Any] = {"environment": entry.environment, "id": entry.deploy_id}
@@ -367,15 +428,10 @@ class CodeManager:
                 },
             }
         else:
-            waited = (
-                "the server is already waiting for as many deploys as it may "
-                "(poll deploys/status?id=N)"
-                if busy
-                else f"after {self.settings.timeouts.wait:g}s"
-            )
             answer["error"] = {
                 "kind": TIMEOUT,
-                "msg": f"deploy of {entry.environment} was still {status}: {waited}",
+                "msg": f"deploy of {entry.environment} was still {status}: after "
+                f"{self.settings.timeouts.wait:g}s",
                 "details": {
                     "corrected-env-name": (record or {}).get("environment", entry.environment)
                 },
@@ -450,6 +506,15 @@ class CodeManager:
         if "error" in record:
             answer["error"] = record["error"]
         return answer
+
+
+def _commits(answers: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Return the code-commits of the completed deploys among ``answers``."""
+    return [
+        answer["file-sync"]["code-commit"]
+        for answer in answers
+        if answer.get("status") == "complete"
+    ]
 
 
 def _refusal(principal: Principal, name: str) -> PermissionDenied | None:

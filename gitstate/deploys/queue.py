@@ -43,6 +43,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from gitstate.base.blocking import Blocking
 from gitstate.base.times import now_iso, parse_iso
 from gitstate.errors import BAD_REQUEST, KIND_PREFIX, NOT_FOUND, GitStateError
 from gitstate.settings import DeploySettings
@@ -639,21 +640,30 @@ class DeployQueue:
         back counts as settled too (for a caller that will not wait for the
         gate). Returns the records as they stand at the end.
         """
-        last: dict[str, Any] = {"head": None, "done": False, "records": []}
+        settled = _Settled(self, ids, held)
+        TipWatch.of(Path(self.store.path)).wait(settled, timeout)
+        return settled.records
 
-        def finished() -> bool:
-            head = self.store.head()
-            if head != last["head"]:
-                last["head"] = head
-                records = last["records"] = self.records(ids)
-                open_ = [r["id"] for r in records if r.get("status") not in FINAL]
-                last["done"] = len(records) == len(set(ids)) and (
-                    not open_ or (held and len(self.blocked(open_)) == len(open_))
-                )
-            return bool(last["done"])
+    async def wait_async(
+        self,
+        ids: Sequence[int],
+        timeout: float,
+        *,
+        held: bool = False,
+        run: Blocking,
+    ) -> list[dict[str, Any]]:
+        """:meth:`wait` for an asyncio task: it sleeps without a thread.
 
-        TipWatch.of(Path(self.store.path)).wait(finished, timeout)
-        return list(last["records"])
+        Each look (the tip, then the records when the tip moved) runs in
+        ``run``'s thread pool.
+        """
+        settled = _Settled(self, ids, held)
+
+        async def finished() -> bool:
+            return await run(settled)
+
+        await TipWatch.of(Path(self.store.path)).wait_async(finished, timeout)
+        return settled.records
 
     def blocked(self, ids: Iterable[int]) -> dict[int, str]:
         """Return the queued deploys among ``ids`` that a gate holds back, with why."""
@@ -665,6 +675,34 @@ class DeployQueue:
             if entry is not None and entry.get("blocked"):
                 found[deploy_id] = str(entry["blocked"])
         return found
+
+
+class _Settled:
+    """Whether the deploys a request waits for are finished, looked at per tip.
+
+    Records are read again only when the state branch has moved. With
+    ``held``, a queued deploy that a closed gate holds back counts as
+    settled (for a caller that will not wait for the gate).
+    """
+
+    def __init__(self, queue: DeployQueue, ids: Sequence[int], held: bool) -> None:
+        self._queue = queue
+        self._ids = list(ids)
+        self._held = held
+        self._head: str | None = None
+        self._done = False
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self) -> bool:
+        head = self._queue.store.head()
+        if head != self._head:
+            self._head = head
+            self.records = self._queue.records(self._ids)
+            open_ = [r["id"] for r in self.records if r.get("status") not in FINAL]
+            self._done = len(self.records) == len(set(self._ids)) and (
+                not open_ or (self._held and len(self._queue.blocked(open_)) == len(open_))
+            )
+        return self._done
 
 
 def _same_version(summary: Mapping[str, Any] | None, result: Mapping[str, Any]) -> bool:

@@ -32,6 +32,7 @@ from typing import Any
 
 from gitstate.base.fswatch import DirectoryWatch
 from gitstate.base.times import now_iso
+from gitstate.base.wakeup import Wakeup
 from gitstate.errors import BAD_REQUEST, GitStateError
 from gitstate.filesync.livedir import MAX_FAILED, MAX_REASON
 from gitstate.settings import CLIENT_NAME
@@ -70,8 +71,7 @@ class CheckIns:
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        self._changed = threading.Condition()
-        self._generation = 0
+        self._wakeup = Wakeup()
         self._watch: DirectoryWatch | None = None
         self._watch_lock = threading.Lock()
 
@@ -167,7 +167,7 @@ class CheckIns:
     @property
     def generation(self) -> int:
         """A number that changes whenever a check-in is written (once watching)."""
-        return self._generation
+        return self._wakeup.generation
 
     def watch(self) -> None:
         """Start noticing check-ins written by other processes (idempotent).
@@ -187,9 +187,11 @@ class CheckIns:
         Returns at once if one was; otherwise when one is, or after
         ``timeout`` seconds. Returns the generation now.
         """
-        with self._changed:
-            self._changed.wait_for(lambda: self._generation != generation, max(0.0, timeout))
-            return self._generation
+        return self._wakeup.wait(generation, timeout)
+
+    async def wait_for_change_async(self, generation: int, timeout: float) -> int:
+        """:meth:`wait_for_change` for an asyncio task (holds no thread)."""
+        return await self._wakeup.wait_async(generation, timeout)
 
     def close(self) -> None:
         """Stop watching."""
@@ -199,9 +201,7 @@ class CheckIns:
             watch.stop()
 
     def _notify(self) -> None:
-        with self._changed:
-            self._generation += 1
-            self._changed.notify_all()
+        self._wakeup.notify()
 
 
 def _is_check_in(name: str) -> bool:

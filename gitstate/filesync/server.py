@@ -31,9 +31,11 @@ from typing import IO, Any
 
 import pygit2
 
+from gitstate.base.blocking import Blocking
 from gitstate.base.fswatch import RefWatch
 from gitstate.base.shutdown import stopping
 from gitstate.base.times import now_iso
+from gitstate.base.wakeup import Wakeup
 from gitstate.config import Config
 from gitstate.deploys.queue import TIMEOUT
 from gitstate.engine.storage import CODE_REF, Storage, init_storage
@@ -116,7 +118,7 @@ class FileSyncService:
         self._deployed_lock = threading.Lock()
         self.check_ins = CheckIns(config.datadir / "clients")
         self._local = threading.local()
-        self._changed = threading.Condition()
+        self._code_moved = Wakeup()
         self._watch: RefWatch | None = None
         self._watch_lock = threading.Lock()
 
@@ -172,14 +174,30 @@ class FileSyncService:
         timeout = min(max(0.0, timeout), self.settings.long_poll_timeout)
         until = time.monotonic() + timeout
         known = known or None
-        with self._changed:
-            while True:
-                tip = self.code_commit()
-                remaining = until - time.monotonic()
-                if tip != known or remaining <= 0 or stopping.is_set():
-                    return tip, tip != known
-                # NOTE(filesync): the 1 s cap is a safety net for a lost event.
-                self._changed.wait(min(remaining, 1.0))
+        while True:
+            seen = self._code_moved.generation
+            tip = self.code_commit()
+            remaining = until - time.monotonic()
+            if tip != known or remaining <= 0 or stopping.is_set():
+                return tip, tip != known
+            # NOTE(filesync): the 1 s cap is a safety net for a lost event.
+            self._code_moved.wait(seen, min(remaining, 1.0))
+
+    async def latest_commit_async(
+        self, known: str | None, timeout: float, run: Blocking
+    ) -> tuple[str | None, bool]:
+        """:meth:`latest_commit` for an asyncio task: the long poll holds no thread."""
+        await run(self._start_watch)
+        timeout = min(max(0.0, timeout), self.settings.long_poll_timeout)
+        until = time.monotonic() + timeout
+        known = known or None
+        while True:
+            seen = self._code_moved.generation
+            tip = await run(self.code_commit)
+            remaining = until - time.monotonic()
+            if tip != known or remaining <= 0 or stopping.is_set():
+                return tip, tip != known
+            await self._code_moved.wait_async(seen, min(remaining, 1.0))
 
     def _start_watch(self) -> None:
         with self._watch_lock:
@@ -188,8 +206,7 @@ class FileSyncService:
                 self._watch = RefWatch(self.storage_path, self._notify).start()
 
     def _notify(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
+        self._code_moved.notify()
 
     # -- the git transport --------------------------------------------------------------
 
@@ -265,17 +282,35 @@ class FileSyncService:
             InvalidRollback: the body is malformed.
             RollbackTargetNotFound: nothing to roll back to.
         """
+        answer, commits = self.roll_back_now(body, actor=actor, request_id=request_id)
+        if commits:
+            late = self.wait_for_clients(commits, self.sync_timeout)
+            if late:
+                answer["error"] = self.sync_timeout_error(late, answer["environment"])
+        return answer
+
+    async def rollback_async(
+        self, body: Any, *, actor: str, request_id: str | None = None, run: Blocking
+    ) -> dict[str, Any]:
+        """:meth:`rollback` for the web server: the wait for clients holds no thread."""
+        answer, commits = await run(self.roll_back_now, body, actor=actor, request_id=request_id)
+        if commits:
+            late = await self.wait_for_clients_async(commits, self.sync_timeout, run)
+            if late:
+                answer["error"] = self.sync_timeout_error(late, answer["environment"])
+        return answer
+
+    def roll_back_now(
+        self, body: Any, *, actor: str, request_id: str | None = None
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Roll back; return the answer and the code-commits a ``wait`` waits for."""
         request = RollbackRequest.from_json(body)
         wait = isinstance(body, Mapping) and body.get("wait") is True
         if self._rollbacks is None:
             self._rollbacks = Rollbacks(self.storage(), self._store, self._lockdir)
         answer = self._rollbacks.rollback(request, actor=actor, request_id=request_id)
         code = answer["file-sync"]["code-commit"]
-        if wait and code:
-            late = self.wait_for_clients([code], self.sync_timeout)
-            if late:
-                answer["error"] = self.sync_timeout_error(late, request.environment)
-        return answer
+        return answer, [code] if wait and code else []
 
     def sync_timeout_error(self, late: Sequence[str], environment: str) -> dict[str, Any]:
         """Return the ``timeout`` error of clients that did not sync in time."""
@@ -428,6 +463,20 @@ class FileSyncService:
             if not late or remaining <= 0:
                 return late
             self.check_ins.wait_for_change(seen, min(remaining, WAIT_SAFETY_NET))
+
+    async def wait_for_clients_async(
+        self, commits: Sequence[str], timeout: float, run: Blocking
+    ) -> list[str]:
+        """:meth:`wait_for_clients` for an asyncio task: it sleeps without a thread."""
+        until = time.monotonic() + timeout
+        await run(self.check_ins.watch)
+        while True:
+            seen = self.check_ins.generation
+            late = await run(self.behind, commits)
+            remaining = until - time.monotonic()
+            if not late or remaining <= 0:
+                return late
+            await self.check_ins.wait_for_change_async(seen, min(remaining, WAIT_SAFETY_NET))
 
 
 def _contains(repo: pygit2.Repository, have: str, commit: str) -> bool:

@@ -1,4 +1,4 @@
-"""Run the WSGI app under gunicorn, embedded in the ``gitstate`` command.
+"""Run the ASGI app under gunicorn and uvicorn, embedded in the ``gitstate`` command.
 
 No preloading: each worker imports the app and opens its repositories after
 the fork, as libgit2 handles must not be shared between processes.
@@ -21,7 +21,7 @@ from gunicorn.glogging import Logger as GunicornLogger
 from gitstate.base import logs, metrics
 from gitstate.base.shutdown import stopping
 from gitstate.config import Config
-from gitstate.process.sync_worker import WORKER_CLASS
+from gitstate.process.asgi_worker import WORKER_CLASS
 
 CONFIG_ENV = "GITSTATE_CONFIG"
 
@@ -40,8 +40,9 @@ class GitstateServer(BaseApplication):  # type: ignore[misc]
         settings = {
             "bind": [self._gitstate_config.listen],
             "workers": max(1, self._gitstate_config.workers),
-            "threads": max(1, self._gitstate_config.threads),
-            "worker_class": "gthread" if self._gitstate_config.threads > 1 else WORKER_CLASS,
+            # Blocking work runs in each worker's pool of ``threads`` threads
+            # (gitstate.web.app); waiting and slow clients hold none.
+            "worker_class": WORKER_CLASS,
             "preload_app": False,
             "limit_request_line": 8190,
             "graceful_timeout": 10,

@@ -32,7 +32,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -40,6 +40,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from gitstate.base.fswatch import is_ref_event
+from gitstate.base.wakeup import Wakeup
 
 try:
     from inotify_simple import INotify, flags
@@ -79,8 +80,7 @@ class TipWatch:
 
     def __init__(self, repo: Path) -> None:
         self.repo = Path(repo).resolve()
-        self._changed = threading.Condition()
-        self._generation = 0
+        self._wakeup = Wakeup()
         self._observer: BaseObserver | _RefInotify | None = None
         self._lock = threading.Lock()
 
@@ -120,9 +120,7 @@ class TipWatch:
 
     def notify(self) -> None:
         """Wake every waiter (called on each ref event, and by local writers)."""
-        with self._changed:
-            self._generation += 1
-            self._changed.notify_all()
+        self._wakeup.notify()
 
     def wait(
         self,
@@ -139,16 +137,36 @@ class TipWatch:
         self.start()
         until = time.monotonic() + max(0.0, timeout)
         while True:
-            with self._changed:
-                seen = self._generation
+            seen = self._wakeup.generation
             if done():
                 return True
             remaining = until - time.monotonic()
             if remaining <= 0 or (stop is not None and stop.is_set()):
                 return False
-            with self._changed:
-                if self._generation == seen:
-                    self._changed.wait(min(remaining, SAFETY_NET))
+            self._wakeup.wait(seen, min(remaining, SAFETY_NET))
+
+    async def wait_async(
+        self,
+        done: Callable[[], Awaitable[bool]],
+        timeout: float,
+        *,
+        stop: threading.Event | None = None,
+    ) -> bool:
+        """:meth:`wait` for an asyncio task: no thread is held while it sleeps.
+
+        ``done`` is a coroutine function, so a look that reads records can
+        run in a thread pool while the event loop goes on.
+        """
+        self.start()
+        until = time.monotonic() + max(0.0, timeout)
+        while True:
+            seen = self._wakeup.generation
+            if await done():
+                return True
+            remaining = until - time.monotonic()
+            if remaining <= 0 or (stop is not None and stop.is_set()):
+                return False
+            await self._wakeup.wait_async(seen, min(remaining, SAFETY_NET))
 
     def stop(self) -> None:
         """Stop watching."""

@@ -10,6 +10,7 @@ import pytest
 from gitstate.config import Config
 from gitstate.services import Services
 from gitstate.web.app import create_app
+from tests.support.client import Client
 from tests.support.helpers import git
 
 CM = "/code-manager/v1"
@@ -35,7 +36,7 @@ def _app(tmp_path: Path, **auth: object) -> tuple[falcon.testing.TestClient, Ser
     services = Services(config)
     clock = Clock()
     services.tokens.clock = clock
-    return falcon.testing.TestClient(create_app(services=services)), services, clock
+    return Client(create_app(services=services)), services, clock
 
 
 @pytest.fixture

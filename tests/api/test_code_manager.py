@@ -190,36 +190,37 @@ def test_deploy_history_is_readable_in_git(running: Running, tmp_path: Path) -> 
     assert "deploy #1 of production complete" in log[0]
 
 
-def test_waits_never_take_every_server_thread(tmp_path: Path, sample: SampleRepos) -> None:
-    import threading
-    import time
+def test_waiting_deploys_hold_no_thread_and_none_is_turned_away(
+    tmp_path: Path, sample: SampleRepos
+) -> None:
+    import asyncio
 
-    config = deploy_config(tmp_path, sample, timeouts={"wait": 5})
-    config.threads = 3  # one thread may wait; two stay free for everything else
+    import falcon.testing
+
+    config = deploy_config(tmp_path, sample, timeouts={"wait": 3})
+    config.threads = 1  # one thread for blocking work, and more waiters than that
     idle = Running(config)  # no worker: a wait lasts until its timeout
-    first: list = []
-    waiter = threading.Thread(
-        target=lambda: first.append(
-            idle.client.simulate_post(
-                f"{CM}/deploys", json={"environments": ["production"], "wait": True}
-            )
-        )
-    )
-    waiter.start()
-    # Bounded poll until the first request is waiting (its deploy is queued).
-    for _ in range(600):
-        if idle.services.code_manager.queue.active():
-            break
-        time.sleep(0.01)
-    second = idle.client.simulate_post(
-        f"{CM}/deploys", json={"environments": ["development"], "wait": True}
-    )
-    waiter.join(60)
-    (entry,) = second.json
-    assert entry["status"] == "queued"
-    assert entry["error"]["kind"] == "puppetlabs.code-manager/timeout"
-    assert "already waiting" in entry["error"]["msg"]
-    # The first request did wait, until its own timeout.
-    (waited,) = first[0].json
-    assert waited["error"]["kind"] == "puppetlabs.code-manager/timeout"
-    assert "after 5s" in waited["error"]["msg"]
+    body = {"environments": ["production"], "wait": True}
+
+    async def scenario() -> tuple[list, object]:
+        async with falcon.testing.ASGIConductor(idle.client.app) as conductor:
+            waits = [
+                asyncio.create_task(conductor.simulate_post(f"{CM}/deploys", json=body))
+                for _ in range(6)
+            ]
+            await asyncio.sleep(0.5)
+            # Everything else is answered while they wait.
+            status = await conductor.simulate_get(f"{CM}/deploys/status")
+            assert not any(wait.done() for wait in waits)
+            return await asyncio.gather(*waits), status
+
+    answers, status = asyncio.run(scenario())
+    assert status.status_code == 200
+    queued = status.json["deploys-status"]["queued"] + status.json["deploys-status"]["new"]
+    assert [entry["environment"] for entry in queued] == ["production"]
+    for answer in answers:
+        (entry,) = answer.json
+        # Each one waited its whole time; none was turned away.
+        assert entry["status"] == "queued"
+        assert entry["error"]["kind"] == "puppetlabs.code-manager/timeout"
+        assert "after 3s" in entry["error"]["msg"]

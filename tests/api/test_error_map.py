@@ -46,6 +46,7 @@ from gitstate.store.codec import RecordError
 from gitstate.web import errors as web_errors
 from gitstate.web.app import create_app
 from gitstate.web.openapi import build
+from tests.support.client import Client
 
 GATEKEEPER = "/api/test-raise"
 CODE_MANAGER = "/code-manager/v1/test-raise"
@@ -143,7 +144,7 @@ class Raiser:
     def __init__(self) -> None:
         self.error: BaseException = RuntimeError("unset")
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         raise self.error
 
 
@@ -155,7 +156,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
     raiser = Raiser()
     for path in (GATEKEEPER, CODE_MANAGER, FILE_SYNC):
         application.add_route(path, raiser)
-    return types.SimpleNamespace(client=falcon.testing.TestClient(application), raiser=raiser)
+    return types.SimpleNamespace(client=Client(application), raiser=raiser)
 
 
 SCHEMAS = build()["components"]["schemas"]

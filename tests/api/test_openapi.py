@@ -23,6 +23,7 @@ from gitstate.cli.sample import SampleRepos
 from gitstate.settings import GitHubWebhook, SourceSettings, WebhookSettings
 from gitstate.web.app import create_app
 from gitstate.web.openapi import build
+from tests.support.client import Client
 from tests.support.deploy_harness import CM, Running
 from tests.support.openapi import FILE_SYNC_TOKEN, Validating, client, sample_config
 
@@ -52,7 +53,7 @@ def plain_app(tmp_path: Path) -> falcon.App:
 
 def test_document_is_valid_openapi_3_1(plain_app: falcon.App) -> None:
     validate(build())
-    served = falcon.testing.TestClient(plain_app).simulate_get("/openapi.json")
+    served = Client(plain_app).simulate_get("/openapi.json")
     assert served.status_code == 200
     assert served.headers["content-type"] == "application/json"
     assert served.json["openapi"] == "3.1.0"
@@ -60,7 +61,7 @@ def test_document_is_valid_openapi_3_1(plain_app: falcon.App) -> None:
 
 
 def test_every_route_is_documented(plain_app: falcon.App) -> None:
-    document = falcon.testing.TestClient(plain_app).simulate_get("/openapi.json").json
+    document = Client(plain_app).simulate_get("/openapi.json").json
     routes = _routes(plain_app)
     assert set(routes) == set(document["paths"])
     for template, methods in routes.items():
@@ -78,7 +79,7 @@ def test_document_is_public_even_when_reads_need_a_token(tmp_path: Path) -> None
             "auth": {"enabled": True, "read_requires_token": True},
         }
     )
-    test = falcon.testing.TestClient(create_app(config))
+    test = Client(create_app(config))
     assert test.simulate_get("/openapi.json").status_code == 200
     assert test.simulate_get("/api/gates").status_code == 401
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import falcon.testing
 import pytest
 
 from gitstate.auth import PermissionDenied, Principal
@@ -21,6 +20,7 @@ from gitstate.config import Config
 from gitstate.deploys.guard import GateClosed
 from gitstate.services import Services
 from gitstate.web.app import create_app
+from tests.support.client import Client
 
 
 class ClosedGates:
@@ -82,7 +82,7 @@ def test_rollback_is_refused_while_the_gate_is_closed(services: Services) -> Non
         services.code_manager.rollback(
             {"environment": "production"}, principal=alice("deploy:production"), actor="alice"
         )
-    client = falcon.testing.TestClient(create_app(services.config, services=services))
+    client = Client(create_app(services.config, services=services))
     result = client.simulate_post("/code-manager/v1/rollbacks", json={"environment": "production"})
     assert result.status_code == 409
     assert result.json == {

@@ -13,6 +13,7 @@ import pytest
 
 from gitstate.config import Config
 from gitstate.web.app import create_app
+from tests.support.client import Client
 from tests.support.helpers import git
 from tests.support.metrics import total
 
@@ -30,7 +31,7 @@ def client(datadir: Path) -> falcon.testing.TestClient:
     config = Config.from_mapping(
         {"datadir": str(datadir), "state": {"fsync": False}, "auth": {"enabled": False}}
     )
-    return falcon.testing.TestClient(create_app(config))
+    return Client(create_app(config))
 
 
 def _git(datadir: Path, *args: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,8 @@ import pytest
 
 from gitstate.config import Config
 from gitstate.services import Services
-from gitstate.store.watch import MAX_WAIT, wait_for_change
 from gitstate.web.app import create_app
+from tests.support.client import Client
 
 
 def _client(tmp_path: Path, **raw: Any) -> tuple[falcon.testing.TestClient, Services]:
@@ -24,7 +25,7 @@ def _client(tmp_path: Path, **raw: Any) -> tuple[falcon.testing.TestClient, Serv
         }
     )
     services = Services(config)
-    return falcon.testing.TestClient(create_app(services=services)), services
+    return Client(create_app(services=services)), services
 
 
 @pytest.fixture
@@ -126,37 +127,31 @@ def test_watch_answers_at_once_when_the_caller_is_behind(app) -> None:
     assert current.json == {"commit": head, "changed": False, "retry": 0.0}
 
 
-def test_watch_never_ties_up_the_only_thread(tmp_path: Path) -> None:
+def test_a_long_poll_holds_no_thread_and_answers_when_the_branch_moves(
+    tmp_path: Path,
+) -> None:
+    # One thread for blocking work: the poll must not hold it while it waits.
     client, services = _client(tmp_path, threads=1)
     client.simulate_post("/api/gates/shop/cart", json={"environments": ["live"]})
     head = services.store.head()
-    answer = client.simulate_get("/api/watch", params={"since": head})
-    assert answer.json == {"commit": head, "changed": False, "retry": 2.0}
 
+    async def scenario() -> tuple[Any, Any, Any]:
+        async with falcon.testing.ASGIConductor(client.app) as conductor:
+            poll = asyncio.create_task(
+                conductor.simulate_get("/api/watch", params={"since": head, "timeout": "20"})
+            )
+            await asyncio.sleep(0.2)
+            assert not poll.done()
+            # Other requests are answered meanwhile, writes included...
+            listing = await conductor.simulate_get("/api/gates")
+            change = await conductor.simulate_put(
+                "/api/gates/shop/cart/live", json={"state": "closed"}
+            )
+            # ...and the write wakes the poll.
+            return listing, change, await asyncio.wait_for(poll, 20)
 
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps = 0
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps += 1
-        self.now += seconds
-
-
-def test_wait_for_change_returns_when_the_tip_moves() -> None:
-    fake = FakeTime()
-    tips = iter(["a", "a", "a", "b"])
-    tip = wait_for_change(lambda: next(tips), "a", 10, clock=fake.clock, sleep=fake.sleep)
-    assert tip == "b"
-    assert fake.sleeps == 3
-
-
-def test_wait_for_change_gives_up_and_caps_the_wait() -> None:
-    fake = FakeTime()
-    assert wait_for_change(lambda: "a", "a", 10_000, clock=fake.clock, sleep=fake.sleep) == "a"
-    assert MAX_WAIT <= fake.now <= MAX_WAIT + 1
-    assert wait_for_change(lambda: "a", None, clock=fake.clock, sleep=fake.sleep) == "a"
+    listing, change, answer = asyncio.run(scenario())
+    assert listing.status_code == 200
+    assert change.status_code == 200, change.text
+    assert answer.json["changed"] is True
+    assert answer.json["commit"] == services.store.head() != head

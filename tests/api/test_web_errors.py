@@ -9,12 +9,13 @@ import pytest
 
 from gitstate.config import Config
 from gitstate.web.app import create_app
+from tests.support.client import Client
 
 
 @pytest.fixture
 def client(tmp_path: Path) -> falcon.testing.TestClient:
     config = Config.from_mapping({"datadir": str(tmp_path / "data"), "state": {"fsync": False}})
-    return falcon.testing.TestClient(create_app(config))
+    return Client(create_app(config))
 
 
 def test_health_is_ok(client: falcon.testing.TestClient) -> None:

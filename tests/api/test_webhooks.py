@@ -23,6 +23,7 @@ from gitstate.config import Config
 from gitstate.deploys.worker import DeployWorker
 from gitstate.services import Services
 from gitstate.web.app import create_app
+from tests.support.client import Client
 from tests.support.deploy_fixtures import Remote
 from tests.support.helpers import git
 
@@ -81,7 +82,7 @@ class Harness:
             }
         )
         self.services = Services(config)
-        self.client = falcon.testing.TestClient(create_app(services=self.services))
+        self.client = Client(create_app(services=self.services))
         code_manager = self.services.code_manager
         self.queue = code_manager.queue
         self.engine = code_manager.engine

@@ -5,13 +5,12 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import falcon.testing
-
 from gitstate.cli.sample import SampleRepos
 from gitstate.config import Config
 from gitstate.deploys.worker import DeployWorker
 from gitstate.services import Services
 from gitstate.web.app import create_app
+from tests.support.client import Client
 
 CM = "/code-manager/v1"
 
@@ -39,7 +38,7 @@ class Running:
 
     def __init__(self, config: Config) -> None:
         self.services = Services(config)
-        self.client = falcon.testing.TestClient(create_app(services=self.services))
+        self.client = Client(create_app(services=self.services))
         code_manager = self.services.code_manager
         self.worker = DeployWorker(
             code_manager.queue,

@@ -12,7 +12,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import falcon.testing
 import pygit2
 
 from gitstate.cli.sample import SampleRepos
@@ -21,6 +20,7 @@ from gitstate.deploys.worker import DeployWorker
 from gitstate.engine.storage import CODE_REF, Storage
 from gitstate.services import Services
 from gitstate.web.app import create_app
+from tests.support.client import Client
 from tests.support.helpers import git
 
 CM = "/code-manager/v1"
@@ -49,7 +49,7 @@ class Harness:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.services = Services(config)
-        self.client = falcon.testing.TestClient(create_app(services=self.services))
+        self.client = Client(create_app(services=self.services))
         code_manager = self.services.code_manager
         self.worker = DeployWorker(
             code_manager.queue, code_manager.engine, 0, config.datadir / "locks"

@@ -21,6 +21,7 @@ from gitstate.config import Config
 from gitstate.services import Services
 from gitstate.settings import LogSettings
 from gitstate.web.app import create_app
+from tests.support.client import Client
 from tests.support.helpers import free_port, wait_for_http
 
 
@@ -60,7 +61,7 @@ def app(tmp_path: Path) -> tuple[falcon.testing.TestClient, Services]:
         }
     )
     services = Services(config)
-    return falcon.testing.TestClient(create_app(config, services)), services
+    return Client(create_app(config, services)), services
 
 
 def test_the_request_id_is_echoed_logged_and_committed(app, captured, monkeypatch) -> None:

@@ -22,6 +22,7 @@ from gitstate.filesync.checkins import CheckIns
 from gitstate.gauges import SyncLagGauge
 from gitstate.settings import DeploySettings, DeployTimeouts
 from gitstate.web.app import create_app
+from tests.support.client import Client
 from tests.support.helpers import free_port, wait_for_http
 from tests.support.metrics import samples, total
 
@@ -38,7 +39,7 @@ def client(tmp_path: Path) -> falcon.testing.TestClient:
             "auth": {"enabled": False},
         }
     )
-    return falcon.testing.TestClient(create_app(config))
+    return Client(create_app(config))
 
 
 def test_commits_and_requests_are_counted_in_process(client: falcon.testing.TestClient) -> None:
@@ -71,7 +72,7 @@ def test_metrics_is_a_read_that_may_require_a_token(tmp_path: Path) -> None:
             "auth": {"enabled": True, "read_requires_token": True},
         }
     )
-    client = falcon.testing.TestClient(create_app(config))
+    client = Client(create_app(config))
     assert client.simulate_get("/metrics").status_code == 401
 
 
