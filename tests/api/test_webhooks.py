@@ -475,9 +475,7 @@ def _state_log(harness: Harness) -> list[str]:
 
 
 @pytest.mark.parametrize("provider", list(PUSHERS))
-def test_the_pusher_is_recorded_next_to_the_webhook_actor(
-    harness: Harness, provider: str
-) -> None:
+def test_the_pusher_is_recorded_next_to_the_webhook_actor(harness: Harness, provider: str) -> None:
     harness.post(provider, fixture(f"{provider}-push.json"), EVENT_HEADERS[provider])
     message = _state_log(harness)[0]
     who = PUSHERS[provider]
@@ -511,7 +509,9 @@ def test_the_pusher_of_a_deletion_is_recorded(harness: Harness) -> None:
     payload["user_username"] = "remover"
     harness.post("gitlab", json.dumps(payload).encode(), EVENT_HEADERS["gitlab"])
     message = _state_log(harness)[0]
-    assert message.splitlines()[0] == "webhook:gitlab removed dev: branch deleted, pushed by remover"
+    assert (
+        message.splitlines()[0] == "webhook:gitlab removed dev: branch deleted, pushed by remover"
+    )
     assert "Pushed-By: remover" in message.splitlines()
 
 
