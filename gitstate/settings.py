@@ -205,7 +205,10 @@ class DeploySettings:
     )
     forge_url: str = setting(text(), DEFAULT_FORGE_URL, "Forge v3 API for Forge modules")
     default_ref: str | None = setting(
-        text(), None, "ref for Puppetfile git modules that name none (none: they fail)"
+        text(),
+        None,
+        "ref for Puppetfile git modules that name none, r10k 4's git.default_ref"
+        " (none: 'master' as r10k 3, else the remote's default branch)",
     )
     fetch_workers: int = setting(count(1), 8, "remotes fetched at once")
     private_key: str | None = setting(

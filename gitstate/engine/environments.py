@@ -40,6 +40,7 @@ from gitstate.config import Config
 from gitstate.engine.forge import DEFAULT_FORGE, Forge, ForgeError
 from gitstate.engine.links import UnsafeSymlink
 from gitstate.engine.mirrors import (
+    REMOTE_HEAD,
     FetchFailed,
     LocalSourceRefused,
     LocalSources,
@@ -66,6 +67,9 @@ from gitstate.errors import GitStateError
 log = logging.getLogger(__name__)
 
 DEPLOY_RECORD = ".r10k-deploy.json"
+#: The ref r10k 3.x (the r10k under Code Manager) wants for a git module
+#: that names none (``@desired_ref ||= 'master'`` in ``R10K::Module::Git``).
+R10K3_DEFAULT_REF = "master"
 ENGINE_VERSION = "1"
 _HEX40 = re.compile(r"\A[0-9a-fA-F]{40}\Z")
 _HEX_PREFIX = re.compile(r"\A[0-9a-fA-F]{7,40}\Z")
@@ -568,7 +572,15 @@ class Deployer:
         assert module.url is not None
         desired = source.branch if module.ref == CONTROL_BRANCH else module.ref
         default = module.default_branch or self.default_ref
-        repo, commit, used = self._resolve_git(module, desired, default, collection)
+        remote_head = False
+        if desired is None and self.default_ref is None:
+            # r10k 3.x (Code Manager's) wants 'master' when no ref is given,
+            # then :default_branch; where it would fail (a remote without
+            # 'master'), the remote's default branch (its HEAD) is deployed.
+            desired, default, remote_head = R10K3_DEFAULT_REF, module.default_branch, True
+        repo, commit, used = self._resolve_git(
+            module, desired, default, collection, remote_head=remote_head
+        )
         if commit is None:
             raise UnresolvableRef(module.name, desired, default, module.ref == CONTROL_BRANCH)
         key = f"git:{module.path}:{module.url}:{commit.id}:{module.exclude_spec}"
@@ -591,7 +603,13 @@ class Deployer:
         )
 
     def _resolve_git(
-        self, module: Module, desired: str | None, default: str | None, collection: Collection
+        self,
+        module: Module,
+        desired: str | None,
+        default: str | None,
+        collection: Collection,
+        *,
+        remote_head: bool = False,
     ) -> tuple[pygit2.Repository | None, pygit2.Commit | None, str | None]:
         url = module.url
         assert url is not None
@@ -605,6 +623,10 @@ class Deployer:
                 commit = _lookup(repo, candidate, kind)
                 if commit is not None:
                     return repo, commit, candidate
+        if remote_head:
+            commit = _lookup(repo, REMOTE_HEAD, None)
+            if commit is not None:
+                return repo, commit, "HEAD"
         return repo, None, None
 
     def _static(

@@ -30,6 +30,16 @@ REF_KEYS = ("ref", "branch", "tag", "commit", "version")
 CONTROL_BRANCH = ":control_branch"
 LATEST = ":latest"
 _NAME = re.compile(r"\A(?:(\w+)[-/])?(\w+)\Z", re.ASCII)
+#: A Forge version r10k accepts: SemVer as semantic_puppet's
+#: ``Version.valid?`` reads it (no ranges, no two-part versions).
+_SEMVER = re.compile(
+    r"\A(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
+    r"(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?\Z",
+    re.ASCII,
+)
+#: The byte-order mark some editors put first in a UTF-8 file; Ruby skips it.
+BOM = "\ufeff"
 _KNOWN_KEYS = frozenset(
     {
         "git",
@@ -389,7 +399,7 @@ def parse(text: str, *, environment: str | None = None) -> Puppetfile:
         PuppetfileError: the file cannot be used; a subclass says why.
     """
     try:
-        return _parse(text)
+        return _parse(text.removeprefix(BOM))
     except PuppetfileError as ex:
         if environment:
             ex.for_environment(environment)
@@ -439,7 +449,20 @@ def _inside(module: str, path: str, line: int) -> str:
     return normal
 
 
+def valid_forge_version(version: str | None) -> bool:
+    """Tell whether r10k takes ``version`` for a Forge module (SemVer or latest)."""
+    return version is None or version == LATEST or bool(_SEMVER.match(version))
+
+
 def _module(args: list[Any], kwargs: dict[str, Any], line: int, moduledir: str) -> Module:
+    # r10k's DSL is ``def mod(name, args = nil)``: a hash of options counts
+    # as one argument, and Ruby refuses any other count in its own words.
+    given = len(args) + (1 if kwargs else 0)
+    if not 1 <= given <= 2:
+        title = args[0] if args and isinstance(args[0], str) else None
+        raise InvalidModule(
+            f"wrong number of arguments (given {given}, expected 1..2)", line=line, module=title
+        )
     if not args or not isinstance(args[0], str) or args[0].startswith(":"):
         raise PuppetfileSyntaxError("mod needs a module name", line=line)
     title = args[0]
@@ -451,8 +474,6 @@ def _module(args: list[Any], kwargs: dict[str, Any], line: int, moduledir: str) 
             module=title,
         )
     name = match.group(2)
-    if len(args) > 2:
-        raise PuppetfileSyntaxError(f"mod '{title}' has too many arguments", line=line)
     unknown = sorted(set(kwargs) - _KNOWN_KEYS)
     if unknown:
         raise InvalidModule(
@@ -519,6 +540,12 @@ def _module(args: list[Any], kwargs: dict[str, Any], line: int, moduledir: str) 
         not isinstance(version, str) or (version.startswith(":") and version != LATEST)
     ):
         raise InvalidModule(f"mod '{title}': bad version {version!r}", line=line, module=title)
+    if not valid_forge_version(version):
+        raise InvalidModule(
+            f"Module version {version} is not a valid Forge module version",
+            line=line,
+            module=title,
+        )
     if match.group(1) is None:
         raise InvalidModule(
             f"mod '{title}': a Forge module needs an 'author-name' title", line=line, module=title
