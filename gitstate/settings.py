@@ -178,6 +178,9 @@ class DeployTimeouts:
     deploy: float = setting(seconds(), 600.0, "longest one environment's deploy may take")
     fetch: float = setting(seconds(), 30.0, "longest one git fetch or Forge request may take")
     sync: float = setting(seconds(), 60.0, "longest `wait: true` waits for the file-sync clients")
+    puppetfile: float = setting(
+        seconds(), 10.0, "longest Ruby may take to evaluate one Puppetfile (`puppetfile_ruby`)"
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -210,6 +213,13 @@ class DeploySettings:
         "ref for Puppetfile git modules that name none, r10k 4's git.default_ref"
         " (none: 'master' as r10k 3, else the remote's default branch)",
     )
+    puppetfile_ruby: bool = setting(
+        BOOL,
+        False,
+        "evaluate Puppetfiles the parser cannot read (Ruby: def, variables) with `ruby`,"
+        " fenced (docs/deploys.md); off: they fail",
+    )
+    ruby: str = setting(text(), "/usr/bin/ruby", "the Ruby that `puppetfile_ruby` runs")
     fetch_workers: int = setting(count(1), 8, "remotes fetched at once")
     private_key: str | None = setting(
         text(), None, "SSH private key for ssh remotes (none: the ssh agent)"

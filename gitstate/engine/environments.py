@@ -55,6 +55,7 @@ from gitstate.engine.puppetfile import (
     PuppetfileError,
     parse,
 )
+from gitstate.engine.puppetfile_ruby import RubyEvaluator
 from gitstate.engine.sources import (
     EnvironmentCollision,
     Sources,
@@ -230,8 +231,9 @@ class Deployer:
         sources: the control repositories.
         forge_url: the Forge v3 API base URL for Forge modules.
         fetch_timeout: seconds one git fetch may take.
-        default_ref: ref for git modules that give none (r10k's
-            ``git.default_ref``); None makes such modules fail, as r10k 4 does.
+        default_ref: ref for git modules that give none (r10k 4's
+            ``git.default_ref``); None: ``master`` as r10k 3, else the
+            remote's default branch.
         fetch_workers: how many remotes are fetched at once.
         private_key: ssh private key for ssh remotes (else the ssh agent).
         fsync: make each published version durable before its ref moves
@@ -241,6 +243,8 @@ class Deployer:
             none by default, and never the data directory. Control
             repositories (``sources``) are configured by the operator and
             are not limited.
+        puppetfile_ruby: evaluates Puppetfiles the parser cannot read
+            (``deploy.puppetfile_ruby``); None refuses them.
     """
 
     def __init__(
@@ -255,11 +259,13 @@ class Deployer:
         private_key: str | None = None,
         fsync: bool = False,
         local_module_sources: Sequence[Path] = (),
+        puppetfile_ruby: RubyEvaluator | None = None,
     ) -> None:
         self.datadir = Path(datadir)
         self.sources = sources
         self.local_sources = LocalSources(tuple(local_module_sources), (self.datadir,))
         self.default_ref = default_ref
+        self.puppetfile_ruby = puppetfile_ruby
         self.mirrors = Mirrors(
             self.datadir / "cache",
             timeout=fetch_timeout,
@@ -285,6 +291,11 @@ class Deployer:
             private_key=deploy.private_key,
             fsync=config.state.fsync,
             local_module_sources=deploy.local_module_sources,
+            puppetfile_ruby=(
+                RubyEvaluator(deploy.ruby, deploy.timeouts.puppetfile)
+                if deploy.puppetfile_ruby
+                else None
+            ),
         )
 
     # -- collecting ---------------------------------------------------------------------
@@ -514,7 +525,9 @@ class Deployer:
         found = self._puppetfiles.get(entry.id.raw)
         if found is None:
             try:
-                found = parse(repo[entry.id].data.decode("utf-8", "replace"))
+                evaluate = self.puppetfile_ruby.evaluate if self.puppetfile_ruby else None
+                text = repo[entry.id].data.decode("utf-8", "replace")
+                found = parse(text, evaluate=evaluate)
             except PuppetfileError as ex:
                 found = ex
             if len(self._puppetfiles) > 10_000:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gitstate.engine.mirrors import UnsafeURL, check_url
@@ -388,29 +389,72 @@ class _Parser:
 # -- declarations ---------------------------------------------------------------------
 
 
-def parse(text: str, *, environment: str | None = None) -> Puppetfile:
+def parse(
+    text: str,
+    *,
+    environment: str | None = None,
+    evaluate: Callable[[str], Puppetfile] | None = None,
+) -> Puppetfile:
     """Parse a Puppetfile.
 
     Args:
         text: the file's contents.
         environment: named in errors, if given.
+        evaluate: what reads a Puppetfile the parser cannot (one that uses
+            Ruby beyond the DSL), such as
+            :meth:`gitstate.engine.puppetfile_ruby.RubyEvaluator.evaluate`;
+            None refuses such files, saying how to turn evaluation on.
 
     Raises:
         PuppetfileError: the file cannot be used; a subclass says why.
     """
     try:
-        return _parse(text.removeprefix(BOM))
+        try:
+            return _parse(text.removeprefix(BOM))
+        except (PuppetfileSyntaxError, UnrecognizedDeclaration) as ex:
+            # NOTE: an unknown declaration may be Ruby (require, puts, a
+            # method defined above); Ruby says the same words if it is not.
+            if evaluate is not None:
+                return evaluate(text)
+            if isinstance(ex, PuppetfileSyntaxError):
+                ex.detail += RUBY_HINT
+                ex.args = (ex._text(),)
+            raise
     except PuppetfileError as ex:
         if environment:
             ex.for_environment(environment)
         raise
 
 
+#: Said by a refusal the Ruby evaluator could lift.
+RUBY_HINT = (
+    "; the Puppetfile parser reads the Puppetfile DSL without Ruby. To evaluate"
+    " Puppetfiles that use Ruby (def, variables, string building) as r10k does,"
+    " set deploy.puppetfile_ruby: true"
+)
+
+
 def _parse(text: str) -> Puppetfile:
+    return build(_Parser(_tokens(text)).statements())
+
+
+def build(statements: Sequence[tuple[str, list[Any], dict[str, Any], int]]) -> Puppetfile:
+    """Check declarations and return the Puppetfile they make.
+
+    The parser and the Ruby evaluator (:mod:`gitstate.engine.puppetfile_ruby`)
+    both end here, so what one refuses the other refuses too.
+
+    Args:
+        statements: ``(declaration, positional args, options, line)`` in
+            file order; strings, ``:symbols``, booleans and None as values.
+
+    Raises:
+        PuppetfileError: the declarations cannot be used.
+    """
     moduledir = DEFAULT_MODULEDIR
     forge: str | None = None
     modules: list[Module] = []
-    for name, args, kwargs, line in _Parser(_tokens(text)).statements():
+    for name, args, kwargs, line in statements:
         if name == "mod":
             modules.append(_module(args, kwargs, line, moduledir))
         elif name == "moduledir":
