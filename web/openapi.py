@@ -182,7 +182,7 @@ def _schemas() -> dict[str, Any]:
         {
             "id": {"type": "string"},
             "updated": {"type": "string"},
-            "expiration_date": {"type": "integer", "description": "Unix seconds; 0 = never."},
+            "expiration_date": {"type": "number", "description": "Unix seconds; 0 = never."},
             "link": _NULLABLE_STRING,
         },
     )
