@@ -179,6 +179,32 @@ def check_permissions(permissions: Iterable[str]) -> tuple[str, ...]:
     return tuple(checked)
 
 
+#: Path prefixes of each API family whose anonymous reads
+#: ``auth.anonymous_reads`` decides.
+READ_FAMILIES: tuple[tuple[str, str], ...] = (
+    ("/code-manager/", "code_manager"),
+    ("/api/gates", "gates"),
+    ("/api/tickets", "gates"),
+    ("/api/holidays", "gates"),
+    ("/internal/status", "gates"),
+)
+
+
+def read_needs_token(settings: AuthSettings, path: str) -> bool:
+    """Tell whether a read (GET, HEAD, OPTIONS) of ``path`` needs a token.
+
+    ``auth.read_requires_token`` makes every read need one; otherwise Code
+    Manager's paths and gatekeeper's follow ``auth.anonymous_reads``, and
+    other reads (``/api/watch``, ``/metrics``) are open.
+    """
+    if settings.read_requires_token:
+        return True
+    for prefix, family in READ_FAMILIES:
+        if path.startswith(prefix):
+            return not getattr(settings.anonymous_reads, family)
+    return False
+
+
 class Tokens:
     """Issue, list, revoke and verify tokens."""
 

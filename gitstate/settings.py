@@ -135,6 +135,25 @@ class StateSettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class AnonymousReads:
+    """``auth.anonymous_reads``: which API family answers reads without a token.
+
+    Each follows the product it replaces: Code Manager asks for a token on
+    every request, gatekeeper has no authentication at all.
+    """
+
+    code_manager: bool = setting(
+        BOOL, False, "`GET /code-manager/v1/...` without a token (Code Manager: no)"
+    )
+    gates: bool = setting(
+        BOOL,
+        True,
+        "`GET /api/gates|tickets|holidays/...` and `/internal/status` without a token"
+        " (gatekeeper: yes)",
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AuthSettings:
     """``auth``: tokens (docs/api.md)."""
 
@@ -144,7 +163,12 @@ class AuthSettings:
     webhook_authentication: bool = setting(
         BOOL, True, "require a token on webhooks (false: a type's own secret may stand in)"
     )
-    read_requires_token: bool = setting(BOOL, False, "require a token on reads (and /metrics) too")
+    read_requires_token: bool = setting(
+        BOOL, False, "require a token on every read (and /metrics), whatever `anonymous_reads` says"
+    )
+    anonymous_reads: AnonymousReads = section(
+        AnonymousReads, "which API family answers reads without a token"
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

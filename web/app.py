@@ -20,10 +20,12 @@ from . import (
     errors,
     filesync,
     gates,
+    legacy,
     metrics,
     openapi,
     request,
     requestlog,
+    status,
     ui,
     watch,
     webhooks,
@@ -60,6 +62,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.req_options.strip_url_path_trailing_slash = False
     errors.register(app)
     app.add_route("/internal/health", HealthResource(services))
+    status.add_routes(app, services)
     gates.add_routes(app, services)
     deploys.add_routes(app, services)
     webhooks.add_routes(app, services)
@@ -67,5 +70,6 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     watch.add_routes(app, services)
     metrics.add_routes(app, services)
     ui.add_routes(app)
+    legacy.add_routes(app)
     openapi.add_routes(app)
     return app

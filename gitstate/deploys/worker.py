@@ -127,7 +127,7 @@ def slot_is_dead(lockdir: Path, slot: int) -> bool:
         os.close(fd)
 
 
-def _slot_of(worker: str) -> int | None:
+def worker_slot(worker: str) -> int | None:
     """Return the slot number in a worker name (``deploy-worker-<slot>@...``)."""
     head = worker.split("@", 1)[0]
     number = head.rsplit("-", 1)[-1]
@@ -212,7 +212,7 @@ class DeployWorker:
             worker = str(entry.get("worker", ""))
             if worker == self.name:
                 continue
-            slot = _slot_of(worker)
+            slot = worker_slot(worker)
             mine = slot == self.slot  # a previous process of this slot
             if not (mine or slot is None or slot_is_dead(self.lockdir, slot)):
                 continue
