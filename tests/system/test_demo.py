@@ -31,11 +31,15 @@ def _stop(proc: subprocess.Popen[str]) -> str:
     return out
 
 
-def _deployed(base: str, count: int, timeout: float = 300.0) -> list[dict]:
+def _deployed(base: str, count: int, token: str, timeout: float = 300.0) -> list[dict]:
     """Wait (bounded) until ``count`` environments are deployed; return them."""
     until = time.monotonic() + timeout
     while True:
-        answer = requests.get(f"{base}/code-manager/v1/deploys/status", timeout=10)
+        answer = requests.get(
+            f"{base}/code-manager/v1/deploys/status",
+            headers={"X-Authentication": token},
+            timeout=10,
+        )
         if answer.status_code == 503 and time.monotonic() < until:
             time.sleep(0.2)  # busy: a client retries, as Retry-After says
             continue
@@ -60,7 +64,10 @@ def test_demo_deploys_every_environment_and_the_cli_drives_it(tmp_path: Path) ->
     try:
         health = wait_for_http(f"{base}/internal/health")
         assert health.json() == {"status": "ok"}
-        deployed = _deployed(base, 3)
+        anonymous = requests.get(f"{base}/code-manager/v1/deploys/status", timeout=10)
+        assert anonymous.status_code == 401  # Code Manager's reads need a token
+        admin = (directory / "token").read_text().strip()
+        deployed = _deployed(base, 3, admin)
         assert sorted(d["environment"] for d in deployed) == [
             "development",
             "feature_login_banner",
@@ -94,7 +101,7 @@ def test_demo_deploys_every_environment_and_the_cli_drives_it(tmp_path: Path) ->
             {"environment": "feature_login_banner"},
             {"environment": "production"},
         ]
-        status = _cli("status", "--service-url", base)
+        status = _cli("status", "--service-url", base, *token)
         assert "deployed: 3" in status.stdout
         unknown = _cli("deploy", "nosuch", "--wait", "--service-url", base, *token)
         assert unknown.returncode == 3
@@ -109,7 +116,7 @@ def test_demo_deploys_every_environment_and_the_cli_drives_it(tmp_path: Path) ->
     proc = _start(directory, port)
     try:
         wait_for_http(f"{base}/internal/health")
-        assert len(_deployed(base, 3)) == 3
+        assert len(_deployed(base, 3, admin)) == 3
     finally:
         _stop(proc)
     again = git("log", "--format=%s", "state", cwd=directory / "data" / "state.git")
