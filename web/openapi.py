@@ -713,16 +713,27 @@ def _code_manager_paths() -> dict[str, Any]:
         "type": "object",
         "properties": {
             "environments": {
-                "type": "array",
-                "items": {"type": "string", "minLength": 1, "maxLength": 255},
-                "maxItems": 1000,
+                "anyOf": [
+                    {
+                        "type": "array",
+                        "items": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "maxItems": 1000,
+                    },
+                    {
+                        "type": "string",
+                        "pattern": "[^,\\s]",
+                        "description": "One comma- and space-separated list, as Code "
+                        "Manager's API table describes it.",
+                    },
+                ]
             },
-            "deploy-all": {"type": "boolean"},
-            "wait": {"type": "boolean"},
-            "dry-run": {"type": "boolean"},
-            "deploy-modules": {"type": "boolean"},
+            "deploy-all": {"type": ["boolean", "null"]},
+            "wait": {"type": ["boolean", "null"]},
+            "dry-run": {"type": ["boolean", "null"]},
+            "deploy-modules": {"type": ["boolean", "null"]},
         },
-        "description": "Name `environments` or set `deploy-all` (or `dry-run`).",
+        "description": "Name `environments` or set `deploy-all` (or `dry-run`); a flag that "
+        "is null counts as absent.",
     }
     return {
         "/code-manager/v1/deploys": {
