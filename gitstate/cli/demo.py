@@ -60,6 +60,8 @@ def prepare(directory: Path, port: int) -> tuple[Config, Path, SampleRepos]:
                 # The sample Puppetfiles name module repositories in this folder.
                 "local_module_sources": [str(repos.modules)],
             },
+            # git push waits for its deploys and says how each ended.
+            "hooks": {"wait": True, "wait_timeout": 120},
             # Writes need a token, as in production; the demo's admin token
             # is in DIR/token.
             "auth": {"enabled": True},
