@@ -120,25 +120,25 @@ def _status(args: argparse.Namespace) -> int:
 
 def _sync(args: argparse.Namespace) -> int:
     import dataclasses
-    import logging
     import os
     import signal
     import threading
     from types import FrameType
 
     from gitstate.filesync.client import run_client
-    from gitstate.settings import FileSyncSettings
+    from gitstate.settings import FileSyncSettings, LogSettings
 
-    settings = Config.load(args.config).file_sync if args.config else FileSyncSettings()
+    config = Config.load(args.config) if args.config else None
+    settings = config.file_sync if config is not None else FileSyncSettings()
     token = settings.token or os.environ.get("GITSTATE_FILE_SYNC_TOKEN")
     if args.token_file:
         token = Path(args.token_file).expanduser().read_text(encoding="utf-8").strip()
     settings = dataclasses.replace(
         settings, token=token, keep_versions=args.keep_versions or settings.keep_versions
     )
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s gitstate sync {args.name}: %(message)s"
-    )
+    # As every other gitstate process logs (JSON unless on a terminal); each
+    # line names the client.
+    logs.configure(config.logging if config is not None else LogSettings())
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
