@@ -237,7 +237,7 @@ def hints(base: str, repos: SampleRepos, config: Config) -> list[str]:
     return [
         "",
         f"Writes need a token; the demo's admin token is in {directory / 'token'}.",
-        "Try, in another terminal, in an empty folder, in this order:",
+        "Try: (in another terminal, in an empty folder, in this order)",
         f"  export GITSTATE_URL={base} GITSTATE_TOKEN_FILE={token_file}",
         f"  curl {base}/internal/health",
         f"  curl {base}/code-manager/v1/deploys/status",
