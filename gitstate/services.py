@@ -48,7 +48,7 @@ class Services:
         )
         self.code_manager = CodeManager(config, self.store, guard=self.deploy_guard)
         self.file_sync = self.code_manager.file_sync
-        self.webhooks = Webhooks(self.code_manager, self.store, config.webhooks)
+        self.webhooks = Webhooks(self.code_manager, self.store, config.webhooks, hooks=config.hooks)
 
     def health(self) -> tuple[dict[str, Any], str | None]:
         """Report that the process can read the state branch and write on it.

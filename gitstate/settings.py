@@ -471,6 +471,22 @@ class WebhookSettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class HookSettings:
+    """``hooks``: what the control repository's post-receive hook does after a push."""
+
+    wait: bool = setting(
+        BOOL,
+        False,
+        "the hook waits for the deploys a push queued and prints each one's outcome",
+    )
+    wait_timeout: float = setting(
+        seconds(positive=True),
+        120.0,
+        "longest the hook waits (the pusher's terminal is held meanwhile)",
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class MetricsSettings:
     """``metrics``: Prometheus metrics at /metrics."""
 

@@ -55,7 +55,7 @@ from gitstate.deploys.queue import BAD_REQUEST, KIND_PREFIX, Requested, environm
 from gitstate.engine.environments import CollectFailed
 from gitstate.engine.sources import correct_name
 from gitstate.errors import GitStateError
-from gitstate.settings import WebhookSettings
+from gitstate.settings import HookSettings, WebhookSettings
 from gitstate.store.branch import Draft, Identity, Store
 
 log = logging.getLogger(__name__)
@@ -609,18 +609,22 @@ class WebhookResult:
     deploys: tuple[Requested, ...] = ()
     removed: tuple[str, ...] = ()
     kept: tuple[str, ...] = ()
+    wait: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Return the answer: Code Manager's ``{"status": "OK"}``.
 
         The post-receive hook's own type also gets what was done, so the
-        pusher sees it in one line.
+        pusher sees it, and, with ``hooks.wait``, for how many seconds to
+        wait for the deploys' outcomes (the hook polls ``deploys/status``).
         """
         answer: dict[str, Any] = {"status": "OK"}
         if self.provider == HOOK:
             answer["deploys"] = [entry.to_json() for entry in self.deploys]
             answer["removed"] = list(self.removed)
             answer["kept"] = list(self.kept)
+            if self.wait:
+                answer["wait"] = self.wait
         return answer
 
 
@@ -632,10 +636,18 @@ def environment_name(branch: str, prefix: str | None) -> str:
 class Webhooks:
     """Turn push notifications into deploys and removals."""
 
-    def __init__(self, code_manager: CodeManager, store: Store, settings: WebhookSettings) -> None:
+    def __init__(
+        self,
+        code_manager: CodeManager,
+        store: Store,
+        settings: WebhookSettings,
+        *,
+        hooks: HookSettings | None = None,
+    ) -> None:
         self.code_manager = code_manager
         self.store = store
         self.settings = settings
+        self.hooks = hooks or HookSettings()
 
     def receive(
         self,
@@ -739,7 +751,8 @@ class Webhooks:
             removed,
             kept,
         )
-        return WebhookResult(provider, tuple(deploys), tuple(removed), tuple(kept))
+        wait = self.hooks.wait_timeout if self.hooks.wait and deploys else None
+        return WebhookResult(provider, tuple(deploys), tuple(removed), tuple(kept), wait)
 
     def remove(
         self,

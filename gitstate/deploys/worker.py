@@ -330,6 +330,7 @@ class DeployWorker:
             outcome, timed_out = self._run_one(record, collection)
             took = time.monotonic() - started
             metrics.deploy_finished("failed" if outcome.error else "complete", took)
+            _report(record, outcome)
             outcomes.append(outcome)
             ran += 1
             if timed_out:
@@ -409,6 +410,30 @@ class DeployWorker:
             "skipped": result.skipped,
             "module_deploys": [module.to_json() for module in result.module_deploys],
         }
+
+
+def _report(record: dict[str, Any], outcome: Outcome) -> None:
+    """Log how a deploy ended, in one line meant for a person (``notable``)."""
+    name = record.get("requested_as") or record["environment"]
+    if outcome.error is not None:
+        log.error(
+            "deploy #%s of %s failed: %s",
+            record["id"],
+            name,
+            outcome.error.get("msg"),
+            extra={"notable": True},
+        )
+    elif outcome.result is not None:
+        signature = str(outcome.result.get("signature") or "")[:12]
+        unchanged = ", unchanged" if outcome.result.get("skipped") else ""
+        log.info(
+            "deployed %s at %s (#%s%s)",
+            name,
+            signature,
+            record["id"],
+            unchanged,
+            extra={"notable": True},
+        )
 
 
 def _outcome(record: dict[str, Any], found: dict[str, Any]) -> dict[str, Any]:

@@ -427,7 +427,8 @@ class Deployer:
         ) as ex:
             if isinstance(ex, PuppetfileError) and ex.environment is None:
                 ex.for_environment(corrected)
-            log.error("deploy of %s failed: %s", corrected, ex)
+            # The deploy worker reports the failure to a person (gitstate.process.console).
+            log.error("deploy of %s failed: %s", corrected, ex, extra={"notable": False})
             raise DeployFailure(
                 environment, corrected, f"Errors while deploying environment '{corrected}': {ex}"
             ) from ex
@@ -733,7 +734,7 @@ class Deployer:
                 return None
             code = self.storage.publish({env: None}, f"Remove {env}")
             self.storage.delete_environment_ref(env)
-        log.info("Environment %s removed", env)
+        log.info("Environment %s removed", env, extra={"notable": True})
         return code
 
     def purge(self, collection: Collection) -> list[str]:
