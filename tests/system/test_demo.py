@@ -87,7 +87,7 @@ def test_demo_deploys_every_environment_and_the_cli_drives_it(tmp_path: Path) ->
             if done or time.monotonic() > until:
                 break
             time.sleep(0.2)
-            deployed = _deployed(base, 3)
+            deployed = _deployed(base, 3, admin)
         assert (versions, production["deploy-signature"]) == ("2", tip)
 
         # The config holds the file-sync token, the token file an admin token.
