@@ -329,9 +329,12 @@ class CodeManager:
         complete = [answer for answer in answers if answer.get("status") == "complete"]
         commits = [answer["file-sync"]["code-commit"] for answer in complete]
         late = self.file_sync.wait_for_clients(commits, self.file_sync.sync_timeout)
+        refusals = self.file_sync.refusals(
+            {answer["environment"]: answer["file-sync"]["code-commit"] for answer in complete}
+        )
         for answer in complete:
             environment = answer["environment"]
-            refused = self.file_sync.refusals(environment, answer["file-sync"]["code-commit"])
+            refused = refusals.get(environment)
             if refused:
                 # Deployed to storage but not live everywhere: not complete.
                 answer["status"] = "failed"
