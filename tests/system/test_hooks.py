@@ -152,6 +152,17 @@ def test_install_hook_needs_a_repository(tmp_path: Path) -> None:
 # -- a real push through a real server -------------------------------------------------
 
 
+def _install_hook(bare: Path, base: str) -> None:
+    """Install the post-receive hook as an operator does, with the ``gitstate`` command."""
+    installed = subprocess.run(
+        [sys.executable, "-m", "gitstate", "install-hook", str(bare), "--url", base],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert installed.returncode == 0, installed.stderr
+
+
 def _push(work: Path, *args: str) -> str:
     """Push from ``work``; return what the remote printed (git's stderr)."""
     result = subprocess.run(
@@ -234,13 +245,7 @@ def _serving(tmp_path: Path, extra: dict | None = None) -> Iterator[tuple[str, R
 
 def test_git_push_deploys_and_push_delete_removes(server: tuple[str, Remote]) -> None:
     base, remote = server
-    status = subprocess.run(
-        [sys.executable, "-m", "gitstate", "install-hook", str(remote.bare), "--url", base],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert status.returncode == 0, status.stderr
+    _install_hook(remote.bare, base)
 
     git("checkout", "-q", "-b", "feature/hooked", "production", cwd=remote.work)
     (remote.work / "manifests" / "site.pp").write_text("# hooked\n")
@@ -257,13 +262,7 @@ def test_git_push_deploys_and_push_delete_removes(server: tuple[str, Remote]) ->
 
 def test_push_waits_for_its_deploys_and_says_how_each_ended(tmp_path: Path) -> None:
     with _serving(tmp_path, {"hooks": {"wait": True, "wait_timeout": 120}}) as (base, remote):
-        installed = subprocess.run(
-            [sys.executable, "-m", "gitstate", "install-hook", str(remote.bare), "--url", base],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert installed.returncode == 0, installed.stderr
+        _install_hook(remote.bare, base)
 
         git("checkout", "-q", "-b", "good", "production", cwd=remote.work)
         (remote.work / "manifests" / "site.pp").write_text("# good\n")
