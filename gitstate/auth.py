@@ -179,6 +179,32 @@ def check_permissions(permissions: Iterable[str]) -> tuple[str, ...]:
     return tuple(checked)
 
 
+#: Path prefixes of each API family whose anonymous reads
+#: ``auth.anonymous_reads`` decides.
+READ_FAMILIES: tuple[tuple[str, str], ...] = (
+    ("/code-manager/", "code_manager"),
+    ("/api/gates", "gates"),
+    ("/api/tickets", "gates"),
+    ("/api/holidays", "gates"),
+    ("/internal/status", "gates"),
+)
+
+
+def read_needs_token(settings: AuthSettings, path: str) -> bool:
+    """Tell whether a read (GET, HEAD, OPTIONS) of ``path`` needs a token.
+
+    ``auth.read_requires_token`` makes every read need one; otherwise Code
+    Manager's paths and gatekeeper's follow ``auth.anonymous_reads``, and
+    other reads (``/api/watch``, ``/metrics``) are open.
+    """
+    if settings.read_requires_token:
+        return True
+    for prefix, family in READ_FAMILIES:
+        if path.startswith(prefix):
+            return not getattr(settings.anonymous_reads, family)
+    return False
+
+
 class Tokens:
     """Issue, list, revoke and verify tokens."""
 
@@ -319,6 +345,37 @@ class Tokens:
         if expires and parse_iso(expires) <= datetime.fromtimestamp(self.clock(), UTC):
             raise TokenExpired(record["id"], expires)
         return Principal(record["user"], frozenset(record.get("permissions", [])), record["id"])
+
+
+#: A lifetime as the command line takes it: a number and a unit, as
+#: ``puppet access login --lifetime`` does (``5m``, ``1h``, ``2d``, ``1y``).
+_LIFETIME = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdy])")
+_LIFETIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "y": 365 * 86400}
+
+
+def parse_lifetime(text: str) -> float:
+    """Parse a token lifetime given by a person: ``30m``, ``12h``, ``7d``, ``1y``, ``300s``.
+
+    A bare number is refused rather than guessed at (``--lifetime 5`` once
+    meant five seconds); ``0`` (or ``never``) means the token never expires
+    and returns 0.
+
+    Raises:
+        TokenRequestError: no unit, an unknown unit, or out of range.
+    """
+    value = text.strip().lower()
+    if value in ("0", "never"):
+        return 0.0
+    match = _LIFETIME.fullmatch(value)
+    if match is None:
+        bare = value.replace(".", "", 1).isdigit()
+        raise TokenRequestError(
+            f"lifetime {text!r} "
+            + ("has no unit" if bare else "is not a number with a unit")
+            + ": use s (seconds), m (minutes), h (hours), d (days) or y (years), "
+            "e.g. 30m, 12h, 7d, 1y or 300s; 0 means it never expires"
+        )
+    return _lifetime(float(match[1]) * _LIFETIME_UNITS[match[2]])
 
 
 def _lifetime(value: Any) -> float:

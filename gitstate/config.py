@@ -42,6 +42,7 @@ from gitstate.settings import (
     DeploySettings,
     FileSyncSettings,
     GateSettings,
+    HookSettings,
     LogSettings,
     MaintenanceSettings,
     MetricsSettings,
@@ -83,6 +84,7 @@ class Config:
     gates: GateSettings = section(GateSettings, "gates")
     file_sync: FileSyncSettings = section(FileSyncSettings, "file sync")
     webhooks: WebhookSettings = section(WebhookSettings, "webhooks")
+    hooks: HookSettings = section(HookSettings, "the post-receive hook")
     metrics: MetricsSettings = section(MetricsSettings, "metrics")
     logging: LogSettings = section(LogSettings, "logs")
     maintenance: MaintenanceSettings = section(MaintenanceSettings, "git maintenance")

@@ -7,9 +7,11 @@ docs/architecture.md).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from gitstate.auth import Tokens
+from gitstate.codemanager.internal_status import internal_status
 from gitstate.codemanager.service import CodeManager
 from gitstate.codemanager.webhooks import Webhooks
 from gitstate.config import Config
@@ -35,6 +37,7 @@ class Services:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.started_at = time.time()
         self.store = open_store(config)
         self.tokens = Tokens(self.store, config.auth)
         self.gates = Gates(self.store, config.gates)
@@ -45,7 +48,7 @@ class Services:
         )
         self.code_manager = CodeManager(config, self.store, guard=self.deploy_guard)
         self.file_sync = self.code_manager.file_sync
-        self.webhooks = Webhooks(self.code_manager, self.store, config.webhooks)
+        self.webhooks = Webhooks(self.code_manager, self.store, config.webhooks, hooks=config.hooks)
 
     def health(self) -> tuple[dict[str, Any], str | None]:
         """Report that the process can read the state branch and write on it.
@@ -62,3 +65,18 @@ class Services:
         if rewind is not None:
             raise BranchRewound(rewind.ref, rewind.expected, rewind.found)
         return {"status": "ok"}, self.store.head()
+
+    def internal_status(self) -> dict[str, Any]:
+        """Return gatekeeper's ``/internal/status.json`` document, with gitstate's parts.
+
+        See :mod:`gitstate.codemanager.internal_status`: the state commit,
+        the deploy workers and the file-sync clients, each also summed up in
+        ``application.statusDetails``.
+        """
+        return internal_status(
+            self.config,
+            self.store,
+            self.code_manager.queue,
+            self.file_sync,
+            started_at=self.started_at,
+        )

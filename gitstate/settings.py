@@ -135,6 +135,25 @@ class StateSettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class AnonymousReads:
+    """``auth.anonymous_reads``: which API family answers reads without a token.
+
+    Each follows the product it replaces: Code Manager asks for a token on
+    every request, gatekeeper has no authentication at all.
+    """
+
+    code_manager: bool = setting(
+        BOOL, False, "`GET /code-manager/v1/...` without a token (Code Manager: no)"
+    )
+    gates: bool = setting(
+        BOOL,
+        True,
+        "`GET /api/gates|tickets|holidays/...` and `/internal/status` without a token"
+        " (gatekeeper: yes)",
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AuthSettings:
     """``auth``: tokens (docs/api.md)."""
 
@@ -144,7 +163,12 @@ class AuthSettings:
     webhook_authentication: bool = setting(
         BOOL, True, "require a token on webhooks (false: a type's own secret may stand in)"
     )
-    read_requires_token: bool = setting(BOOL, False, "require a token on reads (and /metrics) too")
+    read_requires_token: bool = setting(
+        BOOL, False, "require a token on every read (and /metrics), whatever `anonymous_reads` says"
+    )
+    anonymous_reads: AnonymousReads = section(
+        AnonymousReads, "which API family answers reads without a token"
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -178,6 +202,9 @@ class DeployTimeouts:
     deploy: float = setting(seconds(), 600.0, "longest one environment's deploy may take")
     fetch: float = setting(seconds(), 30.0, "longest one git fetch or Forge request may take")
     sync: float = setting(seconds(), 60.0, "longest `wait: true` waits for the file-sync clients")
+    puppetfile: float = setting(
+        seconds(), 10.0, "longest Ruby may take to evaluate one Puppetfile (`puppetfile_ruby`)"
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -205,8 +232,18 @@ class DeploySettings:
     )
     forge_url: str = setting(text(), DEFAULT_FORGE_URL, "Forge v3 API for Forge modules")
     default_ref: str | None = setting(
-        text(), None, "ref for Puppetfile git modules that name none (none: they fail)"
+        text(),
+        None,
+        "ref for Puppetfile git modules that name none, r10k 4's git.default_ref"
+        " (none: 'master' as r10k 3, else the remote's default branch)",
     )
+    puppetfile_ruby: bool = setting(
+        BOOL,
+        False,
+        "evaluate Puppetfiles the parser cannot read (Ruby: def, variables) with `ruby`,"
+        " fenced (docs/deploys.md); off: they fail",
+    )
+    ruby: str = setting(text(), "/usr/bin/ruby", "the Ruby that `puppetfile_ruby` runs")
     fetch_workers: int = setting(count(1), 8, "remotes fetched at once")
     private_key: str | None = setting(
         text(), None, "SSH private key for ssh remotes (none: the ssh agent)"
@@ -431,6 +468,22 @@ class WebhookSettings:
     def gitlab_token(self) -> bytes | None:
         """The token GitLab must send, if one is configured."""
         return self.gitlab.shared_secret
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HookSettings:
+    """``hooks``: what the control repository's post-receive hook does after a push."""
+
+    wait: bool = setting(
+        BOOL,
+        False,
+        "the hook waits for the deploys a push queued and prints each one's outcome",
+    )
+    wait_timeout: float = setting(
+        seconds(positive=True),
+        120.0,
+        "longest the hook waits (the pusher's terminal is held meanwhile)",
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -10,6 +10,13 @@ for a git host's webhook, and answers what it did. The hook prints that in
 one line and exits 0 whatever happens: the push has already succeeded and
 must never look failed because the deploy service is down.
 
+When the server's config has ``hooks.wait: true``, its answer carries
+``"wait": SECONDS`` (``hooks.wait_timeout``) and the hook then follows each
+queued deploy (``GET /code-manager/v1/deploys/status?id=N``) and prints one
+line per environment as it ends: deployed at which commit, or the error
+(a broken Puppetfile, say), so the pusher learns it before the prompt comes
+back. Deploys still running at the bound are named with how to follow them.
+
 Settings come from the repository's git config, written by
 ``gitstate install-hook``:
 
@@ -25,13 +32,15 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import time
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 ZERO = "0" * 40
 DEFAULT_TIMEOUT = 10.0
 HEADS = "refs/heads/"
+STATUS_PATH = "/code-manager/v1/deploys/status"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +105,57 @@ def summary(answer: Any) -> str:
     return "gitstate: " + ("; ".join(parts) or "nothing to do")
 
 
+def outcome(status: Mapping[str, Any]) -> str | None:
+    """Describe a finished deploy (``deploys/status?id=N``) in one line; None while it runs."""
+    name, deploy_id = status.get("environment"), status.get("id")
+    if status.get("status") == "complete":
+        signature = str(status.get("deploy-signature") or "")[:12]
+        return f"gitstate: deployed {name} at {signature} (#{deploy_id})"
+    if status.get("status") == "failed":
+        error = status.get("error") or {}
+        message = error.get("msg") if isinstance(error, Mapping) else None
+        return f"gitstate: deploy of {name} failed (#{deploy_id}): {message or error}"
+    return None
+
+
+def follow(
+    client: Any, deploys: Sequence[Mapping[str, Any]], bound: float, *, every: float = 0.5
+) -> Iterator[str]:
+    """Yield a line per deploy as it ends, polling its status for ``bound`` seconds at most.
+
+    Never raises: an unreachable server ends the wait with a line saying so.
+    """
+    from gitstate.client import ClientError
+
+    waiting = {int(entry["id"]): entry for entry in deploys if "id" in entry}
+    until = time.monotonic() + bound
+    while waiting:
+        for deploy_id in list(waiting):
+            try:
+                status = client.request("GET", f"{STATUS_PATH}?id={deploy_id}")
+            except ClientError as ex:
+                yield f"gitstate: cannot follow the deploys ({ex}); see gitstate status"
+                return
+            if not isinstance(status, Mapping):
+                continue
+            line = outcome(status)
+            if line is not None:
+                del waiting[deploy_id]
+                yield line
+            else:
+                waiting[deploy_id] = {**waiting[deploy_id], **status}
+        if not waiting:
+            return
+        if time.monotonic() >= until:
+            for deploy_id, entry in waiting.items():
+                yield (
+                    f"gitstate: {entry.get('environment')} still {entry.get('status', 'queued')} "
+                    f"after {bound:g}s (#{deploy_id}); follow it with: gitstate status"
+                )
+            return
+        time.sleep(every)
+
+
 def notify(
     updates: Sequence[RefUpdate],
     *,
@@ -103,28 +163,36 @@ def notify(
     token_file: str | None = None,
     prefix: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
-) -> str:
-    """Send the branch updates to the server; return the line to print.
+) -> Iterator[str]:
+    """Send the branch updates to the server; yield the lines to print, as they come.
 
-    Never raises: any failure becomes a line telling the pusher that the
-    push is kept and how to deploy by hand.
+    The first line says what the server did; with ``hooks.wait`` on the
+    server, one line per deploy follows as each ends. Never raises: any
+    failure becomes a line telling the pusher that the push is kept and how
+    to deploy by hand.
     """
     branches = [update for update in updates if update.branch is not None]
     if not branches:
-        return ""
+        return
     # Imported here so a push of tags only costs nothing but Python's start.
     from gitstate.client import Client, ClientError
 
     body = {"updates": [dataclasses.asdict(update) for update in branches]}
+    client = Client(url, token_file, timeout=timeout)
     try:
-        answer = Client(url, token_file, timeout=timeout).request(
-            "POST", webhook_path(prefix), body
-        )
+        answer = client.request("POST", webhook_path(prefix), body)
     except ClientError as ex:
         pushed = " ".join(update.branch or "" for update in branches if not update.deleted)
         hint = f"; deploy by hand: gitstate deploy {pushed}" if pushed else ""
-        return f"gitstate: deploy not queued ({ex}); the push is kept{hint}"
-    return summary(answer)
+        yield f"gitstate: deploy not queued ({ex}); the push is kept{hint}"
+        return
+    yield summary(answer)
+    if not isinstance(answer, dict):
+        return
+    bound = answer.get("wait")
+    deploys = answer.get("deploys") or []
+    if isinstance(bound, int | float) and bound > 0 and deploys:
+        yield from follow(client, deploys, float(bound))
 
 
 def run(stdin: IO[str], stdout: IO[str]) -> int:
@@ -139,15 +207,15 @@ def run(stdin: IO[str], stdout: IO[str]) -> int:
             timeout = float(git_config("gitstate.timeout") or DEFAULT_TIMEOUT)
         except ValueError:
             timeout = DEFAULT_TIMEOUT
-        line = notify(
+        for line in notify(
             updates,
             url=url,
             token_file=git_config("gitstate.tokenFile"),
             prefix=git_config("gitstate.prefix"),
             timeout=timeout,
-        )
-        if line:
-            print(line, file=stdout)
+        ):
+            # Flushed line by line: git relays each to the pusher as it comes.
+            print(line, file=stdout, flush=True)
     except Exception as ex:  # a post-receive hook must never fail the push
         print(f"gitstate: post-receive hook error: {ex}", file=stdout)
     return 0

@@ -25,9 +25,11 @@ from . import (
     errors,
     filesync,
     gates,
+    legacy,
     metrics,
     openapi,
     requestlog,
+    status,
     ui,
     watch,
     webhooks,
@@ -64,6 +66,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.req_options.strip_url_path_trailing_slash = False
     errors.register(app)
     app.add_route("/internal/health", HealthResource(services))
+    status.add_routes(app, services, run)
     gates.add_routes(app, services, run)
     deploys.add_routes(app, services, run)
     webhooks.add_routes(app, services, run)
@@ -71,5 +74,6 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     watch.add_routes(app, services, run)
     metrics.add_routes(app, services, run)
     ui.add_routes(app)
+    legacy.add_routes(app)
     openapi.add_routes(app)
     return app

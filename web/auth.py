@@ -1,8 +1,8 @@
 """Who is asking: tokens checked once per request, before any resource runs.
 
 The token comes from ``X-Authentication`` or ``?token=`` (as Code Manager
-takes it). Writes always need one (when authentication is on); reads only
-when ``auth.read_requires_token`` is set. A resource may declare
+takes it). Writes always need one (when authentication is on); reads as
+:func:`gitstate.auth.read_needs_token` says (``auth.anonymous_reads``). A resource may declare
 ``auth_policy``: ``"public"`` (health) or ``"webhook"`` (token unless
 ``auth.webhook_authentication`` is off; a token, when presented, is checked
 here either way, and the webhook service then admits a request only if a
@@ -17,7 +17,7 @@ from typing import Any
 
 from falcon.asgi import Request, Response
 
-from gitstate.auth import ANONYMOUS, Principal
+from gitstate.auth import ANONYMOUS, Principal, read_needs_token
 from gitstate.base.blocking import Blocking
 from gitstate.services import Services
 
@@ -67,7 +67,7 @@ class AuthMiddleware:
         if policy == "webhook":
             required = settings.webhook_authentication
         else:
-            required = req.method not in _READS or settings.read_requires_token
+            required = req.method not in _READS or read_needs_token(settings, req.path)
         token = token_of(req)
         if token is None and not required:
             req.context.principal = self._tokens.authenticate(None, required=False)

@@ -36,6 +36,7 @@ import falcon.asgi
 from falcon.asgi import Request, Response
 
 from gitstate.auth import AuthError
+from gitstate.deploys.queue import KIND_PREFIX
 from gitstate.errors import GitStateError, kind_of, status_of
 
 #: Paths of Code Manager's API family (its errors use its shape).
@@ -103,10 +104,27 @@ async def answer_unexpected(req: Request, resp: Response, ex: Exception, params:
     _internal_error(req, resp, ex)
 
 
+#: Kinds of Falcon's own errors in Code Manager's family, by status.
+_HTTP_KINDS = {404: "not-found", 405: "method-not-allowed", 413: "bad-request"}
+
+
 def serialize_http_error(req: Request, resp: Response, ex: falcon.HTTPError) -> None:
-    """Render Falcon's own errors (404, bad JSON, 413, ...) as JSON always."""
+    """Render Falcon's own errors (404, 405, bad JSON, 413, ...) as JSON always.
+
+    In its family's shape: Code Manager's ``{"kind", "msg", "details"}``
+    under its paths (a 405 names the methods allowed), gatekeeper's
+    elsewhere.
+    """
     reason = ex.description or ex.title or "error"
     resp.content_type = falcon.MEDIA_JSON
+    if is_code_manager(req.path):
+        kind = _HTTP_KINDS.get(ex.status_code, "bad-request" if ex.status_code < 500 else "error")
+        body: dict[str, Any] = {"kind": KIND_PREFIX + kind, "msg": reason}
+        allowed = (ex.headers or {}).get("Allow")
+        if allowed:
+            body["details"] = {"allowed": [method.strip() for method in allowed.split(",")]}
+        resp.media = body
+        return
     resp.media = {"status": "error", "reason": reason}
 
 

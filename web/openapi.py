@@ -137,7 +137,11 @@ _AUTH = {
     "403": _error("The token's user lacks the permission this needs.", "AuthError"),
 }
 _READ_AUTH = {
-    "401": _error("`auth.read_requires_token` is set and no valid token came.", "AuthError")
+    "401": _error(
+        "No valid token came and this read needs one (`auth.anonymous_reads`: Code "
+        "Manager's reads by default; `auth.read_requires_token`: every read).",
+        "AuthError",
+    )
 }
 _FILE_SYNC_401 = _error(
     "No file-sync token configured, none presented, or a wrong one.", "CodeManagerError"
@@ -183,7 +187,7 @@ def _schemas() -> dict[str, Any]:
         {
             "id": {"type": "string"},
             "updated": {"type": "string"},
-            "expiration_date": {"type": "integer", "description": "Unix seconds; 0 = never."},
+            "expiration_date": {"type": "number", "description": "Unix seconds; 0 = never."},
             "link": _NULLABLE_STRING,
         },
     )
@@ -710,16 +714,27 @@ def _code_manager_paths() -> dict[str, Any]:
         "type": "object",
         "properties": {
             "environments": {
-                "type": "array",
-                "items": {"type": "string", "minLength": 1, "maxLength": 255},
-                "maxItems": 1000,
+                "anyOf": [
+                    {
+                        "type": "array",
+                        "items": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "maxItems": 1000,
+                    },
+                    {
+                        "type": "string",
+                        "pattern": "[^,\\s]",
+                        "description": "One comma- and space-separated list, as Code "
+                        "Manager's API table describes it.",
+                    },
+                ]
             },
-            "deploy-all": {"type": "boolean"},
-            "wait": {"type": "boolean"},
-            "dry-run": {"type": "boolean"},
-            "deploy-modules": {"type": "boolean"},
+            "deploy-all": {"type": ["boolean", "null"]},
+            "wait": {"type": ["boolean", "null"]},
+            "dry-run": {"type": ["boolean", "null"]},
+            "deploy-modules": {"type": ["boolean", "null"]},
         },
-        "description": "Name `environments` or set `deploy-all` (or `dry-run`).",
+        "description": "Name `environments` or set `deploy-all` (or `dry-run`); a flag that "
+        "is null counts as absent.",
     }
     return {
         "/code-manager/v1/deploys": {
@@ -1007,6 +1022,59 @@ def _other_paths() -> dict[str, Any]:
                 },
             },
         },
+        **{
+            path: {
+                "get": {
+                    "operationId": operation,
+                    "tags": ["operations"],
+                    "summary": "gatekeeper's status document, with the state commit, the "
+                    "deploy workers and the file-sync clients"
+                    + (" (HTML for browsers)." if path == "/internal/status" else "."),
+                    "responses": {
+                        "200": {
+                            "description": "The status document; `application.status` is "
+                            "OK, WARNING or ERROR.",
+                            "content": {
+                                "application/json": {"schema": {"type": "object"}},
+                                **(
+                                    {"text/html": {"schema": {"type": "string"}}}
+                                    if path == "/internal/status"
+                                    else {}
+                                ),
+                            },
+                        },
+                        **_READ_AUTH,
+                        "503": _UNAVAILABLE,
+                    },
+                },
+            }
+            for path, operation in (
+                ("/internal/status", "status"),
+                ("/internal/status.json", "statusJson"),
+            )
+        },
+        **{
+            path: {
+                "get": {
+                    "operationId": operation,
+                    "tags": ["page"],
+                    "summary": "gatekeeper's page path: redirects to the page at `/`, "
+                    "keeping the query string.",
+                    "security": _PUBLIC,
+                    "responses": {
+                        "301": {
+                            "description": "To `/`.",
+                            "headers": {"Location": {"schema": {"type": "string"}}},
+                        }
+                    },
+                },
+            }
+            for path, operation in (
+                ("/gates", "gatekeeperPage"),
+                ("/gates/", "gatekeeperPageSlash"),
+                ("/index", "gatekeeperIndex"),
+            )
+        },
         "/metrics": {
             "get": {
                 "operationId": "metrics",
@@ -1087,9 +1155,9 @@ def build() -> dict[str, Any]:
                     "Errors are JSON: gatekeeper's `{status, reason}` under `/api/`, Code "
                     "Manager's `{kind, msg, details}` under `/code-manager/v1/` and "
                     "`/file-sync/v1/`, both at once for token errors. A method a path does "
-                    "not list answers 405 with an `Allow` header (401 first when it would "
-                    "be a write and no token came). No route parses request bodies by "
-                    "content type, so none answers 415."
+                    "not list answers 405 with an `Allow` header, in its family's shape (401 "
+                    "first when it would be a write and no token came). No route parses "
+                    "request bodies by content type, so none answers 415."
                 ),
                 "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
             },

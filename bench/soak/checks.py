@@ -307,7 +307,12 @@ def drain(cluster: Cluster, timeout: float) -> Check:
     left: list[Any] = []
     while time.monotonic() - started < timeout:
         try:
-            status = requests.get(f"{cluster.base}/code-manager/v1/deploys/status", timeout=30)
+            assert cluster.tokens is not None
+            status = requests.get(
+                f"{cluster.base}/code-manager/v1/deploys/status",
+                headers={"X-Authentication": cluster.tokens.viewer},
+                timeout=30,
+            )
             sections = status.json()["deploys-status"]
             left = sections["new"] + sections["queued"] + sections["deploying"]
         except (requests.RequestException, ValueError, KeyError) as ex:

@@ -303,7 +303,10 @@ class Client:
         if choice == 0:
             self.call("read-gates", "GET", "/api/gates")
         elif choice == 1:
-            self.call("read-status", "GET", "/code-manager/v1/deploys/status")
+            # Code Manager's reads need a token (auth.anonymous_reads.code_manager).
+            self.call(
+                "read-status", "GET", "/code-manager/v1/deploys/status", token=self.tokens.viewer
+            )
         else:
             service = self.rng.choice(GATE_SERVICES)
             self.call(

@@ -90,6 +90,22 @@ class RequestContext(logging.Filter):
         return True
 
 
+_JSON_FORMAT: dict[str, Any] = {
+    "fmt": "%(levelname)s %(name)s %(message)s %(process)d",
+    "rename_fields": {"levelname": "level", "name": "logger", "process": "pid"},
+    "timestamp": "time",
+}
+
+
+def formatter(*, json: bool) -> logging.Formatter:
+    """Return the formatter of gitstate's log lines (JSON or plain text)."""
+    if json:
+        from pythonjsonlogger.json import JsonFormatter
+
+        return JsonFormatter(**_JSON_FORMAT)
+    return logging.Formatter(TEXT_FORMAT)
+
+
 def dict_config(settings: LogOptions) -> dict[str, Any]:
     """Return a :func:`logging.config.dictConfig` mapping (gunicorn's ``logconfig_dict``).
 
@@ -98,21 +114,16 @@ def dict_config(settings: LogOptions) -> dict[str, Any]:
     access line, with the request id and the acting user.
     """
     if use_json(settings):
-        formatter: dict[str, Any] = {
-            "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": "%(levelname)s %(name)s %(message)s %(process)d",
-            "rename_fields": {"levelname": "level", "name": "logger", "process": "pid"},
-            "timestamp": "time",
-        }
+        spec: dict[str, Any] = {"()": "pythonjsonlogger.json.JsonFormatter", **_JSON_FORMAT}
         placeholder = None
     else:
-        formatter = {"format": TEXT_FORMAT}
+        spec = {"format": TEXT_FORMAT}
         placeholder = "-"
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {"request": {"()": RequestContext, "placeholder": placeholder}},
-        "formatters": {"gitstate": formatter},
+        "formatters": {"gitstate": spec},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",

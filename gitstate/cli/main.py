@@ -120,25 +120,25 @@ def _status(args: argparse.Namespace) -> int:
 
 def _sync(args: argparse.Namespace) -> int:
     import dataclasses
-    import logging
     import os
     import signal
     import threading
     from types import FrameType
 
     from gitstate.filesync.client import run_client
-    from gitstate.settings import FileSyncSettings
+    from gitstate.settings import FileSyncSettings, LogSettings
 
-    settings = Config.load(args.config).file_sync if args.config else FileSyncSettings()
+    config = Config.load(args.config) if args.config else None
+    settings = config.file_sync if config is not None else FileSyncSettings()
     token = settings.token or os.environ.get("GITSTATE_FILE_SYNC_TOKEN")
     if args.token_file:
         token = Path(args.token_file).expanduser().read_text(encoding="utf-8").strip()
     settings = dataclasses.replace(
         settings, token=token, keep_versions=args.keep_versions or settings.keep_versions
     )
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s gitstate sync {args.name}: %(message)s"
-    )
+    # As every other gitstate process logs (JSON unless on a terminal); each
+    # line names the client.
+    logs.configure(config.logging if config is not None else LogSettings())
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -172,10 +172,29 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
-    from gitstate.client import DEFAULT_SERVICE_URL, DEFAULT_TOKEN_FILE
+    from gitstate.client import (
+        DEFAULT_SERVICE_URL,
+        DEFAULT_TOKEN_FILE,
+        TOKEN_FILE_ENV,
+        URL_ENV,
+        default_service_url,
+        default_token_file,
+    )
 
-    parser.add_argument("--service-url", default=DEFAULT_SERVICE_URL, help="server base URL")
-    parser.add_argument("--token-file", default=DEFAULT_TOKEN_FILE, help="file holding a token")
+    # The defaults are read when the parser is built, so --help shows the
+    # value a command would use; a flag wins over the environment.
+    parser.add_argument(
+        "--service-url",
+        default=default_service_url(),
+        help=f"server base URL (default: %(default)s; ${URL_ENV} sets it, "
+        f"else {DEFAULT_SERVICE_URL})",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=default_token_file(),
+        help=f"file holding a token (default: %(default)s; ${TOKEN_FILE_ENV} sets it, "
+        f"else {DEFAULT_TOKEN_FILE})",
+    )
     parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
 
 
@@ -185,6 +204,16 @@ def _local_config(args: argparse.Namespace) -> Config:
 
     path = args.config or os.environ.get("GITSTATE_CONFIG") or "gitstate.yaml"
     return Config.load(path)
+
+
+def _lifetime(text: str) -> float:
+    """Parse ``--lifetime`` (argparse type): a unit is required, 0 never expires."""
+    from gitstate.auth import TokenRequestError, parse_lifetime
+
+    try:
+        return parse_lifetime(text)
+    except TokenRequestError as ex:
+        raise argparse.ArgumentTypeError(str(ex)) from ex
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -223,14 +252,26 @@ def _token(args: argparse.Namespace) -> int:
         _print_json(records)
         return EXIT_OK
     for record in records:
-        state = (
-            "revoked"
-            if record.get("revoked_at")
-            else f"expires {record.get('expires_at') or 'never'}"
-        )
+        state = _token_state(record)
         rights = ",".join(record["permissions"]) or "-"
         print(f"{record['id']}  {record['user']:<16} {rights:<30} {state}")
     return EXIT_OK
+
+
+def _token_state(record: dict[str, Any], now: float | None = None) -> str:
+    """Say whether a token is revoked, expired, or when it expires."""
+    import time
+
+    from gitstate.base.times import parse_iso
+
+    if record.get("revoked_at"):
+        return f"revoked {record['revoked_at']}"
+    expires = record.get("expires_at")
+    if not expires:
+        return "never expires"
+    if parse_iso(expires).timestamp() <= (time.time() if now is None else now):
+        return f"EXPIRED {expires}"
+    return f"expires {expires}"
 
 
 def _install_hook(args: argparse.Namespace) -> int:
@@ -368,7 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     create = token_sub.add_parser("create", help="issue a token and print it (shown only once)")
     create.add_argument("--user", required=True, help="who the token acts for")
-    create.add_argument("--lifetime", default="1h", help="e.g. 30m, 1h, 180d; 0 = never expires")
+    create.add_argument(
+        "--lifetime",
+        default="1h",
+        type=_lifetime,
+        help="how long it is valid: a number with a unit, s, m, h, d or y (30m, 12h, 7d, 1y, "
+        "300s); 0 = never expires (default: %(default)s)",
+    )
     create.add_argument(
         "--permission",
         action="append",

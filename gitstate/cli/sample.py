@@ -144,3 +144,26 @@ def build(dest: Path, source: Path | None = None) -> SampleRepos:
             git("fetch", "-q", str(work), f"+refs/heads/{branch}:refs/heads/{branch}", cwd=control)
         git("symbolic-ref", "HEAD", f"refs/heads/{next(iter(branches))}", cwd=control)
     return SampleRepos(control, modules, tuple(branches))
+
+
+def push_change(control: Path, branch: str, path: str, text: str, message: str) -> str:
+    """Commit ``text`` as ``path`` on ``branch`` of ``control`` and push it, as a person would.
+
+    The push runs the control repository's hooks (the demo's post-receive
+    hook deploys it). Returns what the push printed (the hook's lines).
+    """
+    with tempfile.TemporaryDirectory(prefix="gitstate-sample-") as scratch:
+        work = Path(scratch) / "control"
+        git("clone", "-q", "--branch", branch, str(control), str(work))
+        target = work / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-m", message, cwd=work)
+        env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
+        result = subprocess.run(
+            ["git", "push", "origin", branch], cwd=work, env=env, capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise SampleError(f"git push failed: {result.stderr.strip()}")
+        return result.stderr

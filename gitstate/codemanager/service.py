@@ -14,6 +14,7 @@ pipelines parse them.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -102,6 +103,9 @@ class DeployRequest:
                 raise DeployRequestError(f"'{key}' must be true or false")
             flags[key] = value
         environments = body.get("environments")
+        if isinstance(environments, str):
+            # Code Manager's table: "a comma- and space-separated list".
+            environments = [name for name in re.split(r"[,\s]+", environments) if name]
         if environments is not None:
             if not isinstance(environments, list) or not all(
                 isinstance(name, str) and name.strip() and len(name) <= _MAX_NAME
@@ -109,7 +113,7 @@ class DeployRequest:
             ):
                 raise DeployRequestError(
                     "'environments' must be a list of environment names "
-                    f"(1 to {_MAX_NAME} characters)"
+                    f"(1 to {_MAX_NAME} characters), or one comma- and space-separated string"
                 )
             if len(environments) > _MAX_ENVIRONMENTS:
                 raise DeployRequestError(f"at most {_MAX_ENVIRONMENTS} environments per request")
@@ -385,11 +389,13 @@ class CodeManager:
         return await run(self._synced, answers, late)
 
     def _synced(self, answers: list[dict[str, Any]], late: Sequence[str]) -> list[dict[str, Any]]:
-        for answer in answers:
-            if answer.get("status") != "complete":
-                continue
+        complete = [answer for answer in answers if answer.get("status") == "complete"]
+        refusals = self.file_sync.refusals(
+            {answer["environment"]: answer["file-sync"]["code-commit"] for answer in complete}
+        )
+        for answer in complete:
             environment = answer["environment"]
-            refused = self.file_sync.refusals(environment, answer["file-sync"]["code-commit"])
+            refused = refusals.get(environment)
             if refused:
                 # Deployed to storage but not live everywhere: not complete.
                 answer["status"] = "failed"

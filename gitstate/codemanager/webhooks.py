@@ -55,7 +55,7 @@ from gitstate.deploys.queue import BAD_REQUEST, KIND_PREFIX, Requested, environm
 from gitstate.engine.environments import CollectFailed
 from gitstate.engine.sources import correct_name
 from gitstate.errors import GitStateError
-from gitstate.settings import WebhookSettings
+from gitstate.settings import HookSettings, WebhookSettings
 from gitstate.store.branch import Draft, Identity, Store
 
 log = logging.getLogger(__name__)
@@ -261,10 +261,14 @@ def _github(payload: Mapping[str, Any], headers: Mapping[str, str]) -> list[Bran
 
 
 def _gitlab(payload: Mapping[str, Any], headers: Mapping[str, str]) -> list[BranchEvent]:
-    kind = payload.get("object_kind", "push")
+    # Project hooks name the event in object_kind; system hooks in
+    # event_name (push and tag_push payloads are shaped like project hooks;
+    # repository_update, user_add_to_group and the other system events are
+    # not pushes). A payload naming neither is read as a push.
+    kind = payload.get("object_kind", payload.get("event_name", "push"))
     event = headers.get("x-gitlab-event", "Push Hook")
     if kind != "push" or event not in ("Push Hook", "System Hook"):
-        return []  # tag_push, merge requests, pipelines…
+        return []  # tag_push, merge requests, pipelines, system events…
     branch = _branch_of(_field("gitlab", payload, "ref", str))
     if branch is None:
         return []
@@ -384,6 +388,40 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, str]], list[Branch
     "tfs-git": _tfs_git,
     HOOK: _hook,
 }
+
+
+#: Where each provider names who pushed, most specific first.
+_PUSHER_FIELDS: dict[str, tuple[str, ...]] = {
+    "github": ("pusher.name", "sender.login"),
+    "gitlab": ("user_username", "user_name"),
+    "bitbucket": ("actor.nickname", "actor.display_name", "actor.username"),
+    "bitbucket-server": ("actor.name", "actor.slug", "actor.displayName"),
+    "stash": ("user.name", "user.slug"),
+    "tfs-git": ("resource.pushedBy.uniqueName", "resource.pushedBy.displayName"),
+    HOOK: ("pusher",),
+}
+_MAX_PUSHER = 100
+
+
+def pusher(provider: str, payload: Any) -> str | None:
+    """Return who pushed, as the payload names them, or None if it does not.
+
+    The name is the git host's word, not a verified identity: it is kept
+    for the audit log (commit subject and ``Pushed-By:`` trailer), never
+    used to decide anything. Control characters are dropped and the name
+    is cut to 100 characters.
+    """
+    if not isinstance(payload, Mapping):
+        return None
+    for path in _PUSHER_FIELDS.get(provider, ()):
+        value: Any = payload
+        for key in path.split("."):
+            value = value.get(key) if isinstance(value, Mapping) else None
+        if isinstance(value, str):
+            cleaned = " ".join("".join(ch for ch in value if ch.isprintable()).split())
+            if cleaned:
+                return cleaned[:_MAX_PUSHER]
+    return None
 
 
 # -- who may send what ----------------------------------------------------------------
@@ -571,18 +609,22 @@ class WebhookResult:
     deploys: tuple[Requested, ...] = ()
     removed: tuple[str, ...] = ()
     kept: tuple[str, ...] = ()
+    wait: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Return the answer: Code Manager's ``{"status": "OK"}``.
 
         The post-receive hook's own type also gets what was done, so the
-        pusher sees it in one line.
+        pusher sees it, and, with ``hooks.wait``, for how many seconds to
+        wait for the deploys' outcomes (the hook polls ``deploys/status``).
         """
         answer: dict[str, Any] = {"status": "OK"}
         if self.provider == HOOK:
             answer["deploys"] = [entry.to_json() for entry in self.deploys]
             answer["removed"] = list(self.removed)
             answer["kept"] = list(self.kept)
+            if self.wait:
+                answer["wait"] = self.wait
         return answer
 
 
@@ -594,10 +636,18 @@ def environment_name(branch: str, prefix: str | None) -> str:
 class Webhooks:
     """Turn push notifications into deploys and removals."""
 
-    def __init__(self, code_manager: CodeManager, store: Store, settings: WebhookSettings) -> None:
+    def __init__(
+        self,
+        code_manager: CodeManager,
+        store: Store,
+        settings: WebhookSettings,
+        *,
+        hooks: HookSettings | None = None,
+    ) -> None:
         self.code_manager = code_manager
         self.store = store
         self.settings = settings
+        self.hooks = hooks or HookSettings()
 
     def receive(
         self,
@@ -622,8 +672,9 @@ class Webhooks:
             prefix: the ``prefix`` query parameter.
             content_type: the request's ``Content-Type``.
             request_id: recorded in the commits this request makes.
-            principal: who the request's token acts for; its user becomes
-                the actor and its deploy permissions limit what is done.
+            principal: who the request's token acts for; its deploy
+                permissions limit what is done (the actor is always
+                ``webhook:<type>``).
 
         Raises:
             UnrecognizedWebhookType: the type is missing or unknown.
@@ -636,8 +687,16 @@ class Webhooks:
         admit(provider, self.settings, lowered, body, principal)
         if prefix is not None and (len(prefix) > _MAX_PREFIX or not prefix.strip()):
             raise MalformedPayload(provider, "prefix", f"1 to {_MAX_PREFIX} characters")
-        events = parse(provider, decode(provider, body, content_type), lowered)
-        return self.act(provider, events, prefix=prefix, request_id=request_id, principal=principal)
+        payload = decode(provider, body, content_type)
+        events = parse(provider, payload, lowered)
+        return self.act(
+            provider,
+            events,
+            prefix=prefix,
+            request_id=request_id,
+            principal=principal,
+            pushed_by=pusher(provider, payload),
+        )
 
     def act(
         self,
@@ -647,15 +706,18 @@ class Webhooks:
         prefix: str | None = None,
         request_id: str | None = None,
         principal: Principal | None = None,
+        pushed_by: str | None = None,
     ) -> WebhookResult:
         """Queue a deploy of every pushed branch; remove deleted ones' environments.
 
-        With a token (``principal`` authenticated), its user is the actor and
-        only environments it may deploy are acted on; without one (webhook
-        authentication off), the provider's secret is the protection.
+        The actor is ``webhook:<type>``, as docs/webhooks.md says; who pushed
+        (``pushed_by``, when the payload names them) is recorded next to it.
+        With a token (``principal`` authenticated), only environments it may
+        deploy are acted on; without one (webhook authentication off), the
+        provider's secret is the protection.
         """
         token_user = principal if principal is not None and principal.token_id else None
-        actor = token_user.user if token_user is not None else f"webhook:{provider}"
+        actor = f"webhook:{provider}"
 
         def allowed(environment: str) -> bool:
             return token_user is None or token_user.allows(f"deploy:{environment}")
@@ -675,9 +737,13 @@ class Webhooks:
             )
         )
         deploys = self.code_manager.queue.request(
-            pushed, actor=actor, request_id=request_id, reason="webhook"
+            pushed, actor=actor, request_id=request_id, reason="webhook", pushed_by=pushed_by
         )
-        removed, kept = self.remove(gone, actor=actor, request_id=request_id) if gone else ([], [])
+        removed, kept = (
+            self.remove(gone, actor=actor, request_id=request_id, pushed_by=pushed_by)
+            if gone
+            else ([], [])
+        )
         log.info(
             "webhook %s: queued %s, removed %s, kept %s",
             provider,
@@ -685,10 +751,16 @@ class Webhooks:
             removed,
             kept,
         )
-        return WebhookResult(provider, tuple(deploys), tuple(removed), tuple(kept))
+        wait = self.hooks.wait_timeout if self.hooks.wait and deploys else None
+        return WebhookResult(provider, tuple(deploys), tuple(removed), tuple(kept), wait)
 
     def remove(
-        self, environments: Sequence[str], *, actor: str, request_id: str | None = None
+        self,
+        environments: Sequence[str],
+        *,
+        actor: str,
+        request_id: str | None = None,
+        pushed_by: str | None = None,
     ) -> tuple[list[str], list[str]]:
         """Remove the environments of deleted branches, now.
 
@@ -725,20 +797,29 @@ class Webhooks:
             else:
                 removed.append(env)
         if removed:
-            self._forget(removed, actor=actor, request_id=request_id)
+            self._forget(removed, actor=actor, request_id=request_id, pushed_by=pushed_by)
         return removed, kept
 
-    def _forget(self, environments: Sequence[str], *, actor: str, request_id: str | None) -> None:
+    def _forget(
+        self,
+        environments: Sequence[str],
+        *,
+        actor: str,
+        request_id: str | None,
+        pushed_by: str | None = None,
+    ) -> None:
         """Drop the deployed summaries of removed environments from the state branch."""
+        by = f", pushed by {pushed_by}" if pushed_by else ""
 
         def change(draft: Draft) -> None:
             for env in environments:
                 draft.delete(environment_path(env))
-            draft.subject = f"{actor} removed {', '.join(environments)}: branch deleted"
+            draft.subject = f"{actor} removed {', '.join(environments)}: branch deleted{by}"
 
+        notes = (("Pushed-By", pushed_by),) if pushed_by else ()
         self.store.transact(
             change,
             subject=f"{actor} removed environments",
             operation="environment.remove",
-            identity=Identity(actor, request_id),
+            identity=Identity(actor, request_id, notes),
         )

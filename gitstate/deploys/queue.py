@@ -194,6 +194,7 @@ class DeployQueue:
         deploy_modules: bool = True,
         reason: str = "requested",
         requested_at: float | None = None,
+        pushed_by: str | None = None,
     ) -> list[Requested]:
         """Queue a deploy of each ``(requested name, corrected name)``, in one commit.
 
@@ -202,9 +203,13 @@ class DeployQueue:
         request for an environment that already has a queued deploy joins it.
         ``requested_at`` (default: now) is the moment the request's view of
         the remotes starts: mirrors fetched since then are not fetched again.
+        ``pushed_by`` (a webhook's pusher, as the git host names them) is
+        kept in the deploy record and the commit (subject and a
+        ``Pushed-By:`` trailer); the actor stays who asked (``webhook:<type>``).
         """
         if not environments:
             return []
+        by = f", pushed by {pushed_by}" if pushed_by else ""
 
         def change(draft: Draft) -> list[Requested]:
             _migrate(draft)
@@ -240,6 +245,7 @@ class DeployQueue:
                         "reason": reason,
                         "deploy_modules": deploy_modules,
                         "attempts": 0,
+                        **({"pushed_by": pushed_by} if pushed_by else {}),
                     },
                 )
                 draft.put(queued_path(deploy_id), QUEUED_ENTRY)
@@ -250,16 +256,17 @@ class DeployQueue:
             names = _names({a.environment for a in answers})
             if new:
                 ids = _ids(a.deploy_id for a in new)
-                draft.subject = f"{actor} queued deploy of {names} ({ids})"
+                draft.subject = f"{actor} queued deploy of {names} ({ids}){by}"
             else:
-                draft.subject = f"{actor} asked again to deploy {names}"
+                draft.subject = f"{actor} asked again to deploy {names}{by}"
             return answers
 
+        notes = (("Pushed-By", pushed_by),) if pushed_by else ()
         done = self.store.transact(
             change,
             subject=f"{actor} queued deploys",
             operation="deploy.request",
-            identity=Identity(actor, request_id),
+            identity=Identity(actor, request_id, notes),
         )
         return done.value
 

@@ -127,7 +127,7 @@ def slot_is_dead(lockdir: Path, slot: int) -> bool:
         os.close(fd)
 
 
-def _slot_of(worker: str) -> int | None:
+def worker_slot(worker: str) -> int | None:
     """Return the slot number in a worker name (``deploy-worker-<slot>@...``)."""
     head = worker.split("@", 1)[0]
     number = head.rsplit("-", 1)[-1]
@@ -212,7 +212,7 @@ class DeployWorker:
             worker = str(entry.get("worker", ""))
             if worker == self.name:
                 continue
-            slot = _slot_of(worker)
+            slot = worker_slot(worker)
             mine = slot == self.slot  # a previous process of this slot
             if not (mine or slot is None or slot_is_dead(self.lockdir, slot)):
                 continue
@@ -330,6 +330,7 @@ class DeployWorker:
             outcome, timed_out = self._run_one(record, collection)
             took = time.monotonic() - started
             metrics.deploy_finished("failed" if outcome.error else "complete", took)
+            _report(record, outcome)
             outcomes.append(outcome)
             ran += 1
             if timed_out:
@@ -409,6 +410,30 @@ class DeployWorker:
             "skipped": result.skipped,
             "module_deploys": [module.to_json() for module in result.module_deploys],
         }
+
+
+def _report(record: dict[str, Any], outcome: Outcome) -> None:
+    """Log how a deploy ended, in one line meant for a person (``notable``)."""
+    name = record.get("requested_as") or record["environment"]
+    if outcome.error is not None:
+        log.error(
+            "deploy #%s of %s failed: %s",
+            record["id"],
+            name,
+            outcome.error.get("msg"),
+            extra={"notable": True},
+        )
+    elif outcome.result is not None:
+        signature = str(outcome.result.get("signature") or "")[:12]
+        unchanged = ", unchanged" if outcome.result.get("skipped") else ""
+        log.info(
+            "deployed %s at %s (#%s%s)",
+            name,
+            signature,
+            record["id"],
+            unchanged,
+            extra={"notable": True},
+        )
 
 
 def _outcome(record: dict[str, Any], found: dict[str, Any]) -> dict[str, Any]:

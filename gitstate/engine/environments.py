@@ -40,6 +40,7 @@ from gitstate.config import Config
 from gitstate.engine.forge import DEFAULT_FORGE, Forge, ForgeError
 from gitstate.engine.links import UnsafeSymlink
 from gitstate.engine.mirrors import (
+    REMOTE_HEAD,
     FetchFailed,
     LocalSourceRefused,
     LocalSources,
@@ -54,6 +55,7 @@ from gitstate.engine.puppetfile import (
     PuppetfileError,
     parse,
 )
+from gitstate.engine.puppetfile_ruby import RubyEvaluator
 from gitstate.engine.sources import (
     EnvironmentCollision,
     Sources,
@@ -66,6 +68,9 @@ from gitstate.errors import GitStateError
 log = logging.getLogger(__name__)
 
 DEPLOY_RECORD = ".r10k-deploy.json"
+#: The ref r10k 3.x (the r10k under Code Manager) wants for a git module
+#: that names none (``@desired_ref ||= 'master'`` in ``R10K::Module::Git``).
+R10K3_DEFAULT_REF = "master"
 ENGINE_VERSION = "1"
 _HEX40 = re.compile(r"\A[0-9a-fA-F]{40}\Z")
 _HEX_PREFIX = re.compile(r"\A[0-9a-fA-F]{7,40}\Z")
@@ -226,8 +231,9 @@ class Deployer:
         sources: the control repositories.
         forge_url: the Forge v3 API base URL for Forge modules.
         fetch_timeout: seconds one git fetch may take.
-        default_ref: ref for git modules that give none (r10k's
-            ``git.default_ref``); None makes such modules fail, as r10k 4 does.
+        default_ref: ref for git modules that give none (r10k 4's
+            ``git.default_ref``); None: ``master`` as r10k 3, else the
+            remote's default branch.
         fetch_workers: how many remotes are fetched at once.
         private_key: ssh private key for ssh remotes (else the ssh agent).
         fsync: make each published version durable before its ref moves
@@ -237,6 +243,8 @@ class Deployer:
             none by default, and never the data directory. Control
             repositories (``sources``) are configured by the operator and
             are not limited.
+        puppetfile_ruby: evaluates Puppetfiles the parser cannot read
+            (``deploy.puppetfile_ruby``); None refuses them.
     """
 
     def __init__(
@@ -251,11 +259,13 @@ class Deployer:
         private_key: str | None = None,
         fsync: bool = False,
         local_module_sources: Sequence[Path] = (),
+        puppetfile_ruby: RubyEvaluator | None = None,
     ) -> None:
         self.datadir = Path(datadir)
         self.sources = sources
         self.local_sources = LocalSources(tuple(local_module_sources), (self.datadir,))
         self.default_ref = default_ref
+        self.puppetfile_ruby = puppetfile_ruby
         self.mirrors = Mirrors(
             self.datadir / "cache",
             timeout=fetch_timeout,
@@ -281,6 +291,11 @@ class Deployer:
             private_key=deploy.private_key,
             fsync=config.state.fsync,
             local_module_sources=deploy.local_module_sources,
+            puppetfile_ruby=(
+                RubyEvaluator(deploy.ruby, deploy.timeouts.puppetfile)
+                if deploy.puppetfile_ruby
+                else None
+            ),
         )
 
     # -- collecting ---------------------------------------------------------------------
@@ -412,7 +427,8 @@ class Deployer:
         ) as ex:
             if isinstance(ex, PuppetfileError) and ex.environment is None:
                 ex.for_environment(corrected)
-            log.error("deploy of %s failed: %s", corrected, ex)
+            # The deploy worker reports the failure to a person (gitstate.process.console).
+            log.error("deploy of %s failed: %s", corrected, ex, extra={"notable": False})
             raise DeployFailure(
                 environment, corrected, f"Errors while deploying environment '{corrected}': {ex}"
             ) from ex
@@ -510,7 +526,9 @@ class Deployer:
         found = self._puppetfiles.get(entry.id.raw)
         if found is None:
             try:
-                found = parse(repo[entry.id].data.decode("utf-8", "replace"))
+                evaluate = self.puppetfile_ruby.evaluate if self.puppetfile_ruby else None
+                text = repo[entry.id].data.decode("utf-8", "replace")
+                found = parse(text, evaluate=evaluate)
             except PuppetfileError as ex:
                 found = ex
             if len(self._puppetfiles) > 10_000:
@@ -568,7 +586,15 @@ class Deployer:
         assert module.url is not None
         desired = source.branch if module.ref == CONTROL_BRANCH else module.ref
         default = module.default_branch or self.default_ref
-        repo, commit, used = self._resolve_git(module, desired, default, collection)
+        remote_head = False
+        if desired is None and self.default_ref is None:
+            # r10k 3.x (Code Manager's) wants 'master' when no ref is given,
+            # then :default_branch; where it would fail (a remote without
+            # 'master'), the remote's default branch (its HEAD) is deployed.
+            desired, default, remote_head = R10K3_DEFAULT_REF, module.default_branch, True
+        repo, commit, used = self._resolve_git(
+            module, desired, default, collection, remote_head=remote_head
+        )
         if commit is None:
             raise UnresolvableRef(module.name, desired, default, module.ref == CONTROL_BRANCH)
         key = f"git:{module.path}:{module.url}:{commit.id}:{module.exclude_spec}"
@@ -591,7 +617,13 @@ class Deployer:
         )
 
     def _resolve_git(
-        self, module: Module, desired: str | None, default: str | None, collection: Collection
+        self,
+        module: Module,
+        desired: str | None,
+        default: str | None,
+        collection: Collection,
+        *,
+        remote_head: bool = False,
     ) -> tuple[pygit2.Repository | None, pygit2.Commit | None, str | None]:
         url = module.url
         assert url is not None
@@ -605,6 +637,10 @@ class Deployer:
                 commit = _lookup(repo, candidate, kind)
                 if commit is not None:
                     return repo, commit, candidate
+        if remote_head:
+            commit = _lookup(repo, REMOTE_HEAD, None)
+            if commit is not None:
+                return repo, commit, "HEAD"
         return repo, None, None
 
     def _static(
@@ -698,7 +734,7 @@ class Deployer:
                 return None
             code = self.storage.publish({env: None}, f"Remove {env}")
             self.storage.delete_environment_ref(env)
-        log.info("Environment %s removed", env)
+        log.info("Environment %s removed", env, extra={"notable": True})
         return code
 
     def purge(self, collection: Collection) -> list[str]:

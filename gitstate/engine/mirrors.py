@@ -37,7 +37,14 @@ from pygit2.enums import CredentialType, FetchPrune
 from gitstate.errors import GitStateError
 
 ALLOWED_SCHEMES = frozenset({"file", "ssh", "git", "http", "https", "git+ssh", "ssh+git"})
-FETCH_REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+#: The remote's HEAD (its default branch's commit), kept in the mirror for
+#: git modules that name no ref (see :data:`REMOTE_HEAD`).
+REMOTE_HEAD = "refs/gitstate/remote-HEAD"
+FETCH_REFSPECS = (
+    "+refs/heads/*:refs/heads/*",
+    "+refs/tags/*:refs/tags/*",
+    f"+HEAD:{REMOTE_HEAD}",
+)
 _SCHEME = re.compile(r"\A([A-Za-z][A-Za-z0-9+.-]*)://")
 _TRANSPORT = re.compile(r"\A([A-Za-z0-9][A-Za-z0-9+.-]*)::")
 _SCP = re.compile(r"\A(?:[^@/:\s]+@)?([^@/:\s]+):(?!//)")

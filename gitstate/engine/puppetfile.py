@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gitstate.engine.mirrors import UnsafeURL, check_url
@@ -30,6 +31,16 @@ REF_KEYS = ("ref", "branch", "tag", "commit", "version")
 CONTROL_BRANCH = ":control_branch"
 LATEST = ":latest"
 _NAME = re.compile(r"\A(?:(\w+)[-/])?(\w+)\Z", re.ASCII)
+#: A Forge version r10k accepts: SemVer as semantic_puppet's
+#: ``Version.valid?`` reads it (no ranges, no two-part versions).
+_SEMVER = re.compile(
+    r"\A(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
+    r"(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?\Z",
+    re.ASCII,
+)
+#: The byte-order mark some editors put first in a UTF-8 file; Ruby skips it.
+BOM = "\ufeff"
 _KNOWN_KEYS = frozenset(
     {
         "git",
@@ -378,29 +389,72 @@ class _Parser:
 # -- declarations ---------------------------------------------------------------------
 
 
-def parse(text: str, *, environment: str | None = None) -> Puppetfile:
+def parse(
+    text: str,
+    *,
+    environment: str | None = None,
+    evaluate: Callable[[str], Puppetfile] | None = None,
+) -> Puppetfile:
     """Parse a Puppetfile.
 
     Args:
         text: the file's contents.
         environment: named in errors, if given.
+        evaluate: what reads a Puppetfile the parser cannot (one that uses
+            Ruby beyond the DSL), such as
+            :meth:`gitstate.engine.puppetfile_ruby.RubyEvaluator.evaluate`;
+            None refuses such files, saying how to turn evaluation on.
 
     Raises:
         PuppetfileError: the file cannot be used; a subclass says why.
     """
     try:
-        return _parse(text)
+        try:
+            return _parse(text.removeprefix(BOM))
+        except (PuppetfileSyntaxError, UnrecognizedDeclaration) as ex:
+            # NOTE: an unknown declaration may be Ruby (require, puts, a
+            # method defined above); Ruby says the same words if it is not.
+            if evaluate is not None:
+                return evaluate(text)
+            if isinstance(ex, PuppetfileSyntaxError):
+                ex.detail += RUBY_HINT
+                ex.args = (ex._text(),)
+            raise
     except PuppetfileError as ex:
         if environment:
             ex.for_environment(environment)
         raise
 
 
+#: Said by a refusal the Ruby evaluator could lift.
+RUBY_HINT = (
+    "; the Puppetfile parser reads the Puppetfile DSL without Ruby. To evaluate"
+    " Puppetfiles that use Ruby (def, variables, string building) as r10k does,"
+    " set deploy.puppetfile_ruby: true"
+)
+
+
 def _parse(text: str) -> Puppetfile:
+    return build(_Parser(_tokens(text)).statements())
+
+
+def build(statements: Sequence[tuple[str, list[Any], dict[str, Any], int]]) -> Puppetfile:
+    """Check declarations and return the Puppetfile they make.
+
+    The parser and the Ruby evaluator (:mod:`gitstate.engine.puppetfile_ruby`)
+    both end here, so what one refuses the other refuses too.
+
+    Args:
+        statements: ``(declaration, positional args, options, line)`` in
+            file order; strings, ``:symbols``, booleans and None as values.
+
+    Raises:
+        PuppetfileError: the declarations cannot be used.
+    """
     moduledir = DEFAULT_MODULEDIR
     forge: str | None = None
     modules: list[Module] = []
-    for name, args, kwargs, line in _Parser(_tokens(text)).statements():
+    for name, args, kwargs, line in statements:
         if name == "mod":
             modules.append(_module(args, kwargs, line, moduledir))
         elif name == "moduledir":
@@ -439,7 +493,20 @@ def _inside(module: str, path: str, line: int) -> str:
     return normal
 
 
+def valid_forge_version(version: str | None) -> bool:
+    """Tell whether r10k takes ``version`` for a Forge module (SemVer or latest)."""
+    return version is None or version == LATEST or bool(_SEMVER.match(version))
+
+
 def _module(args: list[Any], kwargs: dict[str, Any], line: int, moduledir: str) -> Module:
+    # r10k's DSL is ``def mod(name, args = nil)``: a hash of options counts
+    # as one argument, and Ruby refuses any other count in its own words.
+    given = len(args) + (1 if kwargs else 0)
+    if not 1 <= given <= 2:
+        title = args[0] if args and isinstance(args[0], str) else None
+        raise InvalidModule(
+            f"wrong number of arguments (given {given}, expected 1..2)", line=line, module=title
+        )
     if not args or not isinstance(args[0], str) or args[0].startswith(":"):
         raise PuppetfileSyntaxError("mod needs a module name", line=line)
     title = args[0]
@@ -451,8 +518,6 @@ def _module(args: list[Any], kwargs: dict[str, Any], line: int, moduledir: str) 
             module=title,
         )
     name = match.group(2)
-    if len(args) > 2:
-        raise PuppetfileSyntaxError(f"mod '{title}' has too many arguments", line=line)
     unknown = sorted(set(kwargs) - _KNOWN_KEYS)
     if unknown:
         raise InvalidModule(
@@ -519,6 +584,12 @@ def _module(args: list[Any], kwargs: dict[str, Any], line: int, moduledir: str) 
         not isinstance(version, str) or (version.startswith(":") and version != LATEST)
     ):
         raise InvalidModule(f"mod '{title}': bad version {version!r}", line=line, module=title)
+    if not valid_forge_version(version):
+        raise InvalidModule(
+            f"Module version {version} is not a valid Forge module version",
+            line=line,
+            module=title,
+        )
     if match.group(1) is None:
         raise InvalidModule(
             f"mod '{title}': a Forge module needs an 'author-name' title", line=line, module=title

@@ -33,12 +33,28 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import threading
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from gitstate.errors import GitStateError
 from gitstate.settings import SourceSettings, is_regex
 
 log = logging.getLogger(__name__)
+#: Branch-name warnings this process has logged: each is said once per
+#: process (later at DEBUG), not at every collect of every deploy.
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(message: str, *args: Any) -> None:
+    """Log a warning about a branch the first time; at DEBUG after that."""
+    text = message % args
+    with _warned_lock:
+        first = text not in _warned
+        _warned.add(text)
+    log.log(logging.WARNING if first else logging.DEBUG, "%s", text)
+
 
 INVALID_CHARACTERS = re.compile(r"\W", re.ASCII)
 DEFAULT_INVALID_BRANCHES = "error"
@@ -177,7 +193,7 @@ class Source:
         directory.
         """
         if self.ignored(branch):
-            log.warning(
+            _warn_once(
                 "Branch %s filtered out by ignore_branch_prefixes %s",
                 branch,
                 list(self.ignore_branch_prefixes),
@@ -193,7 +209,7 @@ class Source:
             self._log_unusable(name, problem[1])
             return None
         if corrected != name and self.invalid_branches == "correct_and_warn":
-            log.warning(
+            _warn_once(
                 'Environment "%s" contained non-word characters, correcting name to %s',
                 name,
                 self.prefix_text + corrected,

@@ -279,6 +279,7 @@ class SyncClient:
                 ", ".join(report.removed) or "-",
                 report.written,
                 report.linked,
+                extra={"notable": True},
             )
         changed = commit != self.applied or bool(report.local_edits) or bool(report.failed)
         self.applied = commit

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +35,8 @@ from gitstate.engine.links import UnsafeSymlink
 from gitstate.engine.storage import Published, Storage
 from gitstate.errors import BAD_REQUEST, CONFLICT, NOT_FOUND, GitStateError
 from gitstate.store.branch import Draft, Identity, Store
+
+log = logging.getLogger(__name__)
 
 DEPLOY_RECORD = ".r10k-deploy.json"
 _MAX_HISTORY = 1000
@@ -220,6 +223,14 @@ class Rollbacks:
                 f"Roll back {env} to {target.signature[:12]}",
             )
         self._record(env, target, current, env_commit, code, actor, request_id)
+        log.info(
+            "%s rolled %s back to %s (was %s)",
+            actor,
+            env,
+            target.signature[:12],
+            current.signature[:12],
+            extra={"notable": True},
+        )
         return self._answer(env, target, env_commit, code, current, changed=True)
 
     def _pick(self, env: str, current: Published, to: str | None) -> Version:

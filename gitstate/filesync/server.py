@@ -323,21 +323,29 @@ class FileSyncService:
             "details": {"corrected-env-name": environment, "unsynced-clients": list(late)},
         }
 
-    def refusals(self, environment: str, commit: str) -> dict[str, str]:
-        """Return the clients that have ``commit`` but could not write ``environment``.
+    def refusals(self, deployed: Mapping[str, str]) -> dict[str, dict[str, str]]:
+        """Return, per environment, the clients that have its code-commit but could not write it.
 
         A client that refuses an environment (a link that leaves it, a name
         its file system cannot take) still checks in the code-commit; the
         environment is then listed under its ``failed_environments``, with
-        why. Maps each such client to its reason.
+        why. The check-ins are read once, however many environments.
+
+        Args:
+            deployed: environment → the code-commit that published it.
+
+        Returns:
+            environment → {client: reason}, for the refused environments only.
         """
         repo = self._repo()
-        refused = {}
+        refused: dict[str, dict[str, str]] = {}
         for name, record in sorted(self.check_ins.all().items()):
-            why = (record.get("failed_environments") or {}).get(environment)
+            failed = record.get("failed_environments") or {}
             have = record.get("code_commit")
-            if why is not None and have and _contains(repo, have, commit):
-                refused[name] = str(why)
+            for environment, commit in deployed.items():
+                why = failed.get(environment)
+                if why is not None and have and _contains(repo, have, commit):
+                    refused.setdefault(environment, {})[name] = str(why)
         return refused
 
     def refused_error(self, refused: Mapping[str, str], environment: str) -> dict[str, Any]:

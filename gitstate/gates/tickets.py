@@ -122,9 +122,13 @@ def new_ticket(ticket_id: str, link: str | None) -> dict[str, Any]:
     }
 
 
-def expiry(lifetime: int, slack: int, now: float) -> int:
-    """Return the expiry to store for a ticket that lives ``lifetime`` (0 = forever)."""
-    return 0 if lifetime == 0 else int(now) + lifetime + slack
+def expiry(lifetime: int, slack: int, now: float) -> float:
+    """Return the expiry to store for a ticket that lives ``lifetime`` (0 = forever).
+
+    An epoch float with microseconds, as gatekeeper writes it
+    (``1453799405.26424``); the integer 0 for a ticket that never expires.
+    """
+    return 0 if lifetime == 0 else round(now + lifetime + slack, 6)
 
 
 def needs_rewrite(ticket: Mapping[str, Any], status: str, lifetime: int, now: float) -> bool:

@@ -20,11 +20,15 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
 from gitstate.config import Config
+from gitstate.process.console import Console
+from gitstate.process.console import configure as configure_console
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,9 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     not_before: float = 0.0
+    #: A URL that must answer before the child starts (a remote file-sync
+    #: client waits for the server's ``/internal/health``).
+    wait_for: str | None = None
 
 
 #: A child that exits sooner than this after starting counts as crashing.
@@ -64,27 +71,48 @@ class Supervisor:
         grace: seconds between SIGTERM and SIGKILL when stopping.
     """
 
-    def __init__(self, children: Sequence[Child], *, grace: float = 15.0) -> None:
+    def __init__(
+        self, children: Sequence[Child], *, grace: float = 15.0, console: Console | None = None
+    ) -> None:
         self.children = list(children)
         self.grace = grace
+        self.console = console
         self._stop = threading.Event()
 
     def start(self) -> None:
-        """Start every child."""
+        """Start every child that waits for nothing; :meth:`poll` starts the others."""
         for child in self.children:
-            self._spawn(child)
+            if child.wait_for is None:
+                self._spawn(child)
 
     def _spawn(self, child: Child) -> None:
-        child.process = subprocess.Popen(child.argv)
+        if self.console is None:
+            child.process = subprocess.Popen(child.argv)
+        else:
+            # One pipe for both streams, read into the console.
+            child.process = subprocess.Popen(
+                child.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            assert child.process.stdout is not None
+            self.console.attach(child.name, child.process.stdout)
         child.started_at = time.monotonic()
         log.info("started %s (pid %s)", child.name, child.process.pid)
+
+    def _may_start(self, child: Child, now: float) -> bool:
+        """Tell whether a child that is not running may start now."""
+        if now < child.not_before:
+            return False
+        if child.wait_for is not None and not answers(child.wait_for):
+            child.not_before = now + 0.2
+            return False
+        return True
 
     def poll(self) -> None:
         """Restart children that exited; back off when one keeps dying."""
         now = time.monotonic()
         for child in self.children:
             if child.process is None:
-                if now >= child.not_before:
+                if self._may_start(child, now):
                     self._spawn(child)
                 continue
             code = child.process.poll()
@@ -96,11 +124,7 @@ class Supervisor:
             # operator, a fault test) comes back at once.
             child.restarts = 0 if lived > CRASH_LOOP_SECONDS else child.restarts + 1
             delay = min(10.0, 0.5 * 2 ** min(child.restarts, 5)) if child.restarts > 1 else 0.2
-            print(
-                f"gitstate: {child.name} exited with {code}; restarting in {delay:.1f}s",
-                file=sys.stderr,
-                flush=True,
-            )
+            log.warning("%s exited with %s; restarting in %.1fs", child.name, code, delay)
             child.process = None
             child.not_before = now + delay
 
@@ -143,6 +167,15 @@ class Supervisor:
         return 0
 
 
+def answers(url: str, timeout: float = 1.0) -> bool:
+    """Tell whether ``url`` answers 2xx now."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            return 200 <= answer.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
 def serve_children(config_path: str, deploy_workers: int) -> list[Child]:
     """Return the children of ``gitstate serve``: web server, deploy workers, sync clients."""
     children = [Child("web", gitstate_command("web", "--config", config_path))]
@@ -167,6 +200,7 @@ def sync_children(config_path: str) -> list[Child]:
     for client in config.file_sync.clients:
         storage = client.storage or str(config.datadir / "storage.git")
         live = client.live if client.live.is_absolute() else Path(config_path).parent / client.live
+        remote = storage.startswith(("http://", "https://"))
         children.append(
             Child(
                 f"sync-{client.name}",
@@ -181,23 +215,31 @@ def sync_children(config_path: str) -> list[Child]:
                     "--config",
                     config_path,
                 ),
+                # Started before the server listens, it would only log a
+                # refused connection and retry.
+                wait_for=storage.rstrip("/") + "/internal/health" if remote else None,
             )
         )
     return children
 
 
-def prepare(config: Config) -> None:
+def prepare(config: Config, console: Console | None = None) -> None:
     """Make ready what every start of the supervised processes needs.
 
     The state repository and its pre-receive guard (so pushed audit history
     cannot be rewritten), a fresh shared metrics directory exported to the
-    children before any of them starts, and logging.
+    children before any of them starts, and logging (to ``console`` when
+    given, as the demo does; else as the config's ``logging`` says).
     """
     from gitstate.base import logs, metrics
+    from gitstate.engine.storage import init_storage
     from gitstate.hooks.install import HookExists, install_state_guard
     from gitstate.store.branch import init_repository
 
     init_repository(config.state_repo)
+    # Before any local file-sync client looks at it (the first deploy would
+    # create it too late for them).
+    init_storage(config.datadir / "storage.git")
     try:
         install_state_guard(config.state_repo)
     except HookExists as ex:
@@ -207,4 +249,7 @@ def prepare(config: Config) -> None:
     )
     if directory is not None:
         metrics.prepare_directory(directory)
-    logs.configure(config.logging)
+    if console is None:
+        logs.configure(config.logging)
+    else:
+        configure_console(console, config.logging.level)

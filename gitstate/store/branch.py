@@ -157,10 +157,18 @@ def check_path(path: str) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Identity:
-    """Who a commit is made for: the acting user and the request."""
+    """Who a commit is made for: the acting user and the request.
+
+    Attributes:
+        actor: who acts (the ``Actor:`` trailer and the author).
+        request_id: the request (``Request-Id:``).
+        notes: more ``(key, value)`` trailers, written after ``Actor:``
+            (a webhook's ``Pushed-By:``); values are put on one line.
+    """
 
     actor: str = SERVICE_NAME
     request_id: str | None = None
+    notes: tuple[tuple[str, str], ...] = ()
 
     def signature(self, when: float) -> pygit2.Signature:
         """Return a pygit2 signature for this actor at ``when``."""
@@ -1452,6 +1460,7 @@ def _message(subject: str, body: str, operation: str, identity: Identity) -> str
     if body.strip():
         parts.append(body.strip())
     trailers = [f"Actor: {identity.actor}"]
+    trailers.extend(f"{key}: {' '.join(value.split())}" for key, value in identity.notes)
     if identity.request_id:
         trailers.append(f"Request-Id: {identity.request_id}")
     trailers.append(f"Operation: {operation}")

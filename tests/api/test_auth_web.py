@@ -66,10 +66,41 @@ def test_writes_without_token_are_refused_and_write_nothing(app) -> None:
 
 def test_reads_are_open_unless_configured(app, tmp_path: Path) -> None:
     client, _, _ = app
-    assert client.simulate_get(f"{CM}/deploys/status").status_code == 200
+    assert client.simulate_get("/api/gates/g/s").status_code == 404  # open, and absent
     closed, _, _ = _app(tmp_path / "other", read_requires_token=True)
+    assert closed.simulate_get("/api/gates/g/s").status_code == 401
     assert closed.simulate_get(f"{CM}/deploys/status").status_code == 401
     assert closed.simulate_get("/internal/health").status_code == 200
+
+
+# -- each API family reads as its product does (issue 20) ---------------------------------
+
+
+def test_code_manager_reads_need_a_token_as_code_manager_asks(app) -> None:
+    client, services, _ = app
+    refused = client.simulate_get(f"{CM}/deploys/status")
+    assert refused.status_code == 401
+    assert refused.json["kind"] == "puppetlabs.rbac/user-unauthenticated"
+    token = _token(services, "viewer")
+    assert client.simulate_get(f"{CM}/deploys/status", params={"token": token}).status_code == 200
+    header = {"X-Authentication": token}
+    assert client.simulate_get(f"{CM}/deploys/status", headers=header).status_code == 200
+
+
+def test_gatekeeper_reads_and_page_are_open_as_gatekeeper_has_them(app) -> None:
+    client, _, _ = app
+    assert client.simulate_get("/api/gates/g/s").json["reason"] == "Service or Group not found"
+    assert client.simulate_get("/api/holidays/").status_code == 200
+    assert client.simulate_get("/internal/status.json").status_code == 200
+    assert client.simulate_get("/").status_code == 200
+
+
+def test_each_family_can_be_configured(tmp_path: Path) -> None:
+    client, _, _ = _app(tmp_path, anonymous_reads={"code_manager": True, "gates": False})
+    assert client.simulate_get(f"{CM}/deploys/status").status_code == 200
+    assert client.simulate_get("/api/holidays/").status_code == 401
+    assert client.simulate_get("/internal/status.json").status_code == 401
+    assert client.simulate_get("/").status_code == 200  # the page carries no data
 
 
 def test_token_user_is_the_actor_of_the_commit(app, tmp_path: Path) -> None:
@@ -181,7 +212,8 @@ def test_deploy_permission_per_environment(app) -> None:
     assert by_env["development"]["status"] == "failed"
     assert by_env["development"]["error"]["kind"] == "puppetlabs.rbac/permission-denied"
     assert by_env["production"]["status"] == "queued"
-    queued = client.simulate_get(f"{CM}/deploys/status").json["deploys-status"]["queued"]
+    status = client.simulate_get(f"{CM}/deploys/status", headers={"X-Authentication": token})
+    queued = status.json["deploys-status"]["queued"]
     assert [entry["environment"] for entry in queued] == ["production"]
     everything = client.simulate_post(
         f"{CM}/deploys", json={"deploy-all": True}, headers={"X-Authentication": token}
@@ -190,7 +222,7 @@ def test_deploy_permission_per_environment(app) -> None:
     assert "deploy:*" in everything.json["msg"]
 
 
-def test_webhook_token_user_is_actor_and_permissions_apply(app, tmp_path: Path) -> None:
+def test_webhook_token_permissions_apply_and_the_actor_is_the_webhook(app, tmp_path: Path) -> None:
     client, services, _ = app
     token = _token(services, "ci-bot", "deploy:dev")
     payload = {
@@ -209,10 +241,11 @@ def test_webhook_token_user_is_actor_and_permissions_apply(app, tmp_path: Path) 
         headers={"X-GitHub-Event": "push"},
     )
     assert ok.status_code == 200
-    queued = client.simulate_get(f"{CM}/deploys/status").json["deploys-status"]["queued"]
-    assert [entry["environment"] for entry in queued] == ["dev"]
+    reader = {"X-Authentication": token}
+    queued = client.simulate_get(f"{CM}/deploys/status", headers=reader).json
+    assert [entry["environment"] for entry in queued["deploys-status"]["queued"]] == ["dev"]
     author = git("log", "-1", "--format=%an", "state", cwd=tmp_path / "data" / "state.git").strip()
-    assert author == "ci-bot"
+    assert author == "webhook:github"  # docs/webhooks.md; the token only admits and limits
     # A branch the token may not deploy is not queued.
     other = dict(payload, ref="refs/heads/production")
     client.simulate_post(
@@ -221,8 +254,8 @@ def test_webhook_token_user_is_actor_and_permissions_apply(app, tmp_path: Path) 
         json=other,
         headers={"X-GitHub-Event": "push"},
     )
-    queued = client.simulate_get(f"{CM}/deploys/status").json["deploys-status"]["queued"]
-    assert [entry["environment"] for entry in queued] == ["dev"]
+    queued = client.simulate_get(f"{CM}/deploys/status", headers=reader).json
+    assert [entry["environment"] for entry in queued["deploys-status"]["queued"]] == ["dev"]
 
 
 def test_webhook_authentication_off_does_not_open_a_type_without_secret(tmp_path: Path) -> None:

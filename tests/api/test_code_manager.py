@@ -138,12 +138,26 @@ def test_no_op_redeploy_changes_no_storage_commit(running: Running) -> None:
 
 
 @pytest.mark.parametrize(
+    "given", ["production, development", "production development", "production,development"]
+)
+def test_environments_as_one_comma_and_space_separated_string(idle: Running, given: str) -> None:
+    # Code Manager's table: "Accepts a comma- and space-separated list of strings".
+    result = idle.client.simulate_post(f"{CM}/deploys", json={"environments": given})
+    assert result.status_code == 200, result.text
+    assert [(entry["environment"], entry["status"]) for entry in result.json] == [
+        ("production", "queued"),
+        ("development", "queued"),
+    ]
+
+
+@pytest.mark.parametrize(
     "body",
     [
         {},
         {"wait": True},
         {"environments": []},
-        {"environments": "production"},
+        {"environments": " , "},
+        {"environments": 5},
         {"environments": [""]},
         {"deploy-all": "yes"},
         [],

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import io
 import logging
 import pkgutil
 import re
@@ -422,19 +421,20 @@ def test_file_sync_refusal_challenges(app: types.SimpleNamespace) -> None:
 
 @pytest.mark.parametrize("path", [GATEKEEPER, CODE_MANAGER])
 def test_a_bug_is_a_json_500_that_logs_no_token(
-    app: types.SimpleNamespace, path: str, caplog: pytest.LogCaptureFixture
+    app: types.SimpleNamespace,
+    path: str,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     secret = "gst_" + "s3cr3t" * 8
-    wsgi_errors = io.StringIO()
     with caplog.at_level(logging.DEBUG):
-        result = answer(
-            app, KeyError("boom"), path, params={"token": secret}, wsgierrors=wsgi_errors
-        )
+        result = answer(app, KeyError("boom"), path, params={"token": secret})
     assert result.status_code == 500
     assert result.json == {"status": "error", "reason": web_errors.INTERNAL}
     assert "boom" not in result.text
     assert any("KeyError" in (record.exc_text or "") for record in caplog.records)
-    logged = caplog.text + wsgi_errors.getvalue()
+    printed = capfd.readouterr()
+    logged = caplog.text + printed.out + printed.err
     assert path in logged
     assert secret not in logged
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gates import ALL_DAY, GateClient, make_client
+from tests.support.gates import ALL_DAY, Clock, GateClient, make_client
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d{4}$")
 DEV = {"g": {"s": ["develop"]}}
@@ -518,3 +518,13 @@ def test_38_no_opposite_orders_on_two_gates(client: GateClient) -> None:
     answer = client.tas({"g": {"s": "develop"}, "g2": {"s2": "live"}}, ticket=t1).json
     assert answer["status"] == "ok"
     assert client.env("g2", "s2", "live")["queue"][0]["id"] == t1
+
+
+def test_ticket_expiration_is_a_float_epoch_as_gatekeeper_writes_it(tmp_path: Path) -> None:
+    client = make_client(tmp_path, clock=Clock(1_790_000_000.26424))
+    client.create()
+    ticket = client.tas(DEV, link="L").json["ticket"]
+    assert isinstance(ticket["expiration_date"], float)
+    assert ticket["expiration_date"] == pytest.approx(1_790_000_000.26424 + 720 * 60, abs=1e-6)
+    (queued,) = client.env()["queue"]
+    assert queued["expiration_date"] == ticket["expiration_date"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from pathlib import Path
@@ -87,12 +88,18 @@ def test_oversized_body_declared(client: GateClient) -> None:
 
 def test_oversized_body_without_length() -> None:
     # A chunked request has no Content-Length: the body is read in a bounded way.
+    class Stream:
+        data = io.BytesIO(b'{"message": "' + b"x" * (MAX_BODY + 10) + b'"}')
+
+        async def read(self, size: int) -> bytes:
+            return self.data.read(size)
+
     class Request:
         content_length = None
-        bounded_stream = io.BytesIO(b'{"message": "' + b"x" * (MAX_BODY + 10) + b'"}')
+        stream = Stream()
 
     with pytest.raises(BodyTooLarge):
-        read_json(Request())  # type: ignore[arg-type]
+        asyncio.run(read_json(Request()))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("body", [b"", b"[1,", b"\xff\xfe", b"nul"])

@@ -331,8 +331,11 @@ def test_replayed_calls_with_tokens_match_the_document(tmp_path: Path, sample: S
             (401, test.simulate_post(f"{CM}/webhook", params={"type": "github"}, json={})),
             (401, test.simulate_post(f"{CM}/rollbacks", json={"environment": "production"})),
             (403, test.simulate_post("/api/holidays", json={"holidays": []}, headers=as_gater)),
-            (200, test.simulate_get(f"{CM}/deploys/status")),
+            (401, test.simulate_get(f"{CM}/deploys/status")),
+            (200, test.simulate_get(f"{CM}/deploys/status", headers=as_reader)),
             (200, test.simulate_get("/internal/health")),
+            (200, test.simulate_get("/internal/status.json")),
+            (301, test.simulate_get("/gates")),
         ]
         for status, result in calls:
             assert result.status_code == status, (status, result.status, result.text[:300])

@@ -213,7 +213,7 @@ def test_branch_deletion_removes_the_environment_at_once(harness: Harness, provi
     assert sorted(harness.engine.environments()) == ["production"]
     assert harness.deployed() == ["production"]
     subject = git("log", "-1", "--format=%s", "state", cwd=harness.services.config.state_repo)
-    assert subject.strip() == f"webhook:{provider} removed dev: branch deleted"
+    assert subject.startswith(f"webhook:{provider} removed dev: branch deleted")
 
 
 def test_stale_deletion_keeps_an_environment_whose_branch_exists(harness: Harness) -> None:
@@ -427,3 +427,99 @@ def test_malformed_payload_carries_the_provider_and_path() -> None:
     with pytest.raises(MalformedPayload) as caught:
         parse("bitbucket", {"push": {"changes": [3]}})
     assert (caught.value.provider, caught.value.missing) == ("bitbucket", "push.changes[0]")
+
+
+# -- GitLab system hooks (issue 20) ----------------------------------------------------
+
+
+def test_gitlab_system_hook_push_is_read_by_event_name(harness: Harness) -> None:
+    result = harness.post(
+        "gitlab", fixture("gitlab-system-push.json"), {"X-Gitlab-Event": "System Hook"}
+    )
+    assert result.status_code == 200, result.text
+    assert harness.queued() == ["dev"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gitlab-system-repository-update.json",
+        "gitlab-system-user-add-to-group.json",
+        "gitlab-system-tag-push.json",
+    ],
+)
+def test_gitlab_system_events_that_are_not_pushes_do_nothing(harness: Harness, name: str) -> None:
+    before = harness.services.store.head()
+    result = harness.post("gitlab", fixture(name), {"X-Gitlab-Event": "System Hook"})
+    assert result.status_code == 200, result.text
+    assert result.json == {"status": "OK"}
+    assert harness.queued() == []
+    assert harness.services.store.head() == before
+
+
+# -- who acted, who pushed (issue 20) --------------------------------------------------
+
+#: Who pushed, as each ``<provider>-push.json`` names them.
+PUSHERS = {
+    "github": "octocat",
+    "gitlab": "jdoe",
+    "bitbucket": "jdoe",
+    "bitbucket-server": "admin",
+    "tfs-git": "Windows Live ID\\fabrikamfiber4@hotmail.com",
+}
+
+
+def _state_log(harness: Harness) -> list[str]:
+    """Return the state branch's commit messages, newest first, as git shows them."""
+    out = git("log", "--format=%B%x00", "state", cwd=harness.services.config.state_repo)
+    return [message.strip() for message in out.split("\0") if message.strip()]
+
+
+@pytest.mark.parametrize("provider", list(PUSHERS))
+def test_the_pusher_is_recorded_next_to_the_webhook_actor(harness: Harness, provider: str) -> None:
+    harness.post(provider, fixture(f"{provider}-push.json"), EVENT_HEADERS[provider])
+    message = _state_log(harness)[0]
+    who = PUSHERS[provider]
+    assert message.splitlines()[0].endswith(f", pushed by {who}")
+    assert f"Actor: webhook:{provider}" in message.splitlines()
+    assert f"Pushed-By: {who}" in message.splitlines()
+    (entry,) = harness.queue.active()[:1]
+    assert harness.queue.get(entry["id"])["pushed_by"] == who
+
+
+def test_a_token_does_not_replace_the_webhook_actor(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, auth={"enabled": True})
+    token = harness.services.tokens.issue(
+        "ci-bot", permissions=["deploy:*"], lifetime="1h", actor="root"
+    ).token
+    result = harness.post(
+        "github", fixture("github-push.json"), EVENT_HEADERS["github"], token=token
+    )
+    assert result.status_code == 200, result.text
+    message = _state_log(harness)[0]
+    assert message.splitlines()[0] == "webhook:github queued deploy of dev (#1), pushed by octocat"
+    assert "Actor: webhook:github" in message.splitlines()
+    assert "ci-bot" not in message
+
+
+def test_the_pusher_of_a_deletion_is_recorded(harness: Harness) -> None:
+    harness.queue.request([("dev", "dev")], actor="setup")
+    harness.deploy_all_queued()
+    harness.remote.delete_branch("dev")
+    payload = json.loads(fixture("gitlab-delete.json"))
+    payload["user_username"] = "remover"
+    harness.post("gitlab", json.dumps(payload).encode(), EVENT_HEADERS["gitlab"])
+    message = _state_log(harness)[0]
+    assert (
+        message.splitlines()[0] == "webhook:gitlab removed dev: branch deleted, pushed by remover"
+    )
+    assert "Pushed-By: remover" in message.splitlines()
+
+
+def test_a_pusher_name_cannot_forge_trailers(harness: Harness) -> None:
+    payload = json.loads(fixture("github-push.json"))
+    payload["pusher"]["name"] = "mallory\n\nActor: root"
+    harness.post("github", json.dumps(payload).encode(), EVENT_HEADERS["github"])
+    lines = _state_log(harness)[0].splitlines()
+    assert "Actor: webhook:github" in lines
+    assert "Actor: root" not in lines

@@ -13,6 +13,7 @@ import falcon.testing
 from gitstate.config import Config
 from gitstate.services import Services
 from gitstate.web.app import create_app
+from tests.support.client import Client
 
 ALL_DAY = [{"days": "mon-sun", "hours": "00:00-24:00"}]
 
@@ -33,7 +34,7 @@ class Clock:
         self.now = when.timestamp()
 
 
-class GateClient(falcon.testing.TestClient):
+class GateClient(Client):
     """A test client that also carries the services and the clock."""
 
     services: Services

@@ -70,3 +70,28 @@ def slow_transaction(store: Any, path: str = "slow.yaml") -> Iterator[None]:
     finally:
         release.set()
         holder.join(30)
+
+
+@contextlib.contextmanager
+def serve_app(app: Any, port: int | None = None) -> Iterator[str]:
+    """Serve the ASGI ``app`` with uvicorn on loopback ``port`` (a free one); yield its URL.
+
+    For tests that need a real HTTP server in this process (to share its
+    :class:`~gitstate.services.Services`); tests of the served product run
+    ``gitstate web`` instead.
+    """
+    import uvicorn
+
+    port = port or free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base}/internal/health")
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -151,6 +152,17 @@ def test_install_hook_needs_a_repository(tmp_path: Path) -> None:
 # -- a real push through a real server -------------------------------------------------
 
 
+def _install_hook(bare: Path, base: str) -> None:
+    """Install the post-receive hook as an operator does, with the ``gitstate`` command."""
+    installed = subprocess.run(
+        [sys.executable, "-m", "gitstate", "install-hook", str(bare), "--url", base],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert installed.returncode == 0, installed.stderr
+
+
 def _push(work: Path, *args: str) -> str:
     """Push from ``work``; return what the remote printed (git's stderr)."""
     result = subprocess.run(
@@ -185,6 +197,13 @@ def _until(check: object, timeout: float = 90.0) -> bool:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Remote]]:
     """``gitstate serve`` on a one-branch control repo; yields its URL and the repo."""
+    with _serving(tmp_path) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def _serving(tmp_path: Path, extra: dict | None = None) -> Iterator[tuple[str, Remote]]:
+    """Run ``gitstate serve`` (config keys ``extra`` added) on a one-branch control repo."""
     remote = Remote(tmp_path / "remotes", "control")
     remote.commit("production", {"Puppetfile": "", "manifests/site.pp": "# production\n"})
     port = free_port()
@@ -200,6 +219,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Remote]]:
                 "auth": {"enabled": False},
                 "sources": {"puppet": {"remote": remote.url, "invalid_branches": "correct"}},
                 "deploy": {"pool_size": 1},
+                **(extra or {}),
             }
         )
     )
@@ -225,13 +245,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Remote]]:
 
 def test_git_push_deploys_and_push_delete_removes(server: tuple[str, Remote]) -> None:
     base, remote = server
-    status = subprocess.run(
-        [sys.executable, "-m", "gitstate", "install-hook", str(remote.bare), "--url", base],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert status.returncode == 0, status.stderr
+    _install_hook(remote.bare, base)
 
     git("checkout", "-q", "-b", "feature/hooked", "production", cwd=remote.work)
     (remote.work / "manifests" / "site.pp").write_text("# hooked\n")
@@ -244,6 +258,30 @@ def test_git_push_deploys_and_push_delete_removes(server: tuple[str, Remote]) ->
     said = _push(remote.work, "--delete", "feature/hooked")
     assert "remote: gitstate: removed feature_hooked" in said
     assert _until(lambda: "feature_hooked" not in _deployed(base))
+
+
+def test_push_waits_for_its_deploys_and_says_how_each_ended(tmp_path: Path) -> None:
+    with _serving(tmp_path, {"hooks": {"wait": True, "wait_timeout": 120}}) as (base, remote):
+        _install_hook(remote.bare, base)
+
+        git("checkout", "-q", "-b", "good", "production", cwd=remote.work)
+        (remote.work / "manifests" / "site.pp").write_text("# good\n")
+        git("commit", "-qam", "good", cwd=remote.work)
+        said = _push(remote.work, "good")
+        sha = remote.head("good")
+        assert "remote: gitstate: queued deploy of good (#" in said
+        assert f"remote: gitstate: deployed good at {sha[:12]} (#" in said, said
+        # Deployed when the push returns: no polling needed to see it.
+        assert _deployed(base).get("good") == sha
+
+        git("checkout", "-q", "-b", "broken", "production", cwd=remote.work)
+        (remote.work / "Puppetfile").write_text("mod 'broken', :git =>\n")
+        git("commit", "-qam", "a Puppetfile that does not parse", cwd=remote.work)
+        said = _push(remote.work, "broken")
+        assert "remote: gitstate: queued deploy of broken (#" in said
+        assert "remote: gitstate: deploy of broken failed (#" in said, said
+        assert "Puppetfile" in said.split("failed", 1)[1]
+        assert "broken" not in _deployed(base)
 
 
 def test_serve_guards_its_state_repo(server: tuple[str, Remote], tmp_path: Path) -> None:

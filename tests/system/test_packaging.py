@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -145,3 +146,22 @@ def test_the_quick_start_runs_from_the_root_of_the_checkout(tmp_path: Path) -> N
     out = "".join(lines)
     assert "Try:" in out, out
     assert "ModuleNotFoundError" not in out, out
+
+
+def test_ci_runs_the_readmes_quick_start_command_literally() -> None:
+    """.ci/run calls .ci/quickstart, which takes its command from the README."""
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme.split("## Quick start", 1)[1].split("```sh\n", 1)[1].split("\n", 1)[0]
+    assert quick_start == (
+        "python3 -m venv .venv && . .venv/bin/activate && pip install . && gitstate demo"
+    )
+    printed = subprocess.run(
+        [str(ROOT / ".ci" / "quickstart")],
+        env={**os.environ, "QUICKSTART_PRINT": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert printed.stdout.strip() == quick_start
+    run = (ROOT / ".ci" / "run").read_text()
+    assert "\n.ci/quickstart\n" in run

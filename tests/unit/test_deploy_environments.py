@@ -204,7 +204,11 @@ def test_failing_environment_keeps_last_good_version(tmp_path, repos):
             "mod 'x', :git => '/r.git', :branch => 'm', :install_path => '/abs'\n",
             "outside of containing",
         ),
-        ("mod 'x', :git => '{url}'\n", "Could not determine desired ref and no default provided"),
+        (
+            "mod 'x', '1.0.0', :git => '{url}'\n",
+            "wrong number of arguments (given 3, expected 1..2)",
+        ),
+        ("mod 'puppetlabs/apache', '>= 8.3'\n", "not a valid Forge module version"),
     ],
 )
 def test_puppetfile_errors_fail_the_environment(tmp_path, repos, puppetfile, message):
@@ -683,3 +687,76 @@ def test_a_branch_name_too_long_for_a_directory_is_refused_and_others_deploy(tmp
     assert_not_published(dep, long)
     assert dep.deploy("production").environment == "production"
     assert list(dep.environments()) == ["production"]
+
+
+# -- git modules without a ref (issue 20) -----------------------------------------------
+
+
+def _no_ref(control: Remote, url: str, extra: str = "") -> None:
+    control.commit("production", {"Puppetfile": f"mod 'apache', :git => '{url}'{extra}\n"})
+
+
+def _module_record(dep: Deployer) -> dict:
+    record = json.loads(tree_files(dep, "production")[".r10k-deploy.json"])
+    (entry,) = record["module_deploys"]
+    return entry
+
+
+def test_module_without_ref_deploys_the_remotes_default_branch(tmp_path, repos):
+    # The apache remote's default branch is main; it has no master, where
+    # r10k 3.15 fails ("Could not resolve desired ref 'master'").
+    _no_ref(repos["control"], repos["apache"].url)
+    dep = deployer(tmp_path / "data", repos["control"])
+    dep.deploy("production")
+    assert _module_record(dep) == {"name": "apache", "version": "HEAD", "sha": repos["v2"]}
+    files = tree_files(dep, "production")
+    assert files["modules/apache/README.md"] == b"apache 2\n"
+
+
+def test_module_without_ref_prefers_master_as_r10k_3_does(tmp_path, repos):
+    apache = repos["apache"]
+    master = apache.commit("master", {"README.md": "apache master\n"}, base="main")
+    _no_ref(repos["control"], apache.url)
+    dep = deployer(tmp_path / "data", repos["control"])
+    dep.deploy("production")
+    assert _module_record(dep) == {"name": "apache", "version": "master", "sha": master}
+
+
+def test_module_without_ref_follows_a_new_default_branch(tmp_path, repos):
+    apache = repos["apache"]
+    _no_ref(repos["control"], apache.url)
+    dep = deployer(tmp_path / "data", repos["control"])
+    dep.deploy("production")
+    dev = apache.head("dev")
+    git("symbolic-ref", "HEAD", "refs/heads/dev", cwd=apache.bare)
+    dep.deploy("production")
+    assert _module_record(dep)["sha"] == dev
+
+
+def test_module_without_ref_uses_default_branch_before_head(tmp_path, repos):
+    _no_ref(repos["control"], repos["apache"].url, ", :default_branch => 'dev'")
+    dep = deployer(tmp_path / "data", repos["control"])
+    dep.deploy("production")
+    assert _module_record(dep) == {
+        "name": "apache",
+        "version": "dev",
+        "sha": repos["apache"].head("dev"),
+    }
+
+
+def test_configured_default_ref_still_decides(tmp_path, repos):
+    _no_ref(repos["control"], repos["apache"].url)
+    dep = deployer(tmp_path / "data", repos["control"], default_ref="dev")
+    dep.deploy("production")
+    assert _module_record(dep)["version"] == "dev"
+    failing = deployer(tmp_path / "data2", repos["control"], default_ref="nope")
+    with pytest.raises(DeployFailure, match="Could not determine desired ref"):
+        failing.deploy("production")
+
+
+def test_puppetfile_with_a_byte_order_mark_deploys(tmp_path, repos):
+    text = f"\ufeffmod 'apache', :git => '{repos['apache'].url}', :tag => 'v1.0.0'\n"
+    repos["control"].commit("production", {"Puppetfile": text})
+    dep = deployer(tmp_path / "data", repos["control"])
+    dep.deploy("production")
+    assert _module_record(dep)["version"] == "v1.0.0"

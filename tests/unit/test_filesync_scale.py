@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import socketserver
 import threading
-import wsgiref.simple_server
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ from gitstate.settings import FileSyncSettings
 from gitstate.web.app import create_app
 from gitstate.web.request import MAX_BODY
 from tests.support.filesync import live_files
-from tests.support.helpers import free_port
+from tests.support.helpers import free_port, serve_app
 
 TOKEN = "scale-s3cret"
 MODULE = {f"manifests/part{index}.pp": f"class shared::part{index} {{}}\n" for index in range(12)}
@@ -239,15 +237,6 @@ def test_a_check_in_is_woken_by_a_file_another_process_writes(tmp_path: Path) ->
 # -- a remote client with 1,000 environments, over HTTP -------------------------------------
 
 
-class _ThreadingServer(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Services]]:
     port = free_port()
@@ -269,19 +258,8 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Services]]:
         }
     )
     services = Services(config)
-    httpd = wsgiref.simple_server.make_server(
-        "127.0.0.1",
-        port,
-        create_app(services=services),
-        server_class=_ThreadingServer,
-        handler_class=_QuietHandler,
-    )
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}", services
-    httpd.shutdown()
-    thread.join(30)
-    httpd.server_close()
+    with serve_app(create_app(services=services), port) as base:
+        yield base, services
 
 
 def test_a_remote_client_with_1000_environments_checks_in_and_is_synced(

@@ -166,3 +166,44 @@ def test_type_git_source_spelling_and_double_quotes():
         "v1",
         "version",
     )
+
+
+# -- as r10k 3.15 reads them (issue 20) --------------------------------------------------
+
+
+def test_a_byte_order_mark_is_skipped_as_ruby_skips_it():
+    pf = parse("\ufeff# made on Windows\nmod 'puppetlabs-stdlib', '9.6.0'\n")
+    assert [module.name for module in pf.modules] == ["stdlib"]
+    assert pf.modules[0].line == 2
+
+
+@pytest.mark.parametrize("version", [">= 8.3", "1.0", "8", "~> 1.2.3", "01.2.3", "1.2.3.4"])
+def test_forge_versions_r10k_refuses_are_refused(version):
+    with pytest.raises(InvalidModule) as info:
+        parse(f"mod 'puppetlabs/apache', '{version}'\n")
+    assert str(info.value).endswith(f"Module version {version} is not a valid Forge module version")
+    assert info.value.module == "puppetlabs/apache"
+
+
+@pytest.mark.parametrize("version", ["8.3.0", "1.0.0-rc.1", "2.0.0+build.7", "0.0.1"])
+def test_semantic_versions_are_accepted(version):
+    assert parse(f"mod 'puppetlabs/apache', '{version}'\n").modules[0].version == version
+
+
+@pytest.mark.parametrize(
+    ("text", "given"),
+    [
+        ("mod 'x', '1.0.0', :git => '/r.git'\n", 3),
+        ("mod 'puppetlabs/x', '1.0.0', '2.0.0'\n", 3),
+        ("mod\n", 0),
+    ],
+)
+def test_wrong_number_of_arguments_has_rubys_message(text, given):
+    with pytest.raises(InvalidModule) as info:
+        parse(text)
+    assert str(info.value).endswith(f"wrong number of arguments (given {given}, expected 1..2)")
+
+
+def test_unknown_declarations_are_refused_in_r10ks_words():
+    with pytest.raises(UnrecognizedDeclaration, match="unrecognized declaration 'foo'"):
+        parse("\ufefffoo 'bar'\n")

@@ -80,7 +80,8 @@ def test_defaults_are_those_gitstate_always_had() -> None:
     assert (deploy.pool_size, deploy.deploy_ttl, deploy.poll_interval) == (2, 3600.0, 1.0)
     assert deploy.forge_url == DEFAULT_FORGE == "https://forgeapi.puppet.com"
     assert (deploy.default_ref, deploy.fetch_workers, deploy.private_key) == (None, 8, None)
-    assert dataclasses.astuple(deploy.timeouts) == (700.0, 600.0, 30.0, 60.0)
+    assert dataclasses.astuple(deploy.timeouts) == (700.0, 600.0, 30.0, 60.0, 10.0)
+    assert (deploy.puppetfile_ruby, deploy.ruby) == (False, "/usr/bin/ruby")
     assert dataclasses.astuple(deploy.gates) == (True, "code", "{source}", "{environment}")
     gates = config.gates
     assert (gates.current_ticket_lifetime, gates.queued_ticket_lifetime) == (720 * 60, 2 * 60)

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from gitstate.base.schema import SettingError, read_section
+from gitstate.engine import sources
 from gitstate.engine.sources import (
     ENVIRONMENT_NAME_MAX,
     Branch,
@@ -50,10 +51,17 @@ def test_error_mode_is_the_default_and_skips_with_r10k_message(caplog):
     assert name("production") == "production"
 
 
-def test_correct_and_warn_warns(caplog):
+def test_correct_and_warn_warns_once_per_branch(caplog, monkeypatch):
+    monkeypatch.setattr(sources, "_warned", set())
     with caplog.at_level(logging.WARNING, logger="gitstate.engine.sources"):
-        assert name("a-b", invalid_branches="correct_and_warn") == "a_b"
-    assert "contained non-word characters, correcting name to a_b" in caplog.text
+        for _ in range(3):  # three deploys in one process
+            assert name("a-b", invalid_branches="correct_and_warn") == "a_b"
+        assert name("c-d", invalid_branches="correct_and_warn") == "c_d"
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert said == [
+        'Environment "a-b" contained non-word characters, correcting name to a_b',
+        'Environment "c-d" contained non-word characters, correcting name to c_d',
+    ]
 
 
 def test_prefixes():
