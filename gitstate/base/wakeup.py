@@ -14,15 +14,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import weakref
+from typing import ClassVar
 
 
 class Wakeup:
     """A generation number, and everyone waiting for it to change."""
 
+    #: Every live instance, for :meth:`wake_all`.
+    _instances: ClassVar[weakref.WeakSet[Wakeup]] = weakref.WeakSet()
+    _instances_lock: ClassVar[threading.Lock] = threading.Lock()
+
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._generation = 0
         self._futures: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
+        with Wakeup._instances_lock:
+            Wakeup._instances.add(self)
+
+    @classmethod
+    def wake_all(cls) -> None:
+        """Wake every waiter of every instance in this process (the process is stopping).
+
+        Each waiter looks again, sees :data:`gitstate.base.shutdown.stopping`
+        and answers, instead of sleeping until its safety net.
+        """
+        with cls._instances_lock:
+            instances = list(cls._instances)
+        for wakeup in instances:
+            wakeup.notify()
 
     @property
     def generation(self) -> int:

@@ -46,8 +46,9 @@ from gitstate.store.branch import Store
 
 #: Largest (decompressed) upload-pack request accepted.
 MAX_NEGOTIATION = 32 * 1024 * 1024
-#: Longest a wait for clients sleeps without looking, should an inotify
-#: event be lost (a full event queue); check-ins wake it at once.
+#: Longest a wait (for clients, for a new code-commit) sleeps without
+#: looking, should an inotify event be lost (a full event queue); check-ins,
+#: publishes and a stopping process wake it at once.
 WAIT_SAFETY_NET = 5.0
 #: Code-commits whose environment lists are kept for the status.
 _DEPLOYED_CACHE = 8
@@ -180,8 +181,7 @@ class FileSyncService:
             remaining = until - time.monotonic()
             if tip != known or remaining <= 0 or stopping.is_set():
                 return tip, tip != known
-            # NOTE(filesync): the 1 s cap is a safety net for a lost event.
-            self._code_moved.wait(seen, min(remaining, 1.0))
+            self._code_moved.wait(seen, min(remaining, WAIT_SAFETY_NET))
 
     async def latest_commit_async(
         self, known: str | None, timeout: float, run: Blocking
@@ -197,7 +197,7 @@ class FileSyncService:
             remaining = until - time.monotonic()
             if tip != known or remaining <= 0 or stopping.is_set():
                 return tip, tip != known
-            await self._code_moved.wait_async(seen, min(remaining, 1.0))
+            await self._code_moved.wait_async(seen, min(remaining, WAIT_SAFETY_NET))
 
     def _start_watch(self) -> None:
         with self._watch_lock:

@@ -16,7 +16,7 @@ limits below keep that memory bounded:
   (:data:`gitstate.web.request.BODY_TIMEOUT`).
 
 On SIGTERM, SIGINT or SIGQUIT the worker sets
-:data:`gitstate.base.shutdown.stopping` before uvicorn starts its graceful
+:func:`gitstate.base.shutdown.stop` before uvicorn starts its graceful
 shutdown, so long polls answer at once instead of holding the shutdown.
 """
 
@@ -32,7 +32,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
-from gitstate.base.shutdown import stopping
+from gitstate.base import shutdown
 
 #: Seconds a client has to send a request's headers, from its first byte.
 HEADER_TIMEOUT = 10.0
@@ -97,7 +97,7 @@ class _Server(Server):
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         """Mark the process as stopping, then shut down as uvicorn does."""
-        stopping.set()
+        shutdown.stop()
         super().handle_exit(sig, frame)
 
 

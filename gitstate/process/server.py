@@ -18,8 +18,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
-from gitstate.base import logs, metrics
-from gitstate.base.shutdown import stopping
+from gitstate.base import logs, metrics, shutdown
 from gitstate.config import Config
 from gitstate.process.asgi_worker import WORKER_CLASS
 
@@ -85,7 +84,7 @@ def _post_worker_init(worker: Any) -> None:
     """Gunicorn hook: load the metrics; on SIGTERM/SIGQUIT, end long polls first.
 
     gunicorn installed its handlers before this hook runs; they are wrapped
-    so that they first set :data:`gitstate.base.shutdown.stopping`.
+    so that they first call :func:`gitstate.base.shutdown.stop`.
     """
     metrics.start()
     for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
@@ -96,7 +95,7 @@ def _post_worker_init(worker: Any) -> None:
 
 def _stop_then(handler: Any) -> Any:
     def handle(signum: int, frame: Any) -> None:
-        stopping.set()
+        shutdown.stop()
         handler(signum, frame)
 
     return handle

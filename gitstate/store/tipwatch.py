@@ -50,7 +50,7 @@ except ImportError:  # not Linux: the polling observer stands in
 log = logging.getLogger(__name__)
 
 #: Longest a waiter sleeps without looking (seconds), in case an event is lost.
-SAFETY_NET = 1.0
+SAFETY_NET = 5.0
 #: Milliseconds the watch lets events gather after the first of a burst, so
 #: a second of gate traffic wakes each waiting process at most ~100 times,
 #: not once per commit; a waiter learns of a move at most this much later.

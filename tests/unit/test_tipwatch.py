@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import threading
 import time
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from gitstate.base import shutdown
+from gitstate.store import tipwatch
 from gitstate.store.branch import Store
 from gitstate.store.tipwatch import TipWatch
 from tests.support.helpers import git
@@ -91,3 +94,29 @@ def test_lock_files_and_objects_do_not_wake_a_waiter(store: Store) -> None:
         assert len(looks) == 2
     finally:
         watch.stop()
+
+
+def test_a_stopping_process_wakes_every_wait_at_once(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long poll answers when the server stops, not when its safety net runs out."""
+    monkeypatch.setattr(tipwatch, "SAFETY_NET", 3600.0)  # only the stop can wake it
+    watch = TipWatch(Path(store.path)).start()
+    looks: list[str] = []
+
+    async def unchanged() -> bool:
+        looks.append("look")
+        return False
+
+    async def poll() -> bool:
+        asyncio.get_running_loop().call_later(0.2, shutdown.stop)
+        wait = watch.wait_async(unchanged, 3600, stop=shutdown.stopping)
+        return await asyncio.wait_for(wait, 60)  # fails rather than hangs
+
+    try:
+        moved = asyncio.run(poll())
+    finally:
+        shutdown.stopping.clear()
+        watch.stop()
+    assert moved is False
+    assert looks == ["look", "look"]  # once at the start, once when woken by stop()
