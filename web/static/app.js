@@ -7,6 +7,8 @@
 
 const TOKEN_KEY = "gitstate.token";
 const STATUS_EVERY_MS = 10000;
+// Shortest time between two refreshes caused by /api/watch (see watch()).
+const REFRESH_INTERVAL_MS = 1000;
 
 const state = {
   token: localStorage.getItem(TOKEN_KEY) || "",
@@ -196,6 +198,9 @@ async function watch() {
       if (answer.commit !== state.commit) {
         await refreshGates();
         refreshStatus();
+        // At most one refresh a second: under heavy gate traffic the branch
+        // moves hundreds of times a second, and no reader needs them all.
+        await sleep(REFRESH_INTERVAL_MS);
       }
       if (answer.retry) await sleep(answer.retry * 1000);
     } catch (error) {
