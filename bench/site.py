@@ -26,6 +26,8 @@ from ruamel.yaml import YAML
 from bench.fixture import GIT_ENV
 
 CM = "/code-manager/v1"
+#: The file-sync clients' shared token.
+FILE_SYNC_TOKEN = "bench-file-sync-token"
 
 
 def free_port() -> int:
@@ -42,9 +44,18 @@ class Site:
         root: a directory of its own (datadir, live dirs, config, logs).
         control: the control repository (a path).
         extra: config keys to add (for benchmarks of non-default settings).
+        python: the interpreter whose ``gitstate`` is run (another install
+            of it, such as a previous release, for a comparison in one run).
     """
 
-    def __init__(self, root: Path, control: Path, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        control: Path,
+        extra: dict[str, Any] | None = None,
+        *,
+        python: str = sys.executable,
+    ) -> None:
         self.root = Path(root)
         self.control = Path(control)
         self.port = free_port()
@@ -56,6 +67,7 @@ class Site:
         self.token = ""
         self.process: subprocess.Popen[bytes] | None = None
         self.session = requests.Session()
+        self.python = python
 
     def write_config(self) -> None:
         """Write the config a user would: only what has no default."""
@@ -66,7 +78,7 @@ class Site:
             # The fixture's Puppetfiles name its module repositories beside it.
             "deploy": {"local_module_sources": [str(self.control.parent / "modules")]},
             "file_sync": {
-                "token": "bench-file-sync-token",
+                "token": FILE_SYNC_TOKEN,
                 "clients": [
                     {"name": "primary", "live": str(self.live["primary"])},
                     {"name": "compiler", "live": str(self.live["compiler"]), "storage": self.base},
@@ -88,7 +100,7 @@ class Site:
         self.write_config()
         made = subprocess.run(
             [
-                sys.executable,
+                self.python,
                 "-m",
                 "gitstate",
                 "token",
@@ -109,7 +121,7 @@ class Site:
         self.session.headers["X-Authentication"] = self.token
         log = (self.root / "serve.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gitstate", "serve", "--config", str(self.config_path)],
+            [self.python, "-m", "gitstate", "serve", "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self._env(),
