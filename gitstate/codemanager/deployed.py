@@ -52,7 +52,7 @@ def environments_overview(
     for name in sorted(names):
         summary = deployed.get(name)
         row: dict[str, Any] = {"environment": name, **_version(queue, summary)}
-        if not row.get("branch"):
+        if summary is not None and not row.get("branch"):
             row.update(_origin(sources, name))
         row["clients"] = _clients(clients, name, summary)
         mine = [entry for entry in active if entry["environment"] == name]
