@@ -183,6 +183,10 @@ def check_permissions(permissions: Iterable[str]) -> tuple[str, ...]:
 #: ``auth.anonymous_reads`` decides.
 READ_FAMILIES: tuple[tuple[str, str], ...] = (
     ("/code-manager/", "code_manager"),
+    # gitstate's own views of deploys, and the audit trail (which also
+    # tells who holds which tokens), are read like Code Manager's.
+    ("/api/deploys/", "code_manager"),
+    ("/api/audit", "code_manager"),
     ("/api/gates", "gates"),
     ("/api/tickets", "gates"),
     ("/api/holidays", "gates"),

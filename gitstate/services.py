@@ -20,6 +20,7 @@ from gitstate.engine.sources import Sources
 from gitstate.gates.service import Gates
 from gitstate.store.branch import Store
 from gitstate.store.rewind import BranchRewound
+from gitstate.trail import AuditTrail
 
 
 def open_store(config: Config) -> Store:
@@ -48,6 +49,7 @@ class Services:
         )
         self.code_manager = CodeManager(config, self.store, guard=self.deploy_guard)
         self.file_sync = self.code_manager.file_sync
+        self.audit = AuditTrail(self.store)
         self.webhooks = Webhooks(self.code_manager, self.store, config.webhooks, hooks=config.hooks)
 
     def health(self) -> tuple[dict[str, Any], str | None]:

@@ -143,7 +143,10 @@ class AnonymousReads:
     """
 
     code_manager: bool = setting(
-        BOOL, False, "`GET /code-manager/v1/...` without a token (Code Manager: no)"
+        BOOL,
+        False,
+        "`GET /code-manager/v1/...` without a token (Code Manager: no); also gitstate's"
+        " views of deploys, `/api/deploys/...` and the audit trail `/api/audit...`",
     )
     gates: bool = setting(
         BOOL,

@@ -20,8 +20,10 @@ from gitstate.config import Config
 from gitstate.services import Services
 
 from . import (
+    audit,
     auth,
     deploys,
+    environments,
     errors,
     filesync,
     gates,
@@ -33,6 +35,7 @@ from . import (
     ui,
     watch,
     webhooks,
+    whoami,
 )
 from .health import HealthResource
 
@@ -69,6 +72,9 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     status.add_routes(app, services, run)
     gates.add_routes(app, services, run)
     deploys.add_routes(app, services, run)
+    environments.add_routes(app, services, run)
+    audit.add_routes(app, services, run)
+    whoami.add_routes(app, services)
     webhooks.add_routes(app, services, run)
     filesync.add_routes(app, services, run)
     watch.add_routes(app, services, run)

@@ -181,6 +181,126 @@ def _gate_answer(
 # -- schemas -----------------------------------------------------------------------------------
 
 
+def _page_schemas() -> dict[str, Any]:
+    """Schemas of the page's reads (environments overview, audit trail)."""
+    string = {"type": "string"}
+    strings = {"type": "array", "items": string}
+    entry = {
+        "commit": string,
+        "time": {"type": "string", "description": "Commit time, UTC, ISO 8601."},
+        "actor": string,
+        "subject": string,
+        "operation": _NULLABLE_STRING,
+        "request_id": _NULLABLE_STRING,
+        "parent": _NULLABLE_STRING,
+        "gates": {**strings, "description": "`<group>/<service>/<environment>` changed."},
+        "environments": {**strings, "description": "Code environments touched."},
+        "deploys": {"type": "array", "items": {"type": "integer"}},
+        "paths_total": {"type": "integer"},
+        "link": {"type": "string", "description": "`/api/audit/<commit>`: what changed."},
+    }
+    change_kind = {"enum": ["added", "modified", "deleted"]}
+    active = _object(
+        ["id"],
+        {
+            "id": {"type": "integer"},
+            "queued_at": string,
+            "started_at": string,
+            "worker": string,
+            "blocked": string,
+        },
+    )
+    return {
+        "AuditEntry": _object(
+            [*entry, "paths"],
+            {
+                **entry,
+                "paths": {
+                    "type": "array",
+                    "items": _object(["path", "change"], {"path": string, "change": change_kind}),
+                    "description": "The records changed (the first 50; `paths_total` counts all).",
+                },
+            },
+        ),
+        "AuditDetail": _object(
+            [*entry, "changes"],
+            {
+                **entry,
+                "changes": {
+                    "type": "array",
+                    "items": _object(
+                        ["path", "change", "before", "after", "diff"],
+                        {
+                            "path": string,
+                            "change": change_kind,
+                            "before": _NULLABLE_STRING,
+                            "after": _NULLABLE_STRING,
+                            "diff": {"type": "string", "description": "A unified diff."},
+                        },
+                    ),
+                },
+            },
+        ),
+        "EnvironmentRow": _object(
+            [
+                "environment",
+                "signature",
+                "deployed_at",
+                "deployed_by",
+                "source",
+                "branch",
+                "clients",
+                "deploying",
+                "queued",
+                "last_failure",
+                "may_roll_back",
+            ],
+            {
+                "environment": string,
+                "signature": _NULLABLE_STRING,
+                "environment_commit": _NULLABLE_STRING,
+                "code_commit": _NULLABLE_STRING,
+                "deployed_at": _NULLABLE_STRING,
+                "deployed_by": _NULLABLE_STRING,
+                "pushed_by": string,
+                "deploy_id": {"type": ["integer", "null"]},
+                "source": _NULLABLE_STRING,
+                "branch": _NULLABLE_STRING,
+                "rollback": {"type": ["object", "null"]},
+                "clients": {
+                    "type": "array",
+                    "items": _object(
+                        ["client", "status"],
+                        {
+                            "client": string,
+                            "status": {"enum": ["synced", "behind", "missing", "never-checked-in"]},
+                            "environment_commit": _NULLABLE_STRING,
+                            "last_check_in_time": _NULLABLE_STRING,
+                            "failed": _NULLABLE_STRING,
+                        },
+                    ),
+                },
+                "deploying": {"anyOf": [active, {"type": "null"}]},
+                "queued": {"type": "array", "items": active},
+                "last_failure": {
+                    "anyOf": [
+                        _object(
+                            ["id", "error"],
+                            {
+                                "id": {"type": "integer"},
+                                "finished_at": _NULLABLE_STRING,
+                                "error": {"anyOf": [_ref("CodeManagerError"), {"type": "null"}]},
+                            },
+                        ),
+                        {"type": "null"},
+                    ]
+                },
+                "may_roll_back": {"type": "boolean"},
+            },
+        ),
+    }
+
+
 def _schemas() -> dict[str, Any]:
     ticket = _object(
         ["id", "updated", "expiration_date"],
@@ -362,6 +482,7 @@ def _schemas() -> dict[str, Any]:
                 ),
             },
         ),
+        **_page_schemas(),
         "CheckIn": _object(
             ["name"],
             {
@@ -994,6 +1115,147 @@ def _file_sync_paths() -> dict[str, Any]:
     }
 
 
+def _page_paths() -> dict[str, Any]:
+    """The reads the page needs beyond the two products': environments, audit, whoami."""
+    commit_id = {"type": "string", "pattern": "^[0-9a-f]{7,40}$"}
+    gate_error_400 = _error("A parameter is unknown, repeated or malformed.", "GateError")
+    return {
+        "/api/deploys/environments": {
+            "get": {
+                "operationId": "deployedEnvironments",
+                "tags": ["page"],
+                "summary": "Each environment: version deployed, branch, when, who, clients.",
+                "responses": {
+                    "200": _response(
+                        "One row per environment with a version, or a deploy queued, "
+                        "running or recently failed; `may_roll_back` is the caller's.",
+                        _object(
+                            ["commit", "environments"],
+                            {
+                                "commit": _NULLABLE_STRING,
+                                "environments": {
+                                    "type": "array",
+                                    "items": _ref("EnvironmentRow"),
+                                },
+                            },
+                        ),
+                    ),
+                    **_READ_AUTH,
+                    "503": _UNAVAILABLE,
+                },
+            },
+        },
+        "/api/audit": {
+            "get": {
+                "operationId": "auditTrail",
+                "tags": ["page"],
+                "summary": "The state branch's history, newest first, filtered and paged.",
+                "parameters": [
+                    _param(
+                        "gate",
+                        "query",
+                        {"type": "string"},
+                        "`<group>`, `<group>/<service>` or `<group>/<service>/<environment>`: "
+                        "commits that changed such a gate.",
+                    ),
+                    _param(
+                        "environment",
+                        "query",
+                        {"type": "string"},
+                        "Commits that touched this code environment (its deploys, its "
+                        "deployed version) or a gate of that environment column.",
+                    ),
+                    _param("actor", "query", {"type": "string"}, "The `Actor:` trailer, exactly."),
+                    _param(
+                        "since",
+                        "query",
+                        {"type": "string"},
+                        "ISO 8601 time (UTC unless it says otherwise); inclusive.",
+                    ),
+                    _param("until", "query", {"type": "string"}, "ISO 8601 time; inclusive."),
+                    _param(
+                        "limit",
+                        "query",
+                        {"type": "string"},
+                        "Entries per page, 1 to 200 (default 50).",
+                    ),
+                    _param(
+                        "before",
+                        "query",
+                        _or_blank(commit_id),
+                        "Start after this state commit: the `next` of the previous page.",
+                    ),
+                ],
+                "responses": {
+                    "200": _response(
+                        "A page of entries. `next` is set when more may follow (the page is "
+                        "full, or the request's work budget ran out first).",
+                        _object(
+                            ["commit", "entries", "next", "scanned"],
+                            {
+                                "commit": _NULLABLE_STRING,
+                                "entries": {"type": "array", "items": _ref("AuditEntry")},
+                                "next": _NULLABLE_STRING,
+                                "scanned": {"type": "integer", "minimum": 0},
+                            },
+                        ),
+                    ),
+                    "400": gate_error_400,
+                    **_READ_AUTH,
+                    "404": _error("`before` is not a commit of the state branch.", "GateError"),
+                    "503": _UNAVAILABLE,
+                },
+            },
+        },
+        "/api/audit/{commit}": {
+            "get": {
+                "operationId": "auditCommit",
+                "tags": ["page"],
+                "summary": "What one state commit changed: each record before, after, diff.",
+                "parameters": [
+                    _param(
+                        "commit",
+                        "path",
+                        commit_id,
+                        "A state commit id (7 to 40 lowercase hex digits).",
+                        required=True,
+                    )
+                ],
+                "responses": {
+                    "200": _response("The commit's entry and its changes.", _ref("AuditDetail")),
+                    "400": _error("Not a commit id.", "GateError"),
+                    **_READ_AUTH,
+                    "404": _error("No such commit on the state branch.", "GateError"),
+                    "503": _UNAVAILABLE,
+                },
+            },
+        },
+        "/api/whoami": {
+            "get": {
+                "operationId": "whoami",
+                "tags": ["page"],
+                "summary": "Who the token presented acts for, and its permissions.",
+                "responses": {
+                    "200": _response(
+                        "The principal: anonymous without a token (every permission when "
+                        "authentication is off).",
+                        _object(
+                            ["user", "permissions", "token_id", "authentication"],
+                            {
+                                "user": {"type": "string"},
+                                "permissions": {"type": "array", "items": {"type": "string"}},
+                                "token_id": _NULLABLE_STRING,
+                                "authentication": {"type": "boolean"},
+                            },
+                        ),
+                    ),
+                    "401": _error("A token came and is invalid, expired or revoked.", "AuthError"),
+                },
+            },
+        },
+    }
+
+
 def _other_paths() -> dict[str, Any]:
     html: dict[str, Any] = {}
     return {
@@ -1143,7 +1405,13 @@ def _other_paths() -> dict[str, Any]:
 def build() -> dict[str, Any]:
     """Return the OpenAPI 3.1 document (a fresh copy each call)."""
     schemas = _schemas()
-    paths = {**_gate_paths(), **_code_manager_paths(), **_file_sync_paths(), **_other_paths()}
+    paths = {
+        **_gate_paths(),
+        **_code_manager_paths(),
+        **_file_sync_paths(),
+        **_page_paths(),
+        **_other_paths(),
+    }
     return copy.deepcopy(
         {
             "openapi": "3.1.0",

@@ -21,6 +21,7 @@ from typing import Any
 
 from gitstate.auth import PermissionDenied, Principal
 from gitstate.base.blocking import Blocking
+from gitstate.codemanager.deployed import environments_overview
 from gitstate.config import Config
 from gitstate.deploys.guard import GATE_CLOSED, DeployGuard, GateClosed
 from gitstate.deploys.queue import (
@@ -32,7 +33,7 @@ from gitstate.deploys.queue import (
     Requested,
 )
 from gitstate.engine.environments import CollectFailed, Deployer
-from gitstate.engine.sources import correct_name
+from gitstate.engine.sources import Sources, correct_name
 from gitstate.filesync.server import FileSyncService
 from gitstate.store.branch import Store
 
@@ -486,6 +487,16 @@ class CodeManager:
             "file-sync-storage-status": {"deployed": deployed},
             "file-sync-client-status": self.file_sync.client_status(),
         }
+
+    def environments(self, principal: Principal) -> dict[str, Any]:
+        """Return every environment's deployed version, queue and clients, for people.
+
+        See :mod:`gitstate.codemanager.deployed`; ``may_roll_back`` says
+        whether ``principal`` holds ``deploy:<environment>``.
+        """
+        return environments_overview(
+            self.queue, self.file_sync, Sources.from_settings(self._config.sources), principal
+        )
 
     def deploy_status(self, deploy_id: int) -> dict[str, Any]:
         """Return one deploy as the status endpoint shows it (``?id=N``).

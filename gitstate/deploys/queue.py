@@ -19,8 +19,8 @@ queue is:
 ``deploys/failed/<id>.yaml``
     failed deploys younger than ``deploy_ttl``, for the status list.
 ``environments/<env>.yaml``
-    the last good deploy of each environment (signature, commits), written
-    in the commit that finishes it.
+    the last good deploy of each environment (signature, commits, source
+    and branch), written in the commit that finishes it.
 
 A worker claims several deploys in one commit when deploys are quick (a
 no-op deploy costs milliseconds, a commit with fsync several), takes each
@@ -534,7 +534,13 @@ class DeployQueue:
                     "deployed_at": stamp,
                     **{
                         key: result[key]
-                        for key in ("signature", "environment_commit", "code_commit")
+                        for key in (
+                            "signature",
+                            "environment_commit",
+                            "code_commit",
+                            "source",
+                            "branch",
+                        )
                         if key in result
                     },
                 },

@@ -403,12 +403,15 @@ class DeployWorker:
             deploy_modules=bool(record.get("deploy_modules", True)),
             purge=False,
         )
+        # Where the environment came from, for people reading what is deployed.
+        origin = collection.environments.get(record["environment"])
         return {
             "signature": result.signature,
             "environment_commit": result.environment_commit,
             "code_commit": result.code_commit,
             "skipped": result.skipped,
             "module_deploys": [module.to_json() for module in result.module_deploys],
+            **({"source": origin.source, "branch": origin.branch} if origin else {}),
         }
 
 

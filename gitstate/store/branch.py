@@ -127,6 +127,7 @@ class RevisionNotFound(GitStateError, LookupError):
         super().__init__(f"{revision}: {detail}")
 
 
+_ZERO = bytes(20)
 _UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
@@ -505,6 +506,37 @@ class Change:
     request_id: str | None
     record: dict[str, Any] | None
     """The record as that commit left it (None when it was deleted)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PathChange:
+    """One record a commit added, changed or removed, by blob id.
+
+    ``before`` is None for a record the commit added, ``after`` for one it
+    removed; the ids name the bytes, so :meth:`Store.blob_record` and
+    :meth:`Store.blob_text` read either side whenever asked.
+    """
+
+    path: str
+    before: str | None
+    after: str | None
+
+    @property
+    def kind(self) -> str:
+        """``added``, ``deleted`` or ``modified``."""
+        if self.before is None:
+            return "added"
+        return "deleted" if self.after is None else "modified"
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One commit of the state branch and the records it changed."""
+
+    change: Change
+    """The commit's metadata (``record`` is None)."""
+    parent: str | None
+    paths: tuple[PathChange, ...]
 
 
 _Blobs = dict[str, tuple[pygit2.Oid | None, dict[str, Any] | None]]
@@ -902,16 +934,24 @@ class Store:
                     if commit.commit_time <= stamp:
                         return Snapshot(self, commit)
                 return Snapshot(self, None, {})
-            try:
-                obj = self._repo.revparse_single(revision)
-                commit = obj.peel(pygit2.Commit)
-            except (KeyError, ValueError, pygit2.GitError) as ex:
-                raise RevisionNotFound(revision) from ex
-            if ref is None or not (
-                commit.id == ref.target or self._repo.descendant_of(ref.target, commit.id)
-            ):
-                raise RevisionNotFound(revision, "is not a commit of the state branch")
-            return Snapshot(self, commit)
+            return Snapshot(self, self._on_branch(ref, revision))
+
+    def _on_branch(self, ref: pygit2.Reference | None, revision: str) -> pygit2.Commit:
+        """Return the commit ``revision`` names if the branch at ``ref`` contains it.
+
+        Raises:
+            RevisionNotFound: no such commit, or not one of the branch.
+        """
+        try:
+            obj = self._repo.revparse_single(revision)
+            commit = obj.peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError) as ex:
+            raise RevisionNotFound(revision) from ex
+        if ref is None or not (
+            commit.id == ref.target or self._repo.descendant_of(ref.target, commit.id)
+        ):
+            raise RevisionNotFound(revision, "is not a commit of the state branch")
+        return commit
 
     def history(self, path: str, limit: int | None = None) -> list[Change]:
         """Return the commits that changed the record at ``path``, newest first."""
@@ -992,6 +1032,81 @@ class Store:
                 if limit is not None and len(changes) >= limit:
                     break
         return changes
+
+    def walk(self, before: str | None = None) -> Iterator[Step]:
+        """Yield the branch's commits newest first, each with the records it changed.
+
+        With ``before`` (a commit of the branch), the walk starts at the
+        commit before it, so a caller pages through the history by passing
+        the last commit it was given. The walk is lazy: a caller that stops
+        early pays only for the commits it took (one tree diff each, which
+        libgit2 prunes at unchanged subtrees).
+
+        Raises:
+            RevisionNotFound: ``before`` is not a commit of the branch.
+        """
+        with self._mutex:
+            ref = self._lookup_ref()
+            if ref is None:
+                if before is not None:
+                    raise RevisionNotFound(before, "is not a commit of the state branch")
+                return
+            if before is None:
+                start: pygit2.Oid | None = ref.target
+            else:
+                first = self._on_branch(ref, before)
+                start = first.parent_ids[0] if first.parent_ids else None
+        if start is None:
+            return
+        for commit in self._first_parent_chain(start):
+            # NOTE: the mutex per commit, as in iter_history: a long walk
+            # must not hold up this process's writer.
+            with self._mutex:
+                step = self._step(commit)
+            yield step
+
+    def step(self, revision: str) -> Step:
+        """Return one commit of the branch with the records it changed.
+
+        Raises:
+            RevisionNotFound: ``revision`` is not a commit of the branch.
+        """
+        with self._mutex:
+            return self._step(self._on_branch(self._lookup_ref(), revision))
+
+    def _step(self, commit: pygit2.Commit) -> Step:
+        if commit.parents:
+            parent = commit.parents[0]
+            diff = self._repo.diff(parent.tree, commit.tree)
+        else:
+            parent = None
+            diff = commit.tree.diff_to_tree(swap=True)
+        paths = []
+        for delta in diff.deltas:
+            old = None if delta.old_file.id.raw == _ZERO else str(delta.old_file.id)
+            new = None if delta.new_file.id.raw == _ZERO else str(delta.new_file.id)
+            paths.append(PathChange(delta.new_file.path or delta.old_file.path, old, new))
+        paths.sort(key=lambda item: item.path)
+        return Step(
+            _change(commit, None), str(parent.id) if parent is not None else None, tuple(paths)
+        )
+
+    def blob_record(self, blob: str, path: str) -> dict[str, Any] | None:
+        """Return a copy of the record stored as ``blob`` at ``path``; None if unreadable.
+
+        Records are parsed once per blob (the parse cache snapshots use),
+        so reading the same version of a record for many commits is cheap.
+        """
+        try:
+            return codec.thaw(self._parse(pygit2.Oid(hex=blob), path, None))
+        except (GitStateError, KeyError, ValueError):
+            return None
+
+    def blob_text(self, blob: str) -> str:
+        """Return a blob's bytes as text (a record's YAML as it is stored)."""
+        with self._mutex:
+            data = self._repo[pygit2.Oid(hex=blob)].data
+        return data.decode("utf-8", "replace")
 
     # -- writes --------------------------------------------------------------------
 

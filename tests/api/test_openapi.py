@@ -244,6 +244,20 @@ def _replay_without_auth(test: falcon.testing.TestClient, checker: Validating) -
     assert rolled.json["kind"] == "puppetlabs.code-manager/not-found"
     expect(400, _bad(checker, test.simulate_post, f"{CM}/rollbacks", json={"to": "zz"}))
 
+    # The page's reads: environments, the audit trail and one commit, whoami.
+    rows = expect(200, test.simulate_get("/api/deploys/environments")).json["environments"]
+    assert any(row["environment"] == "production" for row in rows)
+    trail = expect(200, test.simulate_get("/api/audit", params={"limit": "3"})).json
+    expect(200, test.simulate_get("/api/audit", params={"gate": "shop", "actor": "anonymous"}))
+    expect(200, test.simulate_get("/api/audit", params={"before": trail["next"]}))
+    expect(200, test.simulate_get(trail["entries"][0]["link"]))
+    expect(400, test.simulate_get("/api/audit", params={"since": "soon"}))
+    expect(400, _bad(checker, test.simulate_get, "/api/audit", params={"before": "HEAD"}))
+    expect(404, test.simulate_get("/api/audit", params={"before": "0" * 40}))
+    expect(400, _bad(checker, test.simulate_get, "/api/audit/HEAD"))
+    expect(404, test.simulate_get(f"/api/audit/{'0' * 40}"))
+    expect(200, test.simulate_get("/api/whoami"))
+
     # File sync.
     token = {"X-Authentication": FILE_SYNC_TOKEN}
     refs = "/file-sync/v1/git/info/refs"
@@ -333,6 +347,13 @@ def test_replayed_calls_with_tokens_match_the_document(tmp_path: Path, sample: S
             (403, test.simulate_post("/api/holidays", json={"holidays": []}, headers=as_gater)),
             (401, test.simulate_get(f"{CM}/deploys/status")),
             (200, test.simulate_get(f"{CM}/deploys/status", headers=as_reader)),
+            (401, test.simulate_get("/api/deploys/environments")),
+            (200, test.simulate_get("/api/deploys/environments", headers=as_reader)),
+            (401, test.simulate_get("/api/audit")),
+            (200, test.simulate_get("/api/audit", headers=as_reader)),
+            (401, test.simulate_get("/api/audit/0123456")),
+            (200, test.simulate_get("/api/whoami", headers=as_gater)),
+            (401, test.simulate_get("/api/whoami", headers={"X-Authentication": "nope"})),
             (200, test.simulate_get("/internal/health")),
             (200, test.simulate_get("/internal/status.json")),
             (301, test.simulate_get("/gates")),

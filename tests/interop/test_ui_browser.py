@@ -12,32 +12,20 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from tests.support.browser import CHROMIUM, SKIP, chrome, until
 from tests.support.helpers import free_port, wait_for_http
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-#: Bound on every wait for the page (not a speed assertion).
-WAIT = 20
-
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="Debian's chromium is not installed (apt-get install chromium chromium-driver)",
-)
+pytestmark = SKIP
 
 if CHROMIUM.exists():
-    from selenium import webdriver
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
 
 class Server:
@@ -114,39 +102,8 @@ def server(tmp_path: Path, browser: Any) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,760",
-    ):
-        options.add_argument(flag)
-    with tempfile.TemporaryDirectory() as profile:
-        options.add_argument(f"--user-data-dir={profile}")
-        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-        try:
-            yield driver
-        finally:
-            driver.quit()
-
-
-def until(driver: Any, check: Callable[[], Any], what: str) -> Any:
-    """Wait until ``check()`` is truthy (re-trying over re-rendered elements)."""
-
-    def probe(_: Any) -> Any:
-        try:
-            return check()
-        except StaleElementReferenceException:
-            return False
-
-    return WebDriverWait(driver, WAIT).until(probe, message=f"the page never showed {what}")
+    with chrome() as driver:
+        yield driver
 
 
 def cell(driver: Any, gate: str) -> Any:

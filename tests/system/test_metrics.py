@@ -17,6 +17,7 @@ import requests
 
 from gitstate.config import Config
 from gitstate.deploys.worker import DeployWorker
+from gitstate.engine.environments import Collection
 from gitstate.engine.storage import CODE_REF
 from gitstate.filesync.checkins import CheckIns
 from gitstate.gauges import SyncLagGauge
@@ -91,7 +92,7 @@ class _Engine:
         self.fail = fail
 
     def collect(self, **options: Any) -> Any:
-        return object()
+        return Collection(environments={}, collected_at=0.0)
 
     def prefetch(self, collection: Any, environments: list[str]) -> None:
         pass

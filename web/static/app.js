@@ -1,4 +1,5 @@
-// gitstate's web page: gates per group, deploys and file sync, kept live.
+// gitstate's web page: gates per group, environments and their deploys, the
+// audit trail of the state branch, file sync; kept live.
 //
 // Everything shown comes from the JSON API. Data is only ever put in the page
 // as text nodes or attribute values (never as HTML), so nothing a user or a
@@ -18,7 +19,12 @@ const state = {
   status: null,
   tab: new URLSearchParams(location.search).get("tab"),
   histories: new Map(), // "g/s/env" -> entries, for the open history panels
+  me: null, // GET /api/whoami
+  environments: null, // GET /api/deploys/environments, or {error}
+  audit: { entries: [], next: null, error: null, filter: {}, paged: false },
+  diffs: new Map(), // commit -> detail (or {error}) for the open diffs
 };
+const AUDIT_PAGE = 30;
 
 // -- small helpers ------------------------------------------------------------
 
@@ -198,6 +204,7 @@ async function watch() {
       if (answer.commit !== state.commit) {
         await refreshGates();
         refreshStatus();
+        refreshCode();
         // At most one refresh a second: under heavy gate traffic the branch
         // moves hundreds of times a second, and no reader needs them all.
         await sleep(REFRESH_INTERVAL_MS);
@@ -235,6 +242,7 @@ function render() {
   renderBanners();
   renderHolidays();
   renderDeploys();
+  renderCode();
 }
 
 function renderTabs(all) {
@@ -561,10 +569,312 @@ function renderDeploys() {
   );
 }
 
+// -- environments, queue, failures, audit trail --------------------------------
+
+async function refreshWho() {
+  try {
+    state.me = await api("GET", "/api/whoami");
+  } catch {
+    state.me = null;
+  }
+  showTokenState();
+}
+
+function refreshCode() {
+  refreshEnvironments();
+  if (!state.audit.paged) refreshAudit();
+}
+
+async function refreshEnvironments() {
+  try {
+    state.environments = await api("GET", "/api/deploys/environments");
+  } catch (error) {
+    state.environments = { error };
+  }
+  renderCode();
+}
+
+function auditQuery(extra) {
+  const params = new URLSearchParams();
+  for (const [key, value] of Object.entries({ ...state.audit.filter, ...extra })) {
+    if (value) params.set(key, value);
+  }
+  params.set("limit", String(AUDIT_PAGE));
+  return `/api/audit?${params}`;
+}
+
+async function refreshAudit() {
+  try {
+    const answer = await api("GET", auditQuery({}));
+    Object.assign(state.audit, { entries: answer.entries, next: answer.next, error: null, paged: false });
+  } catch (error) {
+    Object.assign(state.audit, { entries: [], next: null, error, paged: false });
+  }
+  renderAudit();
+}
+
+async function moreAudit() {
+  if (!state.audit.next) return;
+  try {
+    const answer = await api("GET", auditQuery({ before: state.audit.next }));
+    state.audit.entries = state.audit.entries.concat(answer.entries);
+    state.audit.next = answer.next;
+    state.audit.paged = true;
+  } catch (error) {
+    alertError("Loading older entries", error);
+  }
+  renderAudit();
+}
+
+function setupAudit() {
+  const form = document.getElementById("audit-filter");
+  const asIso = (value) => (value ? new Date(value).toISOString() : "");
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    state.audit.filter = {
+      gate: form.gate.value.trim(),
+      environment: form.environment.value.trim(),
+      actor: form.actor.value.trim(),
+      since: asIso(form.since.value),
+      until: asIso(form.until.value),
+    };
+    refreshAudit();
+  });
+  form.addEventListener("reset", () => {
+    state.audit.filter = {};
+    setTimeout(refreshAudit, 0);
+  });
+  document.getElementById("audit-more").addEventListener("click", moreAudit);
+}
+
+async function toggleDiff(commit) {
+  if (state.diffs.has(commit)) state.diffs.delete(commit);
+  else {
+    try {
+      state.diffs.set(commit, await api("GET", `/api/audit/${seg(commit)}`));
+    } catch (error) {
+      state.diffs.set(commit, { error: explain(error) });
+    }
+  }
+  renderAudit();
+}
+
+async function rollBack(env) {
+  if (!confirm(`Roll ${env} back to its previous version?`)) return;
+  try {
+    const answer = await api("POST", "/code-manager/v1/rollbacks", { environment: env });
+    showAlert(`Rolled ${env} back to ${short(answer["deploy-signature"])}.`, "notice");
+  } catch (error) {
+    alertError(`Rolling back ${env}`, error);
+  }
+  refreshEnvironments();
+}
+
+function needsToken(error) {
+  return error instanceof ApiError && error.status === 401;
+}
+
+function renderCode() {
+  const note = document.getElementById("code-note");
+  const box = document.getElementById("environments");
+  const envs = state.environments;
+  if (!envs) return;
+  if (envs.error) {
+    note.className = needsToken(envs.error) ? "needs-token error" : "error";
+    note.textContent = needsToken(envs.error)
+      ? "Deploys and the audit trail need a token: enter one above (gates stay readable)."
+      : `Environments unavailable: ${explain(envs.error)}`;
+    box.replaceChildren();
+  } else {
+    note.className = "muted";
+    note.textContent = "";
+    box.replaceChildren(environmentsTable(envs.environments));
+  }
+  renderQueue();
+}
+
+function environmentsTable(rows) {
+  if (!rows.length) return el("p", { className: "muted" }, "Nothing deployed yet.");
+  const head = ["Environment", "Commit", "Branch", "Deployed", "By", "File sync", "Now", ""].map((name) =>
+    el("th", { scope: "col" }, name),
+  );
+  return el(
+    "table",
+    { className: "environments" },
+    el("thead", {}, el("tr", {}, head)),
+    el("tbody", {}, rows.map(environmentRow)),
+  );
+}
+
+function environmentRow(row) {
+  const env = row.environment;
+  const when = row.deployed_at ? new Date(row.deployed_at) : null;
+  const clients = el(
+    "ul",
+    { className: "clients" },
+    row.clients.map((client) =>
+      el(
+        "li",
+        {
+          className: `client ${client.status}`,
+          dataset: { client: client.client },
+          title: client.failed || (client.last_check_in_time ? `last check-in ${client.last_check_in_time}` : ""),
+        },
+        `${client.client}: ${client.status}`,
+      ),
+    ),
+  );
+  const now = [];
+  if (row.deploying) now.push(el("span", { className: "badge deploying" }, `deploying #${row.deploying.id}`));
+  for (const queued of row.queued) {
+    now.push(el("span", { className: "badge", title: queued.blocked || "" }, `queued #${queued.id}`));
+  }
+  if (row.last_failure) {
+    const error = row.last_failure.error || {};
+    now.push(
+      el(
+        "div",
+        { className: "failure", title: error.kind || "" },
+        el("span", { className: "badge failed" }, `#${row.last_failure.id} failed`),
+        " ",
+        el("span", { className: "error" }, error.msg || "failed"),
+      ),
+    );
+  }
+  const may = row.may_roll_back;
+  const rollback = row.signature
+    ? el(
+        "button",
+        {
+          type: "button",
+          className: "rollback",
+          disabled: !may,
+          title: may ? `roll ${env} back to its previous version` : `needs the permission deploy:${env}`,
+          onclick: () => rollBack(env),
+        },
+        "Roll back",
+      )
+    : null;
+  const by = row.deployed_by ? [row.deployed_by, row.rollback ? " (rollback)" : ""] : "—";
+  return el(
+    "tr",
+    { dataset: { environment: env } },
+    el("th", { scope: "row" }, env),
+    el("td", { className: "signature", title: row.signature || "" }, row.signature ? el("code", {}, short(row.signature)) : "not deployed"),
+    el("td", { className: "branch", title: row.source ? `source ${row.source}` : "" }, row.branch || "—"),
+    el("td", { className: "age", title: row.deployed_at || "" }, when ? age(when) : "—"),
+    el("td", { className: "by" }, by),
+    el("td", { className: "clients" }, clients),
+    el("td", { className: "now" }, now.length ? now : "idle"),
+    el("td", {}, rollback),
+  );
+}
+
+function renderQueue() {
+  const queueBox = document.getElementById("queue");
+  const failedBox = document.getElementById("failed");
+  const status = state.status;
+  if (!status || status.error) {
+    const text = status ? "unavailable" : "loading…";
+    queueBox.replaceChildren(el("li", { className: "muted" }, text));
+    failedBox.replaceChildren(el("li", { className: "muted" }, text));
+    return;
+  }
+  const sections = status["deploys-status"] || {};
+  const waiting = [
+    ...(sections.deploying || []).map((item) => ({ ...item, status: "deploying" })),
+    ...(sections.new || []).map((item) => ({ ...item, status: "new" })),
+    ...(sections.queued || []).map((item) => ({ ...item, status: "queued" })),
+  ];
+  queueBox.replaceChildren(
+    ...(waiting.length
+      ? waiting.map((item) =>
+          el(
+            "li",
+            { dataset: { deploy: item.id }, className: item.status },
+            el("span", { className: `badge ${item.status}` }, item.status),
+            ` #${item.id} ${item.environment}`,
+            item["waiting-for"] ? el("span", { className: "muted" }, ` (${item["waiting-for"]})`) : null,
+            el("span", { className: "age", title: item["queued-at"] || "" }, ` queued ${age(new Date(item["queued-at"]))}`),
+          ),
+        )
+      : [el("li", { className: "muted" }, "Nothing queued or deploying.")]),
+  );
+  const failed = sections.failed || [];
+  failedBox.replaceChildren(
+    ...(failed.length
+      ? failed.map((item) =>
+          el(
+            "li",
+            { dataset: { deploy: item.id } },
+            el("span", { className: "badge failed" }, `#${item.id}`),
+            ` ${item.environment}: `,
+            el("span", { className: "error", title: (item.error && item.error.kind) || "" }, (item.error && item.error.msg) || "failed"),
+          ),
+        )
+      : [el("li", { className: "muted" }, "No recent failures.")]),
+  );
+}
+
+function renderAudit() {
+  const list = document.getElementById("audit");
+  const more = document.getElementById("audit-more");
+  const note = document.getElementById("audit-state");
+  const audit = state.audit;
+  more.hidden = !audit.next;
+  if (audit.error) {
+    list.replaceChildren();
+    note.textContent = needsToken(audit.error)
+      ? "The audit trail needs a token: enter one above."
+      : `Audit trail unavailable: ${explain(audit.error)}`;
+    return;
+  }
+  note.textContent = audit.entries.length ? "" : "No entries match.";
+  list.replaceChildren(
+    ...audit.entries.map((entry) => {
+      const tags = [
+        ...entry.gates.map((gate) => `gate ${gate}`),
+        ...entry.environments.map((env) => `env ${env}`),
+        ...entry.deploys.map((id) => `deploy #${id}`),
+      ];
+      const detail = state.diffs.get(entry.commit);
+      return el(
+        "li",
+        { dataset: { commit: entry.commit } },
+        el("span", { className: "age", title: entry.time }, age(new Date(entry.time))),
+        " ",
+        el("code", { title: entry.commit }, short(entry.commit)),
+        " ",
+        // Subjects mostly start with the actor already; name it only otherwise.
+        entry.subject.startsWith(`${entry.actor} `) ? null : [el("strong", { className: "actor" }, entry.actor), " "],
+        el("span", { className: "subject" }, entry.subject),
+        " ",
+        el(
+          "button",
+          { type: "button", className: "diff-toggle", "aria-expanded": detail ? "true" : "false", onclick: () => toggleDiff(entry.commit) },
+          detail ? "Hide changes" : `Changes (${entry.paths_total})`,
+        ),
+        tags.length ? el("div", { className: "tags" }, tags.join(" · ")) : null,
+        detail ? diffView(detail) : null,
+      );
+    }),
+  );
+}
+
+function diffView(detail) {
+  if (detail.error) return el("p", { className: "error" }, detail.error);
+  return el(
+    "div",
+    { className: "changes" },
+    detail.changes.map((change) => el("pre", { className: "diff", dataset: { path: change.path } }, change.diff || `${change.change} ${change.path}`)),
+  );
+}
+
 // -- wiring -------------------------------------------------------------------
 
 function showTokenState() {
-  document.getElementById("token-state").textContent = state.token ? "token set" : "no token";
+  const who = state.token && state.me && state.me.authentication ? ` (${state.me.user})` : "";
+  document.getElementById("token-state").textContent = state.token ? `token set${who}` : "no token";
 }
 
 function setup() {
@@ -580,12 +890,17 @@ function setup() {
     document.getElementById("alerts").replaceChildren();
     refreshGates().catch((error) => alertError("Loading the gates", error));
     refreshStatus();
+    refreshWho();
+    refreshCode();
   });
   document.getElementById("token-clear").addEventListener("click", () => {
     state.token = "";
     tokenInput.value = "";
     localStorage.removeItem(TOKEN_KEY);
+    state.me = null;
     showTokenState();
+    refreshWho();
+    refreshCode();
   });
 
   document.getElementById("new-gate").addEventListener("submit", async (event) => {
@@ -621,7 +936,14 @@ function setup() {
     .catch((error) => alertError("Loading the gates", error))
     .finally(() => watch());
   refreshStatus();
-  setInterval(refreshStatus, STATUS_EVERY_MS);
+  refreshWho();
+  refreshCode();
+  setupAudit();
+  // Client check-ins are no state commits: look again now and then.
+  setInterval(() => {
+    refreshStatus();
+    refreshEnvironments();
+  }, STATUS_EVERY_MS);
 }
 
 document.addEventListener("DOMContentLoaded", setup);
