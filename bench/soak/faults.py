@@ -105,7 +105,9 @@ class FaultInjector(threading.Thread):
             fault.pid = None
             return fault
         until = time.monotonic() + self.recovery_timeout
-        while time.monotonic() < until and not self._stop_event.is_set():
+        # The recovery is watched even when the run ends meanwhile: a kill in
+        # its last moment would otherwise count as never recovered.
+        while time.monotonic() < until:
             now = self.cluster.processes().get(role, [])
             if pid not in now and len(now) >= len(before):
                 fault.recovered_after = time.time() - fault.at
