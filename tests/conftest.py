@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from gitstate.cli.sample import SampleRepos, build
+from tests.support.filesync import Harness, make_config
 
 _GIT_ENV_SCRUB = (
     "GIT_DIR",
@@ -81,3 +82,11 @@ def sample(tmp_path: Path, sample_template: Path) -> SampleRepos:
 def state_path(tmp_path: Path) -> Path:
     """Path of a state repository that does not exist yet."""
     return tmp_path / "data" / "state.git"
+
+
+@pytest.fixture
+def harness(tmp_path: Path, sample: SampleRepos) -> Iterator[Harness]:
+    """The app with a deploy worker and file-sync clients on the sample repositories."""
+    running = Harness(make_config(tmp_path, sample))
+    yield running
+    running.close()

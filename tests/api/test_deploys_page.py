@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,6 @@ from tests.support.filesync import Harness, make_config, push
 ENVS = "/api/deploys/environments"
 AUDIT = "/api/audit"
 BROKEN = "mod 'broken', :git => 'file:///nonexistent/broken.git'\n"
-
-
-@pytest.fixture
-def harness(tmp_path: Path, sample: SampleRepos) -> Iterator[Harness]:
-    running = Harness(make_config(tmp_path, sample))
-    yield running
-    running.close()
 
 
 def _rows(harness: Harness, **headers: str) -> dict[str, dict[str, Any]]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pygit2
-import pytest
 from pygit2.enums import FileMode
 
 from gitstate.cli.sample import SampleRepos
@@ -28,13 +26,6 @@ from tests.support.filesync import (
     push,
 )
 from tests.support.helpers import git
-
-
-@pytest.fixture
-def harness(tmp_path: Path, sample: SampleRepos) -> Iterator[Harness]:
-    running = Harness(make_config(tmp_path, sample))
-    yield running
-    running.close()
 
 
 def test_apply_writes_every_environment_then_only_what_changed(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pygit2
@@ -10,17 +9,10 @@ import pytest
 
 from gitstate.cli.sample import SampleRepos
 from gitstate.engine.storage import Published, Storage
-from tests.support.filesync import Harness, make_config, push
+from tests.support.filesync import Harness, push
 from tests.support.helpers import git
 
 ROLLBACKS = "/code-manager/v1/rollbacks"
-
-
-@pytest.fixture
-def harness(tmp_path: Path, sample: SampleRepos) -> Iterator[Harness]:
-    running = Harness(make_config(tmp_path, sample))
-    yield running
-    running.close()
 
 
 def test_rollback_defaults_to_the_previous_version_and_is_audited(

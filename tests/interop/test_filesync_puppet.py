@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pygit2
 import pytest
 
-from gitstate.cli.sample import SampleRepos
 from gitstate.filesync.livedir import LiveDir
-from tests.support.filesync import Harness, make_config
-
-
-@pytest.fixture
-def harness(tmp_path: Path, sample: SampleRepos) -> Iterator[Harness]:
-    running = Harness(make_config(tmp_path, sample))
-    yield running
-    running.close()
-
+from tests.support.filesync import Harness
 
 PUPPET = shutil.which("puppet")
 

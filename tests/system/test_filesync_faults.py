@@ -7,24 +7,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pygit2
-import pytest
 
 from gitstate.cli.sample import SampleRepos
 from gitstate.engine.storage import Storage
 from gitstate.filesync.livedir import LiveDir
-from tests.support.filesync import Harness, assert_matches_storage, live_files, make_config, push
-
-
-@pytest.fixture
-def harness(tmp_path: Path, sample: SampleRepos) -> Iterator[Harness]:
-    running = Harness(make_config(tmp_path, sample))
-    yield running
-    running.close()
-
+from tests.support.filesync import Harness, assert_matches_storage, live_files, push
 
 BIG = 1500
 
