@@ -48,6 +48,7 @@ from gitstate.settings import (
     MetricsSettings,
     SourceSettings,
     StateSettings,
+    StorageSettings,
     WebhookSettings,
 )
 
@@ -76,6 +77,7 @@ class Config:
         count(), 8, "threads per worker; deploy waits and long polls hold one each"
     )
     state: StateSettings = section(StateSettings, "how the state branch is written")
+    storage: StorageSettings = section(StorageSettings, "the file-sync storage repository")
     auth: AuthSettings = section(AuthSettings, "tokens")
     sources: dict[str, SourceSettings] = named(
         SourceSettings, "control repositories by name, configured as r10k configures them"
@@ -151,6 +153,7 @@ class Config:
             workers=self.workers,
             threads=self.threads,
             state=dataclasses.asdict(self.state),
+            storage=dataclasses.asdict(self.storage),
         )
         return data
 

@@ -17,19 +17,27 @@ from gitstate.codemanager.webhooks import Webhooks
 from gitstate.config import Config
 from gitstate.deploys.guard import DeployGuard
 from gitstate.engine.sources import Sources
+from gitstate.engine.storage import CODE_REF
 from gitstate.gates.service import Gates
-from gitstate.store.branch import Store
+from gitstate.store.branch import DEFAULT_REF, Store
 from gitstate.store.rewind import BranchRewound
+from gitstate.store.upstream import SharedRef
 from gitstate.trail import AuditTrail
 
 
 def open_store(config: Config) -> Store:
-    """Open the state store with the configured durability, deadline and lock age."""
+    """Open the state store with the configured durability, deadline, lock age and remote."""
+    upstream = None
+    if config.state.remote:
+        upstream = SharedRef(
+            config.state_repo, config.state.remote, DEFAULT_REF, timeout=config.state.remote_timeout
+        )
     return Store(
         config.state_repo,
         fsync=config.state.fsync,
         deadline=config.state.deadline,
         stale_lock_after=config.state.stale_lock_after,
+        upstream=upstream,
     )
 
 
@@ -51,6 +59,14 @@ class Services:
         self.file_sync = self.code_manager.file_sync
         self.audit = AuditTrail(self.store)
         self.webhooks = Webhooks(self.code_manager, self.store, config.webhooks, hooks=config.hooks)
+        #: The refs this node shares through a git server (none on a single server).
+        self.shared_refs: list[SharedRef] = []
+        if self.store.upstream is not None:
+            self.shared_refs.append(self.store.upstream)
+        if config.storage.remote:
+            self.shared_refs.append(
+                SharedRef(config.datadir / "storage.git", config.storage.remote, CODE_REF)
+            )
 
     def health(self) -> tuple[dict[str, Any], str | None]:
         """Report that the process can read the state branch and write on it.
@@ -66,7 +82,18 @@ class Services:
         rewind = self.store.rewound()
         if rewind is not None:
             raise BranchRewound(rewind.ref, rewind.expected, rewind.found)
-        return {"status": "ok"}, self.store.head()
+        body: dict[str, Any] = {"status": "ok"}
+        # A node cut off from the git server still answers reads, so it
+        # stays in service (200), but says it cannot write (docs/cluster.md).
+        cut_off = [
+            seen.as_dict(shared.shown_url)
+            for shared in self.shared_refs
+            if (seen := shared.reachability()) is not None and not seen.reachable
+        ]
+        if cut_off:
+            body["status"] = "read-only"
+            body["unreachable"] = cut_off
+        return body, self.store.head()
 
     def internal_status(self) -> dict[str, Any]:
         """Return gatekeeper's ``/internal/status.json`` document, with gitstate's parts.

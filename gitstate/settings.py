@@ -132,6 +132,32 @@ class StateSettings:
     stale_lock_after: float = setting(
         seconds(), 5.0, "age at which a ref `.lock` is taken as abandoned"
     )
+    remote: str | None = setting(
+        text(),
+        None,
+        "git URL of the state repository several servers share (docs/cluster.md;"
+        " none: this host alone)",
+    )
+    refresh_interval: float = setting(
+        seconds(positive=True), 1.0, "with `remote`: longest a node serves reads without a fetch"
+    )
+    remote_timeout: float = setting(
+        seconds(positive=True),
+        10.0,
+        "with `remote`: longest one fetch or push may take before the git server counts as down",
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StorageSettings:
+    """``storage``: the file-sync storage repository deploys are published to."""
+
+    remote: str | None = setting(
+        text(),
+        None,
+        "git URL of the storage repository several servers share (docs/cluster.md;"
+        " none: this host alone)",
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -67,6 +67,21 @@ def _deploy_worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _follow(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from gitstate.process.follower import follow
+
+    config = Config.load(args.config)
+    logs.configure(config.logging)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    follow(config, stop)
+    return EXIT_OK
+
+
 def _client(args: argparse.Namespace) -> Any:
     from gitstate.client import Client
 
@@ -364,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--config", required=True, help="YAML config file")
     worker.add_argument("--slot", type=int, default=0, help="worker slot number (default 0)")
     worker.set_defaults(func=_deploy_worker)
+
+    follower = sub.add_parser(
+        "follow", help="keep this node's copies current from the git server (state.remote)"
+    )
+    follower.add_argument("--config", required=True, help="YAML config file")
+    follower.set_defaults(func=_follow)
 
     deploy = sub.add_parser("deploy", help="deploy environments, like `puppet code deploy`")
     deploy.add_argument("environments", nargs="*", metavar="ENV", help="environments to deploy")

@@ -260,6 +260,8 @@ class Deployer:
         fsync: bool = False,
         local_module_sources: Sequence[Path] = (),
         puppetfile_ruby: RubyEvaluator | None = None,
+        storage_remote: str | None = None,
+        remote_timeout: float = 10.0,
     ) -> None:
         self.datadir = Path(datadir)
         self.sources = sources
@@ -272,7 +274,12 @@ class Deployer:
             workers=fetch_workers,
             private_key=private_key,
         )
-        self.storage = Storage(self.datadir / "storage.git", fsync=fsync)
+        self.storage = Storage(
+            self.datadir / "storage.git",
+            fsync=fsync,
+            remote=storage_remote,
+            remote_timeout=remote_timeout,
+        )
         self.forge = Forge(forge_url, self.storage, timeout=fetch_timeout)
         self.lockdir = self.datadir / "locks"
         self._puppetfiles: dict[bytes, Puppetfile | PuppetfileError] = {}
@@ -291,6 +298,8 @@ class Deployer:
             private_key=deploy.private_key,
             fsync=config.state.fsync,
             local_module_sources=deploy.local_module_sources,
+            storage_remote=config.storage.remote,
+            remote_timeout=config.state.remote_timeout,
             puppetfile_ruby=(
                 RubyEvaluator(deploy.ruby, deploy.timeouts.puppetfile)
                 if deploy.puppetfile_ruby

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import logging
 import os
 import posixpath
@@ -59,9 +60,11 @@ from gitstate.base.hostlock import LockTimeout, break_stale_ref_locks, flocked
 from gitstate.engine.links import TreeLinks
 from gitstate.engine.manifest import ManifestReader, Published, publish_tree
 from gitstate.errors import GitStateError
+from gitstate.store.upstream import TRACKING_PREFIX, SharedRef, fast_forward
 
 log = logging.getLogger(__name__)
 
+REFS = "refs/"
 CODE_REF = "refs/heads/code"
 ENVIRONMENT_REF_PREFIX = "refs/environments/"
 SERVICE = "gitstate"
@@ -133,9 +136,13 @@ class Storage:
         deadline: float = 30.0,
         lock_timeout: float = LOCK_TIMEOUT,
         fsync: bool = False,
+        remote: str | None = None,
+        remote_timeout: float = 10.0,
     ) -> None:
         self.path = Path(path)
         self.fsync = fsync
+        self.remote = remote
+        self.remote_timeout = remote_timeout
         self.deadline = deadline
         self.lock_timeout = lock_timeout
         init_storage(self.path)
@@ -153,6 +160,52 @@ class Storage:
             self._local.pid = os.getpid()
             self._local.repo = pygit2.Repository(str(self.path))
         return self._local.repo
+
+    # -- several servers: the git server's refs ------------------------------------------
+
+    def shared(self, ref: str) -> SharedRef | None:
+        """The git server's copy of ``ref``, or None when this host alone holds storage."""
+        if self.remote is None:
+            return None
+        return SharedRef(self.path, self.remote, ref, timeout=self.remote_timeout)
+
+    def refresh(self) -> str | None:
+        """Bring the code-commit and every environment's ref up to the git server's.
+
+        What a node's file-sync clients and rollbacks then read locally.
+        Without a remote, nothing to do. Returns the code-commit.
+
+        Raises:
+            SharedUnreachable: the git server did not answer.
+            Diverged: a ref on the git server went back.
+        """
+        for ref in (ENVIRONMENT_REF_PREFIX + "*", CODE_REF):
+            shared = self.shared(ref)
+            if shared is None:
+                break
+            shared.fetch()
+            for tracked in self.repo.references.iterator():
+                name = tracked.name
+                if fnmatch.fnmatchcase(name, shared.tracking):
+                    local = REFS + name.removeprefix(TRACKING_PREFIX)
+                    self._follow(local, str(tracked.target))
+        return self.code_commit()
+
+    def _catch_up(self, shared: SharedRef) -> str | None:
+        """Fetch one ref from the git server and follow it here; return its tip there."""
+        shared.fetch()
+        tip = shared.tip(self.repo)
+        if tip is not None:
+            self._follow(shared.ref, tip)
+        return tip
+
+    def _follow(self, ref: str, target: str) -> None:
+        until = time.monotonic() + self.deadline
+        while not fast_forward(self.repo, ref, target, "gitstate: the git server's tip"):
+            if time.monotonic() > until:
+                raise PublishConflict(ref, 0, "the local ref stayed locked")
+            break_stale_ref_locks(self.path, ref)
+            time.sleep(0.01 * random.random())
 
     # -- copying objects in --------------------------------------------------------------
 
@@ -356,16 +409,24 @@ class Storage:
         """
         repo = self.repo
         name = ENVIRONMENT_REF_PREFIX + environment
+        shared = self.shared(name)
         sig = self.signature()
         until = time.monotonic() + self.deadline
         attempts = 0
         while attempts == 0 or time.monotonic() < until:
             attempts += 1
+            there = self._catch_up(shared) if shared is not None else None
             parent = self.environment_tip(environment)
             parents = [pygit2.Oid(hex=parent)] if parent else []
             commit = repo.create_commit(None, sig, sig, message, tree, parents)
             if self.fsync:
                 durable.flush(self.path)
+            if shared is not None:
+                # The git server's ref is the one that counts; this one follows.
+                if not shared.push(str(commit), there):
+                    continue
+                self._follow(name, str(commit))
+                return str(commit)
             try:
                 if parent is None:
                     repo.references.create(name, commit, force=False)
@@ -453,6 +514,8 @@ class Storage:
         while True:
             attempts += 1
             repo = self.repo
+            shared = self.shared(CODE_REF)
+            there = self._catch_up(shared) if shared is not None else None
             tip = self.code_commit()
             base = repo[tip].peel(pygit2.Commit).tree if tip else None
             try:
@@ -475,7 +538,11 @@ class Storage:
                 # Every object of this version (copied packs included) is on
                 # disk before the code ref names it.
                 durable.flush(self.path)
-            if self._advance(tip, commit, message):
+            if shared is not None:
+                if shared.push(str(commit), there):
+                    self._follow(CODE_REF, str(commit))
+                    return str(commit)
+            elif self._advance(tip, commit, message):
                 return str(commit)
             # We hold the publishers' host lock: an old .lock is a dead writer's.
             break_stale_ref_locks(self.path, CODE_REF)

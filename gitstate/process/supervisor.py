@@ -177,8 +177,14 @@ def answers(url: str, timeout: float = 1.0) -> bool:
 
 
 def serve_children(config_path: str, deploy_workers: int) -> list[Child]:
-    """Return the children of ``gitstate serve``: web server, deploy workers, sync clients."""
+    """Return the children of ``gitstate serve``: web server, deploy workers, sync clients.
+
+    A node of several servers (``state.remote``) also runs a follower.
+    """
     children = [Child("web", gitstate_command("web", "--config", config_path))]
+    config = Config.load(config_path)
+    if config.state.remote or config.storage.remote:
+        children.append(Child("follow", gitstate_command("follow", "--config", config_path)))
     for slot in range(deploy_workers):
         children.append(
             Child(
@@ -237,6 +243,10 @@ def prepare(config: Config, console: Console | None = None) -> None:
     from gitstate.store.branch import init_repository
 
     init_repository(config.state_repo)
+    if config.state.remote or config.storage.remote:
+        from gitstate.process.follower import join
+
+        join(config)
     # Before any local file-sync client looks at it (the first deploy would
     # create it too late for them).
     init_storage(config.datadir / "storage.git")

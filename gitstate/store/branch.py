@@ -55,7 +55,8 @@ from gitstate.base.bare import create_bare
 from gitstate.base.hostlock import HostLock, break_stale_ref_locks
 from gitstate.errors import BAD_REQUEST, NOT_FOUND, UNAVAILABLE, GitStateError
 from gitstate.store import codec, history_index
-from gitstate.store.rewind import Rewind, SeenTip
+from gitstate.store.rewind import BranchRewound, Rewind, SeenTip
+from gitstate.store.upstream import Diverged, SharedRef, fast_forward
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -662,6 +663,10 @@ class Store:
         stale_lock_after: age in seconds after which a ``.lock`` file on the
             ref is taken to be left by a dead process and removed.
         cache_size: how many parsed records to keep per process.
+        upstream: the git server sharing the branch with other gitstate
+            servers (docs/cluster.md), or None when this host alone holds
+            it. With one, a write is acknowledged only once a push to the
+            git server has advanced its ref from the tip the change ran on.
     """
 
     def __init__(
@@ -674,8 +679,10 @@ class Store:
         deadline: float = 10.0,
         stale_lock_after: float = 5.0,
         cache_size: int = 65536,
+        upstream: SharedRef | None = None,
     ) -> None:
         self.path = Path(path)
+        self.upstream = upstream
         self.ref = ref
         self.fsync = fsync
         self.deadline = deadline
@@ -1151,6 +1158,10 @@ class Store:
         # what it read is unchanged (see _Prepared). The host lock is then
         # held only for the trees, the commit and the CAS.
         tally = _Tally()
+        if self.upstream is not None:
+            # The change runs on the git server's tip, not on what this
+            # node last heard of it (docs/cluster.md).
+            self.refresh()
 
         def counted(draft: Draft) -> T:
             tally.runs += 1
@@ -1267,6 +1278,11 @@ class Store:
                 return outcome
             if time.monotonic() >= job.until:
                 raise StoreBusy(self.ref, time.monotonic() - job.started, tally.runs, reason)
+            if self.upstream is not None:
+                # Another node pushed first: its commits, then this change
+                # again on them. Under the host lock no push from this host
+                # is under way, so a git server behind this copy went back.
+                self.refresh(exact=True)
 
     def _follow(self, outcome: _Outcome[Any]) -> Snapshot:
         """Return the snapshot a transaction left, making it this process's latest."""
@@ -1362,7 +1378,13 @@ class Store:
         if self.fsync:
             # The objects reach the disk before the ref that names them.
             durable.flush(self.path)
-        if not self._advance(base, ref, commit_id, draft.subject, job.until):
+        if self.upstream is not None:
+            # Acknowledged once the git server has it; this copy follows.
+            if not self.upstream.push(str(commit_id), base.commit):
+                tally.conflicts += 1
+                return None
+            self._fast_forward(str(commit_id))
+        elif not self._advance(base, ref, commit_id, draft.subject, job.until):
             tally.conflicts += 1
             return None
         # Still under the host lock: the next writer checks its tip against it.
@@ -1387,7 +1409,13 @@ class Store:
         # one that commits is refused on a branch that moved back.
         self._seen.refuse(self._repo, base.commit)
         now = time.time()
-        message = _message(draft.subject, draft.body, job.operation, job.identity)
+        # With several servers, a Node trailer says which one wrote the
+        # commit, and keeps two nodes that make the same change on the same
+        # tip in the same second from making the same commit: a git server
+        # takes a push of a commit it already holds as a success, so both
+        # would be acknowledged for one change.
+        node = self.upstream.node if self.upstream is not None else None
+        message = _message(draft.subject, draft.body, job.operation, job.identity, node)
         parents = [base._commit_id] if base._commit_id is not None else []
         author, committer = job.identity.signature(now), _service_signature(int(now))
         commit_id = self._repo.create_commit(None, author, committer, message, tree_id, parents)
@@ -1504,6 +1532,61 @@ class Store:
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.05)
 
+    # -- several servers: the git server's tip ---------------------------------------
+
+    def refresh(self, *, exact: bool = False) -> str | None:
+        """Bring this copy of the branch up to the git server's tip; return the tip.
+
+        Without an upstream this is :meth:`head`. With one, the git
+        server's tip is fetched and the local branch moved forward to it,
+        by compare-and-swap, so readers and waits here see it (a ref watch
+        wakes them as for a local commit).
+
+        ``exact`` (for a writer holding the host lock) takes a git server
+        tip behind this copy's as the git server's branch moved back;
+        otherwise it may be a fetch that raced a push from this host.
+
+        Raises:
+            SharedUnreachable: the git server did not answer.
+            BranchRewound: the git server's branch does not contain this
+                copy's tip (it was moved back there).
+        """
+        if self.upstream is None:
+            return self.head()
+        if not self.upstream.fetch():
+            return self.head()
+        with self._mutex:
+            tip = self.upstream.tip(self._repo)
+        if tip is None:
+            return self.head()
+        self._fast_forward(tip, ahead=not exact)
+        return tip
+
+    def _fast_forward(self, target: str, *, ahead: bool = True) -> None:
+        """Move the local branch forward to ``target``, a tip of the git server.
+
+        A compare-and-swap like every other move of the ref: a copy that
+        already holds ``target`` or a later commit stays where it is. A copy
+        whose tip ``target`` does not contain means the git server's branch
+        went back; nothing is written on top of that (:class:`BranchRewound`).
+        """
+        until = time.monotonic() + self.deadline
+        while True:
+            with self._mutex:
+                try:
+                    reflog = "gitstate: the git server's tip"
+                    if fast_forward(self._repo, self.ref, target, reflog, ahead=ahead):
+                        return
+                except Diverged as ex:
+                    rewind = Rewind(self.ref, ex.local, ex.shared)
+                    self._seen.report(rewind)
+                    raise BranchRewound(self.ref, ex.local, ex.shared) from ex
+                # Moved meanwhile, or its lock is held (perhaps by the dead).
+                self._break_stale_locks()
+            if time.monotonic() >= until:
+                raise StoreBusy(self.ref, self.deadline, 1, f"{self.ref}.lock stayed locked")
+            time.sleep(0.001 + 0.004 * random.random())
+
     def _break_stale_locks(self) -> None:
         """Remove the ref's lock files left by a dead writer (we hold the host lock)."""
         for lock in break_stale_ref_locks(self.path, self.ref, self.stale_lock_after):
@@ -1569,7 +1652,9 @@ def init_repository(path: str | os.PathLike[str]) -> None:
     )
 
 
-def _message(subject: str, body: str, operation: str, identity: Identity) -> str:
+def _message(
+    subject: str, body: str, operation: str, identity: Identity, node: str | None = None
+) -> str:
     subject = " ".join(subject.split()) or operation
     parts = [subject]
     if body.strip():
@@ -1579,6 +1664,8 @@ def _message(subject: str, body: str, operation: str, identity: Identity) -> str
     if identity.request_id:
         trailers.append(f"Request-Id: {identity.request_id}")
     trailers.append(f"Operation: {operation}")
+    if node:
+        trailers.append(f"Node: {node}")
     parts.append("\n".join(trailers))
     return "\n\n".join(parts) + "\n"
 

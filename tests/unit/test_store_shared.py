@@ -1,0 +1,156 @@
+"""Several stores sharing one state branch through a git server (issue 22).
+
+The git server here is a bare repository reached by path: ``git push`` to
+it runs the same receive-pack, with the same compare-and-swap on the ref,
+as ``git daemon`` or ``http-backend`` (the system test uses ``git daemon``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from gitstate.store.branch import DEFAULT_REF, Store
+from gitstate.store.rewind import BranchRewound
+from gitstate.store.upstream import SharedRef, SharedUnreachable, redact
+from tests.support.helpers import git
+
+COUNTER = "counters/c.yaml"
+
+
+def _bump(draft) -> int:
+    record = draft.get(COUNTER) or {"schema_version": 1, "n": 0}
+    value = record["n"] + 1
+    draft.put(COUNTER, {"schema_version": 1, "n": value})
+    return value
+
+
+def _node(tmp_path: Path, name: str, remote: Path) -> Store:
+    local = tmp_path / name / "state.git"
+    return Store(local, upstream=SharedRef(local, str(remote), DEFAULT_REF, timeout=10))
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    path = tmp_path / "server" / "state.git"
+    path.parent.mkdir()
+    git("init", "-q", "--bare", "-b", "state", str(path), cwd=tmp_path)
+    return path
+
+
+def _shared_log(remote: Path) -> list[str]:
+    return git("log", "--format=%H", DEFAULT_REF, cwd=remote).split()
+
+
+def test_no_acknowledged_write_is_lost_among_three_nodes(tmp_path: Path, remote: Path) -> None:
+    """Threads on three nodes increment one counter: every increment is in the shared history."""
+    nodes = [_node(tmp_path, f"n{i}", remote) for i in range(3)]
+    acknowledged: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def run(store: Store) -> None:
+        for _ in range(6):
+            done = store.transact(_bump, subject="bump", operation="test.bump")
+            with lock:
+                acknowledged.append((done.commit, done.value))
+
+    threads = [threading.Thread(target=run, args=(node,)) for node in nodes for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    history = _shared_log(remote)
+    assert len(acknowledged) == 36
+    # Each acknowledged write is its own commit on the git server, and each
+    # saw the count the one before it left: no increment was lost.
+    assert {commit for commit, _ in acknowledged} <= set(history)
+    assert len({commit for commit, _ in acknowledged}) == 36
+    assert sorted(value for _, value in acknowledged) == list(range(1, 37))
+    assert nodes[1].refresh() == history[0]
+    assert nodes[1].get(COUNTER)["n"] == 36
+
+
+def test_each_commit_names_its_node(tmp_path: Path, remote: Path) -> None:
+    """The same change on the same tip on two nodes makes two commits, not one."""
+    a, b = _node(tmp_path, "a", remote), _node(tmp_path, "b", remote)
+    a.transact(_bump, subject="bump", operation="test.bump")
+    b.refresh()
+    first = a.transact(_bump, subject="bump", operation="test.bump")
+    second = b.transact(_bump, subject="bump", operation="test.bump")
+    assert first.commit != second.commit
+    assert second.value == 3
+    nodes = {
+        git("log", "-1", "--format=%(trailers:key=Node,valueonly)", commit, cwd=remote).strip()
+        for commit in (first.commit, second.commit)
+    }
+    assert nodes == {a.upstream.node, b.upstream.node}
+
+
+def test_a_write_runs_on_the_shared_tip_not_on_the_local_copy(tmp_path: Path, remote: Path) -> None:
+    """A node that has not fetched yet still writes on top of another node's commit."""
+    a, b = _node(tmp_path, "a", remote), _node(tmp_path, "b", remote)
+    b.transact(_bump, subject="bump", operation="test.bump")  # b's copy now exists
+    for _ in range(3):
+        a.transact(_bump, subject="bump", operation="test.bump")
+    assert b.head() != a.head()  # b has not heard of a's commits
+    done = b.transact(_bump, subject="bump", operation="test.bump")
+    assert done.value == 5
+    assert b.head() == _shared_log(remote)[0] == done.commit
+
+
+def test_an_unreachable_git_server_refuses_writes_and_keeps_reads(
+    tmp_path: Path, remote: Path
+) -> None:
+    """Writes answer 503 with nothing committed; reads go on; health data says why."""
+    store = _node(tmp_path, "a", remote)
+    store.transact(_bump, subject="bump", operation="test.bump")
+    before = store.head()
+    hidden = remote.with_name("away.git")
+    remote.rename(hidden)
+    try:
+        with pytest.raises(SharedUnreachable) as refused:
+            store.transact(_bump, subject="bump", operation="test.bump")
+        assert refused.value.status == 503
+        assert store.head() == before
+        assert store.get(COUNTER)["n"] == 1
+        seen = store.upstream.reachability()
+        assert seen is not None and not seen.reachable
+    finally:
+        hidden.rename(remote)
+    done = store.transact(_bump, subject="bump", operation="test.bump")
+    assert done.value == 2
+    assert store.upstream.reachability().reachable
+
+
+def test_a_git_server_moved_back_is_refused(tmp_path: Path, remote: Path) -> None:
+    """The shared branch reset behind the cluster's back: no write goes on top of it."""
+    store = _node(tmp_path, "a", remote)
+    for _ in range(3):
+        store.transact(_bump, subject="bump", operation="test.bump")
+    oldest = _shared_log(remote)[-1]
+    git("update-ref", DEFAULT_REF, oldest, cwd=remote)
+    with pytest.raises(BranchRewound):
+        store.transact(_bump, subject="bump", operation="test.bump")
+    assert _shared_log(remote) == [oldest]
+
+
+def test_a_fresh_node_starts_from_the_shared_history(tmp_path: Path, remote: Path) -> None:
+    a = _node(tmp_path, "a", remote)
+    for _ in range(2):
+        a.transact(_bump, subject="bump", operation="test.bump")
+    fresh = _node(tmp_path, "fresh", remote)
+    assert fresh.head() is None
+    assert fresh.refresh() == a.head()
+    assert fresh.get(COUNTER)["n"] == 2
+    shutil.rmtree(tmp_path / "a")
+
+
+def test_passwords_in_urls_stay_out_of_what_is_shown() -> None:
+    assert redact("https://deploy:s3cret@git.example.com/state.git") == (
+        "https://deploy@git.example.com/state.git"
+    )
+    assert redact("/srv/git/state.git") == "/srv/git/state.git"
