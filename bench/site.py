@@ -45,7 +45,8 @@ class Site:
         control: the control repository (a path).
         extra: config keys to add (for benchmarks of non-default settings).
         python: the interpreter whose ``gitstate`` is run (another install
-            of it, such as a previous release, for a comparison in one run).
+            of it, such as a previous release, for a comparison in one run;
+            ``-P`` keeps a checkout in the working directory from shadowing it).
     """
 
     def __init__(
@@ -101,6 +102,7 @@ class Site:
         made = subprocess.run(
             [
                 self.python,
+                "-P",
                 "-m",
                 "gitstate",
                 "token",
@@ -121,7 +123,7 @@ class Site:
         self.session.headers["X-Authentication"] = self.token
         log = (self.root / "serve.log").open("wb")
         self.process = subprocess.Popen(
-            [self.python, "-m", "gitstate", "serve", "--config", str(self.config_path)],
+            [self.python, "-P", "-m", "gitstate", "serve", "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self._env(),
