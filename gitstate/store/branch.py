@@ -55,6 +55,7 @@ from gitstate.base.bare import create_bare
 from gitstate.base.hostlock import HostLock, break_stale_ref_locks
 from gitstate.errors import BAD_REQUEST, NOT_FOUND, UNAVAILABLE, GitStateError
 from gitstate.store import codec, history_index
+from gitstate.store.pushqueue import PushQueue
 from gitstate.store.rewind import BranchRewound, Rewind, SeenTip
 from gitstate.store.upstream import Diverged, SharedRef, fast_forward
 
@@ -714,6 +715,7 @@ class Store:
         self._index = history_index.HistoryIndex(self.path, self.ref)
         self._since_indexed = 0
         self._seen = SeenTip(self.path, self.ref)
+        self._pushes = PushQueue(self) if self.upstream is not None else None
 
     @property
     def _repo(self) -> pygit2.Repository:
@@ -1158,14 +1160,20 @@ class Store:
         # what it read is unchanged (see _Prepared). The host lock is then
         # held only for the trees, the commit and the CAS.
         tally = _Tally()
-        if self.upstream is not None:
-            # The change runs on the git server's tip, not on what this
-            # node last heard of it (docs/cluster.md).
-            self.refresh()
 
         def counted(draft: Draft) -> T:
             tally.runs += 1
             return change(draft)
+
+        if self._pushes is not None:
+            # A node of several servers: the change runs on the git server's
+            # tip, fetched first, and is pushed with the others queued here
+            # (gitstate/store/pushqueue.py).
+            job = _Job(counted, subject, operation, identity, started, until)
+            try:
+                return self._pushes.write(job, tally)
+            finally:
+                tally.report(operation)
 
         prepared = self._prepare(counted, subject) if self._optimism.worth_trying() else None
         if prepared is not None and not prepared.blobs:
@@ -1278,11 +1286,6 @@ class Store:
                 return outcome
             if time.monotonic() >= job.until:
                 raise StoreBusy(self.ref, time.monotonic() - job.started, tally.runs, reason)
-            if self.upstream is not None:
-                # Another node pushed first: its commits, then this change
-                # again on them. Under the host lock no push from this host
-                # is under way, so a git server behind this copy went back.
-                self.refresh(exact=True)
 
     def _follow(self, outcome: _Outcome[Any]) -> Snapshot:
         """Return the snapshot a transaction left, making it this process's latest."""
@@ -1378,13 +1381,7 @@ class Store:
         if self.fsync:
             # The objects reach the disk before the ref that names them.
             durable.flush(self.path)
-        if self.upstream is not None:
-            # Acknowledged once the git server has it; this copy follows.
-            if not self.upstream.push(str(commit_id), base.commit):
-                tally.conflicts += 1
-                return None
-            self._fast_forward(str(commit_id))
-        elif not self._advance(base, ref, commit_id, draft.subject, job.until):
+        if not self._advance(base, ref, commit_id, draft.subject, job.until):
             tally.conflicts += 1
             return None
         # Still under the host lock: the next writer checks its tip against it.

@@ -39,7 +39,7 @@ from typing import Any
 
 import pygit2
 
-from gitstate.base.hostlock import LockTimeout, flocked
+from gitstate.base.hostlock import LockTimeout, break_stale_ref_locks, flocked
 from gitstate.errors import UNAVAILABLE, GitStateError
 
 log = logging.getLogger(__name__)
@@ -214,12 +214,17 @@ class SharedRef:
         Raises:
             SharedUnreachable: the git server did not answer.
         """
+        argv = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"]
+        argv += [self.url, f"+{self.ref}:{self.tracking}"]
         try:
             with flocked(self.repo_path / FETCH_LOCK, timeout=self.timeout):
-                out = self._git(
-                    "fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
-                    self.url, f"+{self.ref}:{self.tracking}",
-                )  # fmt: skip
+                out = self._git(*argv)
+                if out.returncode != 0 and ".lock" in out.stderr:
+                    # A fetch killed mid-update left the tracking ref locked;
+                    # fetches here take turns, so an old lock is the dead's.
+                    for lock in break_stale_ref_locks(self.repo_path, self.tracking):
+                        log.warning("removed %s, left by a fetch that died", lock)
+                    out = self._git(*argv)
         except LockTimeout as ex:
             raise SharedUnreachable(self.shown_url, f"a fetch on this host hung: {ex}") from ex
         if out.returncode != 0:

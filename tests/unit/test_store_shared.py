@@ -154,3 +154,69 @@ def test_passwords_in_urls_stay_out_of_what_is_shown() -> None:
         "https://deploy@git.example.com/state.git"
     )
     assert redact("/srv/git/state.git") == "/srv/git/state.git"
+
+
+class _CountingRef(SharedRef):
+    """A SharedRef that counts its pushes (the git server is still real)."""
+
+    pushes = 0
+
+    def push(self, commit: str, expected: str | None) -> bool:
+        type(self).pushes += 1
+        return super().push(commit, expected)
+
+
+def test_changes_queued_in_one_process_go_out_in_one_push_each_its_own_commit(
+    tmp_path: Path, remote: Path
+) -> None:
+    local = tmp_path / "n" / "state.git"
+    store = Store(local, upstream=_CountingRef(local, str(remote), DEFAULT_REF, timeout=10))
+    start = threading.Barrier(8)
+    subjects: list[str] = []
+
+    def run(number: int) -> None:
+        start.wait()
+        for round_ in range(5):
+            subject = f"bump {number}.{round_}"
+            store.transact(_bump, subject=subject, operation="test.bump")
+            subjects.append(subject)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    history = _shared_log(remote)
+    assert len(history) == 40
+    assert store.get(COUNTER)["n"] == 40
+    shared_subjects = git("log", "--format=%s", DEFAULT_REF, cwd=remote).split("\n")
+    assert sorted(s for s in shared_subjects if s) == sorted(subjects)
+    assert _CountingRef.pushes < 40
+
+
+def test_a_failing_change_in_a_batch_leaves_the_others_committed(
+    tmp_path: Path, remote: Path
+) -> None:
+    store = _node(tmp_path, "n", remote)
+    start = threading.Barrier(6)
+    outcomes: list[object] = []
+
+    def refuse(draft) -> None:
+        raise LookupError("no such gate")
+
+    def run(number: int) -> None:
+        start.wait()
+        change = refuse if number % 2 else _bump
+        try:
+            outcomes.append(store.transact(change, subject="x", operation="test.mixed").value)
+        except LookupError as ex:
+            outcomes.append(ex)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(isinstance(item, LookupError) for item in outcomes) == 3
+    assert sorted(item for item in outcomes if isinstance(item, int)) == [1, 2, 3]
+    assert len(_shared_log(remote)) == 3
