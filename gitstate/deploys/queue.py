@@ -801,6 +801,15 @@ def _ids(ids: Iterable[int], limit: int = 5) -> str:
     return shown if len(ordered) <= limit else f"{shown} and {len(ordered) - limit} more"
 
 
-def worker_name(slot: int) -> str:
-    """Return the name a deploy worker signs its commits with."""
-    return f"deploy-worker-{slot}@{socket.gethostname()}:{os.getpid()}"
+def worker_name(slot: int, node: str | None = None) -> str:
+    """Return the name a deploy worker signs its commits with.
+
+    ``node`` names the server the worker runs on when several share the
+    state branch (docs/cluster.md); by default, the host.
+    """
+    return f"deploy-worker-{slot}@{node or socket.gethostname()}:{os.getpid()}"
+
+
+def worker_node(worker: str) -> str:
+    """Return the server part of a worker name (between ``@`` and the pid)."""
+    return worker.partition("@")[2].rpartition(":")[0]

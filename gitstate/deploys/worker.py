@@ -52,6 +52,7 @@ from gitstate.deploys.queue import (
     Outcome,
     parse_iso,
     worker_name,
+    worker_node,
 )
 from gitstate.engine.environments import CollectFailed, Collection, Deployer, DeployFailure
 from gitstate.errors import GitStateError
@@ -179,7 +180,11 @@ class DeployWorker:
         self.slot = slot
         self.lockdir = lockdir
         self.guard = guard
-        self.name = worker_name(slot)
+        upstream = queue.store.upstream
+        #: The server this worker runs on; workers of other servers sharing
+        #: the state branch are theirs to recover (docs/cluster.md).
+        self.node = upstream.node if upstream is not None else None
+        self.name = worker_name(slot, self.node)
         self.pace = Pace()
         self._stop = threading.Event()
         # One long-lived thread runs the engine: its repository handles are
@@ -212,10 +217,17 @@ class DeployWorker:
             worker = str(entry.get("worker", ""))
             if worker == self.name:
                 continue
-            slot = worker_slot(worker)
-            mine = slot == self.slot  # a previous process of this slot
-            if not (mine or slot is None or slot_is_dead(self.lockdir, slot)):
-                continue
+            if self.node is not None and worker_node(worker) != self.node:
+                # Another server's worker: its slot locks are on that host.
+                # That server recovers it when it starts again; one gone for
+                # good has overrun the deploy timeout long since.
+                if not self._overdue(entry):
+                    continue
+            else:
+                slot = worker_slot(worker)
+                mine = slot == self.slot  # a previous process of this slot
+                if not (mine or slot is None or slot_is_dead(self.lockdir, slot)):
+                    continue
             if self.queue.recover(entry["id"], self.name, release=self._release_gate):
                 log.warning(
                     "deploy #%s of %s: its worker %s stopped",
@@ -225,6 +237,14 @@ class DeployWorker:
                 )
                 recovered.append(entry["id"])
         return recovered
+
+    def _overdue(self, entry: dict[str, Any]) -> bool:
+        """Tell whether a deploy has run for twice the deploy timeout (its worker is gone)."""
+        started = entry.get("started_at")
+        if not started:
+            return False
+        limit = 2 * self.queue.settings.timeouts.deploy
+        return time.time() - parse_iso(str(started)).timestamp() > limit
 
     def run_once(self) -> bool:
         """Claim a batch of queued deploys and run it; return whether there was one.

@@ -274,8 +274,11 @@ def test_two_hundred_deploys_over_three_nodes_each_run_once(deploy_cluster) -> N
     assert unfinished(replayed) == []
     # Each deploy ran exactly once (one start of its one attempt), whichever
     # node's worker took it, and workers of more than one node took some.
+    assert replayed.deploys == 200
+    assert sorted(replayed.starts) == [(deploy_id, 1) for deploy_id in sorted(replayed.final)]
     assert all(count == 1 for count in replayed.starts.values())
     assert sum(replayed.finishes.values()) == replayed.deploys
+    assert set(replayed.final.values()) == {"complete"}
     repo = pygit2.Repository(str(server.root / "state.git"))
     starters = {
         parse_trailers(commit.message).get("Node")
