@@ -27,8 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import pygit2
 
-from gitstate.base import durable
-
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
@@ -159,8 +157,9 @@ class PushQueue:
                 continue
             if tip is base:
                 break  # nothing to push: every answer stands on the tip
-            if store.fsync:
-                durable.flush(store.path)
+            # No flush of this copy before the push (state.fsync): an
+            # acknowledged write is on the git server, whose receive-pack
+            # makes it durable there; a copy that loses it fetches it back.
             if upstream.push(str(tip._commit_id), base.commit):
                 store._fast_forward(str(tip._commit_id))
                 store._seen.record(str(tip._commit_id))

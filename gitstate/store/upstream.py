@@ -214,7 +214,14 @@ class SharedRef:
         Raises:
             SharedUnreachable: the git server did not answer.
         """
-        argv = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"]
+        # PERF: protocol v0 (the server advertises its refs at once) rather
+        # than v2 (refs asked for in a second exchange): against git daemon
+        # a no-op fetch took 12 ms instead of 56 ms, the second exchange
+        # paying a 40 ms delayed-ACK stall on loopback. The state repository
+        # has one ref; storage has one per environment, which the follower
+        # fetches all of anyway.
+        argv = ["-c", "protocol.version=0", "fetch", "--quiet", "--no-tags"]
+        argv += ["--no-write-fetch-head"]
         argv += [self.url, f"+{self.ref}:{self.tracking}"]
         try:
             with flocked(self.repo_path / FETCH_LOCK, timeout=self.timeout):
