@@ -61,8 +61,14 @@ def _deploy_worker(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
     with hold_slot(lockdir, args.slot):
+        upstream = services.store.upstream
         DeployWorker(
-            code_manager.queue, code_manager.engine, args.slot, lockdir, services.deploy_guard
+            code_manager.queue,
+            code_manager.engine,
+            args.slot,
+            lockdir,
+            services.deploy_guard,
+            node=upstream.node if upstream is not None else None,
         ).run(stop)
     return EXIT_OK
 

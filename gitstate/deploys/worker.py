@@ -174,16 +174,17 @@ class DeployWorker:
         slot: int,
         lockdir: Path,
         guard: DeployGuard | None = None,
+        *,
+        node: str | None = None,
     ) -> None:
         self.queue = queue
         self.engine = engine
         self.slot = slot
         self.lockdir = lockdir
         self.guard = guard
-        upstream = queue.store.upstream
-        #: The server this worker runs on; workers of other servers sharing
-        #: the state branch are theirs to recover (docs/cluster.md).
-        self.node = upstream.node if upstream is not None else None
+        #: The server this worker runs on when several share the state
+        #: branch; their workers are theirs to recover (docs/cluster.md).
+        self.node = node
         self.name = worker_name(slot, self.node)
         self.pace = Pace()
         self._stop = threading.Event()

@@ -83,6 +83,11 @@ class Load:
         self.oks: list[tuple[str, list[str], str]] = []
         self.errors: list[tuple[int, str]] = []
         self.unavailable = 0
+        #: Tickets named in an answer a client got.
+        self.answered: set[str] = set()
+        #: Requests whose answer was lost (a node killed under them): what
+        #: they did is on the git server, but no client knows their ticket.
+        self.lost = 0
         self.stop = threading.Event()
 
 
@@ -107,7 +112,10 @@ def _client(nodes: list[Node], number: int, load: Load) -> None:
                 response = session.request(
                     method, base + path, headers=headers, timeout=60, **kwargs
                 )
-            except requests.ConnectionError:
+            except requests.ConnectionError as ex:
+                if "Connection refused" not in str(ex):
+                    with load.lock:
+                        load.lost += 1  # sent, and the node died before answering
                 at = (at + 1) % len(nodes)  # that node is down: another one
                 time.sleep(0.05)
                 continue
@@ -130,6 +138,9 @@ def _client(nodes: list[Node], number: int, load: Load) -> None:
                 load.errors.append(_failure(response))
             return {"status": "error"}
         answer = response.json()
+        if "ticket" in answer:
+            with load.lock:
+                load.answered.add(answer["ticket"]["id"])
         if answer["status"] == "ok":
             with load.lock:
                 load.oks.append((answer["ticket"]["id"], labels(gates), response.headers["etag"]))
@@ -225,13 +236,18 @@ def test_gates_hold_across_nodes_a_killed_node_and_a_git_server_outage(gate_clus
         for commit in repo.walk(repo.lookup_reference("refs/heads/state").target)
     }
     assert len(writers - {None}) == 3
-    # Everything was released, and every node reads it so within a second or two.
+    # Every ticket a client was told of was released, and every node reads
+    # it so within a second or two. A ticket still there was taken by a
+    # request whose answer died with the killed node: it is one of those.
     time.sleep(2.5)
     for node in nodes:
+        left: set[str] = set()
         for service in SERVICES:
             doc = requests.get(f"{node.base}/api/gates/grp/{service}", timeout=30).json()
             for env in doc["environments"].values():
-                assert env["queue"] == [], (node.base, env)
+                left.update(entry["id"] for entry in env["queue"])
+        assert not left & load.answered, (node.base, left & load.answered)
+        assert len(left) <= load.lost, (node.base, left, load.lost)
 
 
 @pytest.fixture
@@ -272,14 +288,21 @@ def test_two_hundred_deploys_over_three_nodes_each_run_once(deploy_cluster) -> N
         time.sleep(1)
     assert replayed.violations == []
     assert unfinished(replayed) == []
-    # Each deploy ran exactly once (one start of its one attempt), whichever
-    # node's worker took it, and workers of more than one node took some.
+    # Each deploy ran exactly once, whichever node's worker took it, and
+    # workers of more than one node took some.
     assert replayed.deploys == 200
-    assert sorted(replayed.starts) == [(deploy_id, 1) for deploy_id in sorted(replayed.final)]
     assert all(count == 1 for count in replayed.starts.values())
-    assert sum(replayed.finishes.values()) == replayed.deploys
+    assert all(replayed.finishes[deploy_id] == 1 for deploy_id in replayed.final)
     assert set(replayed.final.values()) == {"complete"}
     repo = pygit2.Repository(str(server.root / "state.git"))
+    operations = [
+        parse_trailers(commit.message).get("Operation")
+        for commit in repo.walk(repo.lookup_reference("refs/heads/state").target)
+    ]
+    # No worker took another node's running deploy for an orphan. (A worker
+    # may give back the part of a batch it has not started, by design; that
+    # deploy then starts once more, as a new attempt.)
+    assert "deploy.recover" not in operations
     starters = {
         parse_trailers(commit.message).get("Node")
         for commit in repo.walk(repo.lookup_reference("refs/heads/state").target)
