@@ -197,10 +197,19 @@ def test_the_older_fetch_timeout_still_wins() -> None:
 def test_null_takes_the_default_and_unknown_keys_only_warn(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    config = load(listen=None, deploy={"pool_size": None, "shiny": 1}, storage={"remote": "x"})
+    config = load(listen=None, deploy={"pool_size": None, "shiny": 1}, replicas={"count": 3})
     assert (config.listen, config.deploy.pool_size) == ("127.0.0.1:8170", 2)
-    assert "deploy.shiny" in caplog.text and "storage" in caplog.text
-    assert config.to_mapping()["storage"] == {"remote": "x"}
+    assert "deploy.shiny" in caplog.text and "replicas" in caplog.text
+    # A section this gitstate does not know is written back as it was.
+    assert config.to_mapping()["replicas"] == {"count": 3}
+
+
+def test_the_shared_repositories_are_settings() -> None:
+    config = load(state={"remote": "git://git.example.com/state.git"}, storage={"remote": "/srv/s"})
+    assert config.state.remote == "git://git.example.com/state.git"
+    assert config.state.refresh_interval == 1.0
+    assert config.storage.remote == "/srv/s"
+    assert config.to_mapping()["storage"] == {"remote": "/srv/s"}
 
 
 def test_environment_variables_win(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
