@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from bench import gates_bench
 from bench.gates_bench import LeanConnection, call
@@ -72,7 +73,7 @@ def client(port: int, gate: str, until: float, latencies: list[float], failures:
     conn.close()
 
 
-def measure(root: Path, nodes_count: int, args: argparse.Namespace) -> dict[str, float]:
+def measure(root: Path, nodes_count: int, args: argparse.Namespace) -> dict[str, Any]:
     """Start one layout, load it, stop it; return its figures.
 
     ``nodes_count`` 0 is a single server without a remote.
@@ -126,6 +127,7 @@ def measure(root: Path, nodes_count: int, args: argparse.Namespace) -> dict[str,
         "p50": statistics.median(ordered) * 1000,
         "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
         "failed": float(len(failures)),
+        "why": sorted(set(failures))[:3],
     }
 
 
@@ -139,7 +141,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     layouts = [0] + [int(n) for n in args.nodes.split(",") if n.strip()]
-    results: dict[int, dict[str, float]] = {}
+    results: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as tmp:
         for layout in layouts:
             results[layout] = measure(Path(tmp) / f"layout{layout}", layout, args)
@@ -157,6 +159,9 @@ def main() -> None:
             f"{figures['rate'] / single:.0%} | {figures['p50']:.1f} ms | {figures['p99']:.1f} ms | "
             f"{figures['failed']:.0f} |"
         )
+    for layout, figures in results.items():
+        for why in figures["why"]:
+            print(f"{describe(layout)} failed: {why}")
 
 
 def describe(layout: int) -> str:
