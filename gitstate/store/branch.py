@@ -1166,9 +1166,9 @@ class Store:
             return change(draft)
 
         if self._pushes is not None:
-            # A node of several servers: the change runs on the git server's
-            # tip, fetched first, and is pushed with the others queued here
-            # (gitstate/store/pushqueue.py).
+            # A node of several servers: the change is pushed to the git
+            # server with the others queued here, with a lease on the tip
+            # it ran on (gitstate/store/pushqueue.py).
             job = _Job(counted, subject, operation, identity, started, until)
             try:
                 return self._pushes.write(job, tally)
@@ -1293,22 +1293,37 @@ class Store:
         if outcome.commit is None:
             return base
         assert outcome.tree is not None
-        # PERF: the new commit is not read back (see Snapshot._commit); its
-        # ids are all the next transaction here needs.
-        ids = (outcome.commit, outcome.tree)
+        snap = self._successor(base, outcome.delta, (outcome.commit, outcome.tree))
+        self._make_latest(base, snap)
+        return snap
+
+    def _successor(
+        self,
+        base: Snapshot,
+        delta: Mapping[str, pygit2.Oid | None],
+        ids: tuple[pygit2.Oid, pygit2.Oid],
+    ) -> Snapshot:
+        """The snapshot of a commit made on ``base`` that changed ``delta`` (path → blob).
+
+        PERF: the new commit is not read back (see Snapshot._commit); its
+        ids are all the next transaction here needs.
+        """
+        if base._commit_id is None:
+            # First commit: the delta is the whole state.
+            index = {path: oid for path, oid in delta.items() if oid is not None}
+            return Snapshot(self, None, index, ids=ids)
+        return Snapshot(self, None, base=base, delta=delta, ids=ids)
+
+    def _make_latest(self, base: Snapshot, snap: Snapshot) -> None:
+        """Make ``snap``, written on ``base``, this process's latest snapshot.
+
+        Unless a reader here already followed the ref to it or past it
+        (another writer's commit, after the host lock was released).
+        """
         with self._mutex:
-            if base._commit_id is None:
-                # First commit: the delta is the whole state.
-                index = {path: oid for path, oid in outcome.delta.items() if oid is not None}
-                snap = Snapshot(self, None, index, ids=ids)
-            else:
-                snap = Snapshot(self, None, base=base, delta=outcome.delta, ids=ids)
             latest = self._latest
             if latest is None or latest._commit_id is None or latest._commit_id == base._commit_id:
                 self._latest = snap
-            # Otherwise a reader here already followed the ref to this commit
-            # or past it (another writer's, after the host lock was released).
-            return snap
 
     def _prepare(self, change: Callable[[Draft], T], subject: str) -> _Prepared[T] | None:
         """Apply ``change`` without the writer locks and store its blobs.
