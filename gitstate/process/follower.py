@@ -60,18 +60,18 @@ def join(config: Config) -> None:
     """
     store = open_store(config)
     try:
-        _join_state(config, store)
+        _join_state(store)
     finally:
         store.close()
     storage = _storage(config)
     if storage is not None:
         try:
             storage.refresh()
-        except (SharedUnreachable, GitStateError) as ex:
+        except GitStateError as ex:
             log.warning("storage not brought up to date from the git server: %s", ex)
 
 
-def _join_state(config: Config, store: Store) -> None:
+def _join_state(store: Store) -> None:
     upstream = store.upstream
     if upstream is None:
         return
@@ -111,12 +111,10 @@ def follow(config: Config, stop: threading.Event) -> None:
     """
     store = open_store(config)
     storage = _storage(config)
-    interval = config.state.refresh_interval
+    refreshes = [store.refresh] + ([storage.refresh] if storage is not None else [])
     try:
-        while not stop.wait(interval):
-            for refresh in (store.refresh, storage.refresh if storage is not None else None):
-                if refresh is None:
-                    continue
+        while not stop.wait(config.state.refresh_interval):
+            for refresh in refreshes:
                 try:
                     refresh()
                 except SharedUnreachable:
