@@ -40,7 +40,7 @@ from bench.nodes import GitServer, Node
 
 
 def _token(node: Node) -> str:
-    argv = [sys.executable, "-m", "gitstate", "token", "create"]
+    argv = [sys.executable, "-P", "-m", "gitstate", "token", "create"]
     argv += ["--config", str(node.config_path), "--user", "bench"]
     argv += ["--permission", "gates:bench", "--lifetime", "0"]
     made = subprocess.run(

@@ -25,12 +25,7 @@ from typing import Any
 import requests
 from ruamel.yaml import YAML
 
-
-def free_port() -> int:
-    """Return a TCP port nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from bench.site import free_port, stop_serve
 
 
 def _wait(check: Any, timeout: float, what: str) -> None:
@@ -150,7 +145,7 @@ class Node:
         """Start ``gitstate serve`` and wait for ``/internal/health``."""
         log = (self.root / "serve.log").open("ab")
         self.process = subprocess.Popen(
-            [self.python, "-m", "gitstate", "serve", "--config", str(self.config_path)],
+            [self.python, "-P", "-m", "gitstate", "serve", "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -177,12 +172,6 @@ class Node:
 
     def stop(self) -> None:
         """Stop the node as an operator does (SIGTERM, then SIGKILL after 60 s)."""
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.process is not None:
+            stop_serve(self.process)
         self.process = None

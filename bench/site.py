@@ -37,6 +37,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_serve(process: subprocess.Popen[bytes]) -> None:
+    """Stop a ``gitstate serve`` as an operator does: SIGTERM, then SIGKILL after 60 s.
+
+    The SIGKILL goes to its whole process group (it runs in a session of
+    its own), so no child outlives it.
+    """
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 class Site:
     """``gitstate serve`` on a control repository, with two file-sync clients.
 
@@ -163,15 +179,8 @@ class Site:
 
     def stop(self) -> None:
         """Stop the server and everything it started."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        if self.process is not None:
+            stop_serve(self.process)
         self.process = None
 
     def __enter__(self) -> Site:
