@@ -511,10 +511,10 @@ class Storage:
     ) -> str | None:
         attempts = 0
         delay = 0.001
+        shared = self.shared(CODE_REF)
         while True:
             attempts += 1
             repo = self.repo
-            shared = self.shared(CODE_REF)
             there = self._catch_up(shared) if shared is not None else None
             tip = self.code_commit()
             base = repo[tip].peel(pygit2.Commit).tree if tip else None
