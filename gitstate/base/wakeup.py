@@ -55,9 +55,14 @@ class Wakeup:
             self._generation += 1
             self._changed.notify_all()
             futures, self._futures = self._futures, set()
+        # One call per event loop, not per waiter: each call writes to the
+        # loop's wake-up pipe, and a server process may have hundreds waiting.
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for loop, future in futures:
+            by_loop.setdefault(loop, []).append(future)
+        for loop, waiting in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                loop.call_soon_threadsafe(_resolve, future)
+                loop.call_soon_threadsafe(_resolve, waiting)
 
     def wait(self, seen: int, timeout: float) -> int:
         """Block until the generation is not ``seen`` or ``timeout`` passes; return it."""
@@ -84,6 +89,7 @@ class Wakeup:
         return self._generation
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)

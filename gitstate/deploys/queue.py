@@ -51,6 +51,8 @@ from gitstate.store.branch import Draft, Identity, Snapshot, Store
 from gitstate.store.tipwatch import TipWatch
 
 SCHEMA_VERSION = 1
+#: Every deploy record is under this directory.
+DEPLOYS = "deploys"
 COUNTER = "deploys/counter.yaml"
 QUEUED = "deploys/queued"
 RUNNING = "deploys/running"
@@ -667,16 +669,27 @@ class DeployQueue:
     ) -> list[dict[str, Any]]:
         """:meth:`wait` for an asyncio task: it sleeps without a thread.
 
-        Each look (the tip, then the records when the tip moved) runs in
-        ``run``'s thread pool.
+        On each wake one look per process reads the id of ``deploys/`` at
+        the tip (:meth:`TipWatch.look_async`), shared by every waiting
+        request; a waiter reads its records, in ``run``'s pool, only when
+        that id changed. Gate traffic moves the tip hundreds of times a
+        second without touching ``deploys/``.
         """
         settled = _Settled(self, ids, held)
+        watch = TipWatch.of(Path(self.store.path))
 
         async def finished() -> bool:
-            return await run(settled)
+            version = await watch.look_async(DEPLOYS, self.version, run)
+            if version == settled.version:
+                return settled.done
+            return await run(settled.settle, version)
 
-        await TipWatch.of(Path(self.store.path)).wait_async(finished, timeout)
+        await watch.wait_async(finished, timeout)
         return settled.records
+
+    def version(self) -> str | None:
+        """Return the id of ``deploys/`` at the tip: it changes when any deploy record does."""
+        return self.store.ids((DEPLOYS,))[0]
 
     def blocked(self, ids: Iterable[int]) -> dict[int, str]:
         """Return the queued deploys among ``ids`` that a gate holds back, with why."""
@@ -690,32 +703,41 @@ class DeployQueue:
         return found
 
 
-class _Settled:
-    """Whether the deploys a request waits for are finished, looked at per tip.
+#: A version no tip has: the records were never read.
+_UNREAD = object()
 
-    Records are read again only when the state branch has moved. With
-    ``held``, a queued deploy that a closed gate holds back counts as
-    settled (for a caller that will not wait for the gate).
+
+class _Settled:
+    """Whether the deploys a request waits for are finished, looked at per version.
+
+    Records are read again only when ``deploys/`` has changed
+    (:meth:`DeployQueue.version`). With ``held``, a queued deploy that a
+    closed gate holds back counts as settled (for a caller that will not
+    wait for the gate).
     """
 
     def __init__(self, queue: DeployQueue, ids: Sequence[int], held: bool) -> None:
         self._queue = queue
         self._ids = list(ids)
         self._held = held
-        self._head: str | None = None
-        self._done = False
+        #: The version of ``deploys/`` the records were last read at.
+        self.version: object = _UNREAD
+        self.done = False
         self.records: list[dict[str, Any]] = []
 
     def __call__(self) -> bool:
-        head = self._queue.store.head()
-        if head != self._head:
-            self._head = head
-            self.records = self._queue.records(self._ids)
-            open_ = [r["id"] for r in self.records if r.get("status") not in FINAL]
-            self._done = len(self.records) == len(set(self._ids)) and (
-                not open_ or (self._held and len(self._queue.blocked(open_)) == len(open_))
-            )
-        return self._done
+        version = self._queue.version()
+        return self.done if version == self.version else self.settle(version)
+
+    def settle(self, version: str | None) -> bool:
+        """Read the records (``deploys/`` is at ``version`` or later); tell if all are settled."""
+        self.version = version
+        self.records = self._queue.records(self._ids)
+        open_ = [r["id"] for r in self.records if r.get("status") not in FINAL]
+        self.done = len(self.records) == len(set(self._ids)) and (
+            not open_ or (self._held and len(self._queue.blocked(open_)) == len(open_))
+        )
+        return self.done
 
 
 def _same_version(summary: Mapping[str, Any] | None, result: Mapping[str, Any]) -> bool:

@@ -7,6 +7,14 @@ per repository and process watches its refs with inotify and wakes every
 waiter on any ref event; each waiter then looks at what it cares about (a
 ref read costs microseconds) and waits again if that did not change.
 
+PERF: under gate traffic every wake moves the tip, and the web server's
+waiters (``wait: true`` deploys, page watches) used to each take a turn in
+the blocking pool per wake just to read it: 50 waiting deploys cost a
+third of test-and-set throughput (bench/waiting_bench.py), their looks
+queued ahead of the gate requests. :meth:`TipWatch.look_async` runs one
+look per wake and key for all of a process's waiters, and the deploy
+waiters read their records only when ``deploys/`` itself changed.
+
 PERF: the watch asks the kernel only for what moves a ref (a file moved
 onto a ref, created, deleted or written; a new directory under
 ``refs/``), through ``inotify_simple``, one read per burst. It first used
@@ -27,18 +35,22 @@ polling observer stands in.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from gitstate.base.blocking import Blocking
 from gitstate.base.fswatch import is_ref_event
 from gitstate.base.wakeup import Wakeup
 
@@ -55,6 +67,8 @@ SAFETY_NET = 5.0
 #: a second of gate traffic wakes each waiting process at most ~100 times,
 #: not once per commit; a waiter learns of a move at most this much later.
 READ_DELAY_MS = 10
+
+T = TypeVar("T")
 
 _watches: dict[Path, TipWatch] = {}
 _watches_lock = threading.Lock()
@@ -83,6 +97,10 @@ class TipWatch:
         self._wakeup = Wakeup()
         self._observer: BaseObserver | _RefInotify | None = None
         self._lock = threading.Lock()
+        #: Per event loop: key -> (the generation a look started at, its future).
+        self._looks: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, tuple[int, asyncio.Future[Any]]]
+        ] = weakref.WeakKeyDictionary()
 
     @classmethod
     def of(cls, repo: Path) -> TipWatch:
@@ -167,6 +185,26 @@ class TipWatch:
             if remaining <= 0 or (stop is not None and stop.is_set()):
                 return False
             await self._wakeup.wait_async(seen, min(remaining, SAFETY_NET))
+
+    async def look_async(self, key: str, look: Callable[[], T], run: Blocking) -> T:
+        """Return ``look()``, run in ``run``'s pool, shared by the callers of one wake.
+
+        The first waiter of this event loop to ask after a wake starts the
+        look; the others asking while it runs and before the next wake await
+        the same answer. A look started after the latest wake sees the
+        repository at least as it was then, so sharing it hides no move: a
+        later move is a later wake, and a new look. A finished look is not
+        reused, so the safety net's look (no wake) reads afresh. ``key``
+        names what ``look`` reads (``"head"``, ``"deploys"``): one key, one
+        function.
+        """
+        loop = asyncio.get_running_loop()
+        generation = self._wakeup.generation
+        looks = self._looks.setdefault(loop, {})
+        started = looks.get(key)
+        if started is None or started[0] != generation or started[1].done():
+            started = looks[key] = (generation, asyncio.ensure_future(run(look)))
+        return await asyncio.shield(started[1])
 
     def stop(self) -> None:
         """Stop watching."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gitstate.base import shutdown
+from gitstate.base.blocking import Blocking
 from gitstate.store import tipwatch
 from gitstate.store.branch import Store
 from gitstate.store.tipwatch import TipWatch
@@ -120,3 +121,58 @@ def test_a_stopping_process_wakes_every_wait_at_once(
         watch.stop()
     assert moved is False
     assert looks == ["look", "look"]  # once at the start, once when woken by stop()
+
+
+def _commit(store: Store, n: int) -> None:
+    store.transact(
+        lambda draft: draft.put("a.yaml", {"schema_version": 1, "n": n}),
+        subject=f"n={n}",
+        operation="test",
+    )
+
+
+def test_waiters_of_one_wake_share_a_look_and_the_next_wake_reads_afresh(store: Store) -> None:
+    """Fifty waiting requests read the tip once per wake between them, and see every move."""
+    watch = TipWatch(Path(store.path)).start()
+    run = Blocking(4)
+    looks: list[str | None] = []
+
+    def head() -> str | None:
+        time.sleep(0.05)  # long enough for every waiter to ask while it runs
+        looks.append(store.head())
+        return looks[-1]
+
+    async def together() -> list[str | None]:
+        return list(await asyncio.gather(*(watch.look_async("head", head, run) for _ in range(50))))
+
+    try:
+        first = asyncio.run(together())
+        _commit(store, 1)
+        watch.notify()  # as the inotify thread does when the ref moves
+        second = asyncio.run(together())
+    finally:
+        run.close()
+        watch.stop()
+    assert len(looks) == 2
+    assert set(first) == {looks[0]} and set(second) == {looks[1]}
+    assert looks[1] == store.head() != looks[0]
+
+
+def test_a_finished_look_is_not_reused_without_a_wake(store: Store) -> None:
+    """The safety net's look (a lost event: no wake) reads the tip again."""
+    watch = TipWatch(Path(store.path))  # not started: no event can wake it
+    run = Blocking(2)
+
+    async def look() -> str | None:
+        return await watch.look_async("head", store.head, run)
+
+    try:
+        before = asyncio.run(look())
+        generation = watch._wakeup.generation
+        _commit(store, 2)
+        after = asyncio.run(look())
+    finally:
+        run.close()
+        watch.stop()
+    assert watch._wakeup.generation == generation
+    assert before != after == store.head()
