@@ -16,7 +16,8 @@ small control repository, then measures two phases of ``--seconds`` each,
    ``--dribblers`` connections sending their headers or bodies a few bytes
    a second, ``--polls`` long polls (half of them the web page's
    ``/api/watch`` loop, at most one answer a second as the page asks,
-   half file-sync clients' ``latest-commit``), and ``--waits`` ``wait: true``
+   half file-sync clients' ``latest-commit``, each on a keep-alive connection
+   as a browser and the client's session keep them), and ``--waits`` ``wait: true``
    deploys, each sent again as soon as it is answered. The server runs no
    deploy workers (``deploy.pool_size: 0``), so those deploys stay queued
    and their requests wait, as behind long deploys; the cost of running
@@ -151,21 +152,29 @@ class Load:
         """Add one to counter ``name``."""
         self.counts[name] = self.counts.get(name, 0) + 1
 
-    async def request(self, method: str, path: str, body: Any = None, *, token: str = "") -> Any:
-        """One request on a connection of its own; return the answer's JSON (or None)."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str = "",
+        kept: KeptConnection | None = None,
+    ) -> Any:
+        """One request, on ``kept`` or on a connection of its own; return its JSON (or None)."""
+        data = json.dumps(body).encode() if body is not None else b""
+        head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(data)}\r\n"
+        if token:
+            head += f"X-Authentication: {token}\r\n"
         try:
-            data = json.dumps(body).encode() if body is not None else b""
-            head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(data)}\r\n"
-            if token:
-                head += f"X-Authentication: {token}\r\n"
-            writer.write(head.encode() + b"Connection: close\r\n\r\n" + data)
-            answer = await reader.read()
-        finally:
-            writer.close()
-        status_line, _, rest = answer.partition(b"\r\n")
-        status = int(status_line.split(b" ", 2)[1]) if status_line else 0
-        payload = rest.partition(b"\r\n\r\n")[2]
+            if kept is not None:
+                status, payload = await kept.exchange(head.encode() + b"\r\n" + data)
+            else:
+                status, payload = await _exchange_once(
+                    self.port, head.encode() + b"Connection: close\r\n\r\n" + data
+                )
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            status, payload = 0, b""
         if status != 200:
             self.count(f"refused {status}")
             return None
@@ -200,8 +209,9 @@ class Load:
         second is a read load of its own.
         """
         since = ""
+        kept = KeptConnection(self.port)  # a browser keeps its connection open
         while not self.stop.is_set():
-            answer = await self.request("GET", f"/api/watch?since={since}&timeout=25")
+            answer = await self.request("GET", f"/api/watch?since={since}&timeout=25", kept=kept)
             if answer is None:
                 await asyncio.sleep(3)  # as the page does after a failure
                 continue
@@ -209,17 +219,19 @@ class Load:
             if answer["commit"] != since:
                 since = answer["commit"]
                 if self.page_reads:
-                    await self.request("GET", "/api/gates")
+                    await self.request("GET", "/api/gates", kept=kept)
                 await asyncio.sleep(PAGE_REFRESH_INTERVAL)
 
     async def file_sync(self) -> None:
         """A file-sync client's long poll for a new code-commit."""
         known = ""
+        kept = KeptConnection(self.port)  # the client's requests session keeps it open
         while not self.stop.is_set():
             answer = await self.request(
                 "GET",
                 f"/file-sync/v1/latest-commit?known={known}&timeout=25",
                 token=self.file_sync_token,
+                kept=kept,
             )
             if answer is None:
                 await asyncio.sleep(1)
@@ -241,6 +253,62 @@ class Load:
                 await asyncio.sleep(1)
                 continue
             self.count(f"wait deploy answered {answer[0].get('status')}")
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """Read one HTTP/1.1 answer; return its status, body and whether the server closes."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    status_line, *lines = head.split("\r\n")
+    headers = dict(
+        (name.strip().lower(), value.strip())
+        for name, _, value in (line.partition(":") for line in lines if line)
+    )
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(status_line.split(" ", 2)[1]), body, headers.get("connection") == "close"
+
+
+async def _exchange_once(port: int, request: bytes) -> tuple[int, bytes]:
+    """Send ``request`` on a new connection, read the answer, close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        status, body, _ = await _read_answer(reader)
+        return status, body
+    finally:
+        writer.close()
+
+
+class KeptConnection:
+    """A keep-alive connection, opened again when the server closed it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def exchange(self, request: bytes) -> tuple[int, bytes]:
+        """Send ``request``, return the answer's status and body."""
+        for attempt in (1, 2):
+            if self._streams is None:
+                self._streams = await asyncio.open_connection("127.0.0.1", self.port)
+            reader, writer = self._streams
+            try:
+                writer.write(request)
+                status, body, closing = await _read_answer(reader)
+            except (OSError, asyncio.IncompleteReadError):
+                self.close()
+                if attempt == 2:
+                    raise
+                continue  # the server closed an idle connection: open another
+            if closing:
+                self.close()
+            return status, body
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Close the connection (the next exchange opens another)."""
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
 
 
 def run_load(
