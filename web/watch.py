@@ -5,7 +5,7 @@ answer names a new state commit. The wait is an asyncio task woken by the
 state branch's :class:`~gitstate.store.tipwatch.TipWatch` (inotify): it
 holds no thread, so any number of pages may watch at once, and the pages
 waiting in one process read the tip once per wake between them
-(:meth:`~gitstate.store.tipwatch.TipWatch.look_async`). ``retry`` stays
+(:meth:`~gitstate.store.tipwatch.TipWatch.wait_until_async`). ``retry`` stays
 in the answer for pages written when a busy server turned watchers away; it
 is always 0 now.
 """
@@ -42,15 +42,21 @@ class WatchResource:
         """
         since = req.get_param("since") or None
         timeout = req.get_param_as_float("timeout", min_value=0.0, default=MAX_WAIT)
-        head = self._services.gates.head
         watch = TipWatch.of(Path(self._services.store.path))
         seen: dict[str, str | None] = {"tip": None}
 
-        async def moved() -> bool:
-            seen["tip"] = await watch.look_async("head", head, self._run)
-            return since is None or seen["tip"] != since
+        async def moved(tip: str | None) -> bool:
+            seen["tip"] = tip
+            return since is None or tip != since
 
-        await watch.wait_async(moved, min(timeout, MAX_WAIT), stop=stopping)
+        await watch.wait_until_async(
+            "head",
+            self._services.gates.head,
+            self._run,
+            moved,
+            min(timeout, MAX_WAIT),
+            stop=stopping,
+        )
         tip = seen["tip"]
         resp.cache_control = ["no-store"]
         resp.media = {"commit": tip, "changed": tip != since, "retry": 0.0}

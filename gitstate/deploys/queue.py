@@ -669,22 +669,22 @@ class DeployQueue:
     ) -> list[dict[str, Any]]:
         """:meth:`wait` for an asyncio task: it sleeps without a thread.
 
-        On each wake one look per process reads the id of ``deploys/`` at
-        the tip (:meth:`TipWatch.look_async`), shared by every waiting
-        request; a waiter reads its records, in ``run``'s pool, only when
-        that id changed. Gate traffic moves the tip hundreds of times a
-        second without touching ``deploys/``.
+        One look per process and wake reads the id of ``deploys/`` at the
+        tip, and the waiting requests are woken only when it changed
+        (:meth:`TipWatch.wait_until_async`): gate traffic moves the tip
+        hundreds of times a second without touching ``deploys/``. A waiter
+        then reads its records in ``run``'s pool.
         """
         settled = _Settled(self, ids, held)
-        watch = TipWatch.of(Path(self.store.path))
 
-        async def finished() -> bool:
-            version = await watch.look_async(DEPLOYS, self.version, run)
+        async def finished(version: str | None) -> bool:
             if version == settled.version:
                 return settled.done
             return await run(settled.settle, version)
 
-        await watch.wait_async(finished, timeout)
+        await TipWatch.of(Path(self.store.path)).wait_until_async(
+            DEPLOYS, self.version, run, finished, timeout
+        )
         return settled.records
 
     def version(self) -> str | None:

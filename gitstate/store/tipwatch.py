@@ -11,9 +11,10 @@ PERF: under gate traffic every wake moves the tip, and the web server's
 waiters (``wait: true`` deploys, page watches) used to each take a turn in
 the blocking pool per wake just to read it: 50 waiting deploys cost a
 third of test-and-set throughput (bench/waiting_bench.py), their looks
-queued ahead of the gate requests. :meth:`TipWatch.look_async` runs one
-look per wake and key for all of a process's waiters, and the deploy
-waiters read their records only when ``deploys/`` itself changed.
+queued ahead of the gate requests. :meth:`TipWatch.wait_until_async`
+runs one look per wake and key for all of an event loop's waiters, and
+wakes them only when that look's answer changed: the deploy waiters, who
+look at ``deploys/``, sleep through gate commits.
 
 PERF: the watch asks the kernel only for what moves a ref (a file moved
 onto a ref, created, deleted or written; a new directory under
@@ -38,13 +39,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
@@ -97,9 +99,9 @@ class TipWatch:
         self._wakeup = Wakeup()
         self._observer: BaseObserver | _RefInotify | None = None
         self._lock = threading.Lock()
-        #: Per event loop: key -> (the generation a look started at, its future).
-        self._looks: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[str, tuple[int, asyncio.Future[Any]]]
+        #: Per event loop: what its waiters look at, by key.
+        self._interests: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, _Interest[Any]]
         ] = weakref.WeakKeyDictionary()
 
     @classmethod
@@ -186,25 +188,45 @@ class TipWatch:
                 return False
             await self._wakeup.wait_async(seen, min(remaining, SAFETY_NET))
 
-    async def look_async(self, key: str, look: Callable[[], T], run: Blocking) -> T:
-        """Return ``look()``, run in ``run``'s pool, shared by the callers of one wake.
+    async def wait_until_async(
+        self,
+        key: str,
+        look: Callable[[], T],
+        run: Blocking,
+        done: Callable[[T], Awaitable[bool]],
+        timeout: float,
+        *,
+        stop: threading.Event | None = None,
+    ) -> bool:
+        """Wait until ``done(look())`` is true, woken only when ``look()``'s answer changes.
 
-        The first waiter of this event loop to ask after a wake starts the
-        look; the others asking while it runs and before the next wake await
-        the same answer. A look started after the latest wake sees the
-        repository at least as it was then, so sharing it hides no move: a
-        later move is a later wake, and a new look. A finished look is not
-        reused, so the safety net's look (no wake) reads afresh. ``key``
-        names what ``look`` reads (``"head"``, ``"deploys"``): one key, one
-        function.
+        The caller looks once itself; after that one task per event loop and
+        ``key`` runs ``look`` in ``run``'s pool once per wake and wakes this
+        key's waiters only when the answer differs from the last
+        (:class:`_Interest`). ``done`` is asked at the start, after each
+        change and every :data:`SAFETY_NET` seconds.
+        ``key`` names what ``look`` reads (``"head"``, ``"deploys"``): one
+        key, one function. Returns ``done``'s last answer.
         """
-        loop = asyncio.get_running_loop()
-        generation = self._wakeup.generation
-        looks = self._looks.setdefault(loop, {})
-        started = looks.get(key)
-        if started is None or started[0] != generation or started[1].done():
-            started = looks[key] = (generation, asyncio.ensure_future(run(look)))
-        return await asyncio.shield(started[1])
+        interests = self._interests.setdefault(asyncio.get_running_loop(), {})
+        interest = interests.get(key)
+        if interest is None:
+            interest = interests[key] = _Interest(self, look, run)
+        until = time.monotonic() + max(0.0, timeout)
+        seen = interest.changed.generation
+        interest.follow()
+        # The first look is the caller's own: the shared answer may be a few
+        # milliseconds behind a commit the caller has just made or seen.
+        value = await run(look)
+        while True:
+            if await done(value):
+                return True
+            remaining = until - time.monotonic()
+            if remaining <= 0 or (stop is not None and stop.is_set()):
+                return False
+            await interest.changed.wait_async(seen, min(remaining, SAFETY_NET))
+            seen = interest.changed.generation
+            value = await interest.current()
 
     def stop(self) -> None:
         """Stop watching."""
@@ -213,6 +235,68 @@ class TipWatch:
         if observer is not None:
             observer.stop()
             observer.join(5)
+
+
+class _Interest(Generic[T]):
+    """One look at a repository, kept current for an event loop's waiters by one task.
+
+    The task runs the look once per wake of the watch (in the blocking
+    pool) and moves :attr:`changed` on only when the answer differs, so a
+    waiter that cares about ``deploys/`` sleeps through gate commits. The
+    task starts with the first waiter and, should a look fail, again with
+    the next.
+    """
+
+    def __init__(self, watch: TipWatch, look: Callable[[], T], run: Blocking) -> None:
+        self._watch = watch
+        self._look = look
+        self._run = run
+        #: Moves on whenever :attr:`value` changes.
+        self.changed = Wakeup()
+        self.value: T | None = None
+        self._looked = False
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    def follow(self) -> asyncio.Task[None]:
+        """Start the task that keeps :attr:`value` current, unless it runs already."""
+        task = self._task
+        if task is None or task.done():
+            if task is not None and not task.cancelled() and task.exception() is not None:
+                log.warning("looking at %s failed: %s", self._watch.repo, task.exception())
+            self._ready = asyncio.Event()
+            task = self._task = asyncio.ensure_future(self._follow())
+        return task
+
+    async def current(self) -> T:
+        """Return the latest answer (after the task's first look, should it just have started).
+
+        Raises:
+            whatever the look raised, when no answer could be had.
+        """
+        task = self.follow()
+        await self._ready.wait()
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+        return self.value  # type: ignore[return-value]
+
+    async def _follow(self) -> None:
+        async def look() -> bool:
+            value = await self._run(self._look)
+            if value != self.value:
+                self.value = value
+                # The first answer is news to nobody: every waiter so far is
+                # waiting for it to be ready, not for it to change.
+                if self._looked:
+                    self.changed.notify()
+            self._looked = True
+            self._ready.set()
+            return False  # never done: followed as long as the loop runs
+
+        try:
+            await self._watch.wait_async(look, math.inf)
+        finally:
+            self._ready.set()  # a failed look must not leave a waiter hanging
 
 
 class _RefInotify:

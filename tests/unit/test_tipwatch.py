@@ -131,48 +131,81 @@ def _commit(store: Store, n: int) -> None:
     )
 
 
-def test_waiters_of_one_wake_share_a_look_and_the_next_wake_reads_afresh(store: Store) -> None:
-    """Fifty waiting requests read the tip once per wake between them, and see every move."""
+def test_waiters_share_one_look_per_wake_and_sleep_while_their_answer_stands(
+    store: Store,
+) -> None:
+    """Fifty waiting requests cost one look per move, and wake only when their answer changes.
+
+    The waiters care about ``b.yaml``; commits to ``a.yaml`` (gate traffic)
+    must not wake them, and the commit to ``b.yaml`` must.
+    """
     watch = TipWatch(Path(store.path)).start()
     run = Blocking(4)
     looks: list[str | None] = []
+    asked: list[str | None] = []
 
-    def head() -> str | None:
-        time.sleep(0.05)  # long enough for every waiter to ask while it runs
-        looks.append(store.head())
+    def look() -> str | None:
+        looks.append(store.ids(("b.yaml",))[0])
         return looks[-1]
 
-    async def together() -> list[str | None]:
-        return list(await asyncio.gather(*(watch.look_async("head", head, run) for _ in range(50))))
+    async def arrived(version: str | None) -> bool:
+        asked.append(version)
+        return version is not None
+
+    async def commits() -> None:
+        for n in range(1, 6):
+            await asyncio.sleep(0.1)
+            await run(_commit, store, n)
+        await asyncio.sleep(0.1)
+        await run(
+            store.transact,
+            lambda draft: draft.put("b.yaml", {"schema_version": 1}),
+            subject="b",
+            operation="test",
+        )
+
+    async def scenario() -> list[bool]:
+        waits = [watch.wait_until_async("b", look, run, arrived, 60) for _ in range(50)]
+        return list(await asyncio.gather(commits(), *waits))[1:]
 
     try:
-        first = asyncio.run(together())
-        _commit(store, 1)
-        watch.notify()  # as the inotify thread does when the ref moves
-        second = asyncio.run(together())
+        answers = asyncio.run(asyncio.wait_for(scenario(), 120))
     finally:
         run.close()
         watch.stop()
-    assert len(looks) == 2
-    assert set(first) == {looks[0]} and set(second) == {looks[1]}
-    assert looks[1] == store.head() != looks[0]
+    assert answers == [True] * 50
+    # Each waiter asked twice: at the start (nothing yet) and once b.yaml came.
+    assert len(asked) == 100 and asked.count(None) == 50
+    # Each waiter's own first look, then the shared ones: the follower's first
+    # and one per wake, however many waited (at most one wake per commit,
+    # fewer when commits come together).
+    assert 50 + 2 <= len(looks) <= 50 + 7
 
 
-def test_a_finished_look_is_not_reused_without_a_wake(store: Store) -> None:
-    """The safety net's look (a lost event: no wake) reads the tip again."""
-    watch = TipWatch(Path(store.path))  # not started: no event can wake it
+def test_a_failed_look_reaches_the_waiter_and_the_next_wait_looks_again(store: Store) -> None:
+    watch = TipWatch(Path(store.path))
     run = Blocking(2)
+    failing = [True]
 
-    async def look() -> str | None:
-        return await watch.look_async("head", store.head, run)
+    def look() -> str | None:
+        if failing[0]:
+            raise OSError("disk gone")
+        return store.head()
+
+    async def scenario() -> tuple[str, bool]:
+        async def tip(head: str | None) -> bool:
+            return head is not None
+
+        try:
+            await watch.wait_until_async("head", look, run, tip, 60)
+        except OSError as ex:
+            error = str(ex)
+        failing[0] = False
+        return error, await watch.wait_until_async("head", look, run, tip, 60)
 
     try:
-        before = asyncio.run(look())
-        generation = watch._wakeup.generation
-        _commit(store, 2)
-        after = asyncio.run(look())
+        error, found = asyncio.run(asyncio.wait_for(scenario(), 60))
     finally:
         run.close()
-        watch.stop()
-    assert watch._wakeup.generation == generation
-    assert before != after == store.head()
+    assert error == "disk gone"
+    assert found is True
