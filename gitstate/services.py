@@ -21,6 +21,7 @@ from gitstate.engine.storage import CODE_REF
 from gitstate.gates.service import Gates
 from gitstate.store.branch import DEFAULT_REF, Store
 from gitstate.store.rewind import BranchRewound
+from gitstate.store.turns import waiting_refspec
 from gitstate.store.upstream import SharedRef
 from gitstate.trail import AuditTrail
 
@@ -30,7 +31,11 @@ def open_store(config: Config) -> Store:
     upstream = None
     if config.state.remote:
         upstream = SharedRef(
-            config.state_repo, config.state.remote, DEFAULT_REF, timeout=config.state.remote_timeout
+            config.state_repo,
+            config.state.remote,
+            DEFAULT_REF,
+            timeout=config.state.remote_timeout,
+            also=(waiting_refspec(),),
         )
     return Store(
         config.state_repo,

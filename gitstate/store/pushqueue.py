@@ -7,7 +7,8 @@ queue their changes, and whichever takes the process's writer lock first
 (the *leader*) runs every change queued by then on this node's copy of the
 tip, one after the other, each as its own commit on the one before, and
 pushes the last with a lease on that tip: one push for the lot. The others find
-their change done when the lock comes to them. A refused push (another
+their change done when the lock comes to them. A batch refused again and
+again asks the other nodes to give way (:mod:`gitstate.store.turns`). A refused push (another
 node pushed first, or the copy was behind) fetches and runs the whole batch
 again on the new tip, as a lost compare-and-swap does for one change; the change functions
 may run more than once, as every transaction's may.
@@ -26,6 +27,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pygit2
+
+from gitstate.store.rewind import BranchRewound
+from gitstate.store.turns import GIVE_WAY, RAISE_AFTER, Turns
+from gitstate.store.upstream import SharedUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,8 @@ class PushQueue:
         self._store = store
         self._lock = threading.Lock()
         self._waiting: list[Queued] = []
+        assert store.upstream is not None
+        self._turns = Turns(store.upstream)
 
     def write(self, job: _Job[Any], tally: _Tally) -> Committed[Any]:
         """Queue ``job`` and return once a push has it (or it failed).
@@ -108,13 +115,43 @@ class PushQueue:
         started = min(entry.job.started for entry in batch)
         try:
             with store._host_lock(until, started):
-                self._push(batch, until)
+                try:
+                    self._push(batch, until)
+                finally:
+                    self._turns.lower_hand()
+                self._give_way()
         except BaseException as ex:  # every writer gets the batch's failure
             for entry in batch:
                 if not entry.done.is_set():
                     entry.answer(None, ex)
             if not isinstance(ex, Exception):
                 raise
+
+    def _give_way(self) -> None:
+        """Hold this node's next push back while another node's hand is up (host lock held).
+
+        The batch is answered already. Until every other node that kept
+        losing has landed its batch and lowered its hand, or
+        :data:`~gitstate.store.turns.GIVE_WAY` seconds pass, this node
+        fetches every few milliseconds instead of pushing; the fetches also
+        bring the waiting nodes' commits, which the next batch builds on.
+        (Ending the wait when the tip moved let a third node, itself just
+        past its turn, push first again: five writes of 3 nodes failed.)
+        """
+        store = self._store
+        with store._mutex:
+            if not self._turns.others_waiting(store._repo):
+                return
+        until = time.monotonic() + GIVE_WAY
+        while time.monotonic() < until:
+            time.sleep(self.LOOK_AGAIN / 5)
+            try:
+                store.refresh()
+            except (SharedUnreachable, BranchRewound):
+                return  # the next write meets it and says so
+            with store._mutex:
+                if not self._turns.others_waiting(store._repo):
+                    return
 
     def _push(self, batch: list[Queued], until: float) -> None:
         """Run the batch and push it until the git server takes it (host lock held)."""
@@ -124,6 +161,7 @@ class PushQueue:
         upstream = store.upstream
         assert upstream is not None
         retry = False
+        refused = 0
         while True:
             if retry:
                 # Under the host lock no push from this host is under way,
@@ -168,6 +206,9 @@ class PushQueue:
                 break
             for entry in batch:
                 entry.tally.conflicts += 1
+            refused += 1
+            if refused >= RAISE_AFTER:
+                self._turns.raise_hand(base.commit or str(tip._commit_id))
             if time.monotonic() >= until:
                 raise StoreBusy(store.ref, store.deadline, 1, "the git server's ref kept moving")
             retry = True

@@ -186,13 +186,24 @@ class SharedRef:
         ref: the full ref name, the same on both sides.
         timeout: seconds one fetch or push may take before the git server
             counts as unreachable.
+        also: more refspecs each fetch brings along (pruned: a ref gone
+            from the git server goes here too).
     """
 
-    def __init__(self, repo_path: Path, url: str, ref: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        repo_path: Path,
+        url: str,
+        ref: str,
+        *,
+        timeout: float = 10.0,
+        also: tuple[str, ...] = (),
+    ) -> None:
         self.repo_path = Path(repo_path)
         self.url = url
         self.ref = ref
         self.timeout = timeout
+        self.also = also
         self.tracking = TRACKING_PREFIX + ref.removeprefix("refs/")
         self.shown_url = redact(url)
         self.node = node_name(self.repo_path)
@@ -221,8 +232,8 @@ class SharedRef:
         # has one ref; storage has one per environment, which the follower
         # fetches all of anyway.
         argv = ["-c", "protocol.version=0", "fetch", "--quiet", "--no-tags"]
-        argv += ["--no-write-fetch-head"]
-        argv += [self.url, f"+{self.ref}:{self.tracking}"]
+        argv += ["--no-write-fetch-head", *(["--prune"] if self.also else [])]
+        argv += [self.url, f"+{self.ref}:{self.tracking}", *self.also]
         try:
             with flocked(self.repo_path / FETCH_LOCK, timeout=self.timeout):
                 out = self._git(*argv)
@@ -269,6 +280,17 @@ class SharedRef:
             log.debug("push to %s refused: %s", self.shown_url, out.stdout.strip())
             return False
         raise self._unreachable(out)
+
+    def push_own(self, refspec: str) -> bool:
+        """Push ``refspec`` as it is, for a ref only this node writes; tell whether it was taken.
+
+        Raises:
+            SharedUnreachable: the git server did not answer in time.
+        """
+        out = self._git("push", "--quiet", self.url, refspec)
+        if out.returncode != 0:
+            log.debug("push of %s to %s failed: %s", refspec, self.shown_url, out.stderr.strip())
+        return out.returncode == 0
 
     def _git(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C")

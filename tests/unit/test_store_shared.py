@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from gitstate.store import pushqueue
+from gitstate.store import turns as turns_module
 from gitstate.store.branch import DEFAULT_REF, Store
 from gitstate.store.rewind import BranchRewound
+from gitstate.store.turns import WAITING, Turns, waiting_refspec
 from gitstate.store.upstream import SharedRef, SharedUnreachable, redact
 from tests.support.helpers import git
 
@@ -220,3 +224,120 @@ def test_a_failing_change_in_a_batch_leaves_the_others_committed(
     assert sum(isinstance(item, LookupError) for item in outcomes) == 3
     assert sorted(item for item in outcomes if isinstance(item, int)) == [1, 2, 3]
     assert len(_shared_log(remote)) == 3
+
+
+def _wait_for(condition, what: str, limit: float = 60.0) -> None:
+    """Poll ``condition`` until true (a background push is under way); fail after ``limit`` s."""
+    until = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < until, f"never happened: {what}"
+        time.sleep(0.02)
+
+
+def test_a_batch_refused_again_and_again_asks_the_other_nodes_to_give_way(
+    tmp_path: Path, remote: Path
+) -> None:
+    """After two refused pushes a node raises its hand on the git server; the others see it.
+
+    The git server's pre-receive hook refuses the first two pushes of the
+    state branch, as a node that keeps winning the race would make them
+    fail, and logs every ref update it is asked for.
+    """
+    updates = tmp_path / "updates.log"
+    refusals = tmp_path / "refusals"
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text(
+        "#!/bin/sh\n"
+        "state=no\n"
+        "while read old new ref; do\n"
+        f'  echo "$old $new $ref" >> {updates}\n'
+        '  [ "$ref" = refs/heads/state ] && state=yes\n'
+        "done\n"
+        f"if [ $state = yes ] && [ $(wc -c < {refusals}) -lt 2 ]; then\n"
+        f"  printf x >> {refusals}; exit 1\n"
+        "fi\n"
+    )
+    hook.chmod(0o755)
+    refusals.write_text("")
+    loser = _node(tmp_path, "loser", remote)
+    local = tmp_path / "other" / "state.git"
+    other = Store(
+        local,
+        upstream=SharedRef(local, str(remote), DEFAULT_REF, also=(waiting_refspec(),)),
+    )
+    other.transact(_bump, subject="first", operation="test.bump")  # refused twice too
+    refusals.write_text("")
+
+    loser.transact(_bump, subject="bump", operation="test.bump")
+
+    hand = f"{WAITING}{Turns(loser.upstream).mine}"
+    raised = lambda: any(  # noqa: E731
+        line.endswith(" " + hand) and line.split()[1].strip("0") != ""
+        for line in updates.read_text().splitlines()
+    )
+    lowered = lambda: any(  # noqa: E731
+        line.endswith(" " + hand) and line.split()[1].strip("0") == ""
+        for line in updates.read_text().splitlines()
+    )
+    _wait_for(raised, "the loser's hand raised on the git server")
+    other.refresh()
+    with other._mutex:
+        assert Turns(other.upstream).others_waiting(other._repo) or lowered()
+    _wait_for(lowered, "the loser's hand lowered once its write landed")
+    assert loser.get(COUNTER)["n"] == 2
+    other.refresh()
+    with other._mutex:
+        assert not Turns(other.upstream).others_waiting(other._repo)
+
+
+def test_a_hand_raised_long_ago_no_longer_counts(
+    tmp_path: Path, remote: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that died with its hand up does not slow the others down for ever."""
+    a = _node(tmp_path, "a", remote)
+    a.transact(_bump, subject="first", operation="test.bump")
+    git("update-ref", f"{WAITING}dead-node", a.head(), cwd=remote)
+    local = tmp_path / "b" / "state.git"
+    b = Store(local, upstream=SharedRef(local, str(remote), DEFAULT_REF, also=(waiting_refspec(),)))
+    b.refresh()
+    turns = Turns(b.upstream)
+    with b._mutex:
+        assert turns.others_waiting(b._repo)
+    monkeypatch.setattr(turns_module, "FORGOTTEN_AFTER", 0.0)
+    with b._mutex:
+        assert not turns.others_waiting(b._repo)
+
+
+def test_a_node_that_pushed_while_another_waits_lets_it_write_first(
+    tmp_path: Path, remote: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node A, having pushed, holds its next push back until node B's hand is down.
+
+    B's write lands between A's two writes, though A asked for its second
+    at once and B only once A's first was on the git server.
+    """
+    monkeypatch.setattr(pushqueue, "GIVE_WAY", 120.0)  # only the hand going down ends it
+    local = tmp_path / "a" / "state.git"
+    a = Store(local, upstream=SharedRef(local, str(remote), DEFAULT_REF, also=(waiting_refspec(),)))
+    b = _node(tmp_path, "b", remote)
+    first = a.transact(_bump, subject="a1", operation="test.bump")
+    hand = f"{WAITING}{Turns(b.upstream).mine}"
+    git("update-ref", hand, first.commit, cwd=remote)
+    a.refresh()  # A learns of the raised hand, as its follower would within a second
+
+    seconds: list[str] = []
+    writer = threading.Thread(
+        target=lambda: seconds.extend(
+            a.transact(_bump, subject=s, operation="test.bump").commit for s in ("a2", "a3")
+        )
+    )
+    writer.start()
+    _wait_for(lambda: len(_shared_log(remote)) == 2, "A's second write on the git server")
+    landed = b.transact(_bump, subject="b", operation="test.bump")
+    git("update-ref", "-d", hand, cwd=remote)  # B's batch is done: its hand goes down
+    writer.join(120)
+    assert not writer.is_alive()
+
+    subjects = git("log", "--format=%s", "--reverse", DEFAULT_REF, cwd=remote).split()
+    assert subjects == ["a1", "a2", "b", "a3"]
+    assert landed.value == 3 and a.get(COUNTER)["n"] == 4

@@ -1,0 +1,127 @@
+"""Taking turns at the git server: a node that keeps losing says so, the others give way.
+
+Nodes of several servers race to push the shared branch (docs/cluster.md).
+The race is not even: a node whose push just landed builds its next batch
+on a copy that is already current and pushes again at once, while a node
+whose push was refused must first fetch (12 ms against ``git daemon`` on
+loopback). Under steady load the last winner so keeps winning: in
+``bench/cluster_bench.py`` with three nodes one node's batch was refused 69
+times in a row over ten seconds and its writers, and every writer queued
+behind them on that node, were answered 503.
+
+So a batch refused twice *raises its hand*: it pushes a ref
+``refs/gitstate/waiting/<node>`` to the git server, pointing at a commit
+the server already has (no objects to send), and deletes it once the batch
+is done, landed or not. Every fetch of the state branch brings those refs
+along (:data:`WAITING_TRACKING`), so within a second each node knows who
+waits. A node that pushed while another waits *gives way*: instead of
+pushing again it fetches every few milliseconds until every raised hand
+is down, for at most :data:`GIVE_WAY` seconds
+(``PushQueue._give_way``). A fixed pause would have to guess how long the
+other node takes to fetch and push, which on a loaded host is longer than
+on a quiet one. A hand raised by a node that then died is
+ignored :data:`FORGOTTEN_AFTER` seconds after this process first saw it.
+
+Only the git server's own refs are used: no protocol of our own, and a
+node that does not know the convention merely never gives way.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+
+import pygit2
+
+from gitstate.store.upstream import SharedRef, SharedUnreachable
+
+log = logging.getLogger(__name__)
+
+#: Where, on the git server, a node that keeps losing says so.
+WAITING = "refs/gitstate/waiting/"
+#: Where a node keeps the waiting refs it fetched.
+WAITING_TRACKING = "refs/gitstate/shared-waiting/"
+#: Longest a node that just pushed holds its next push back while another waits (s).
+GIVE_WAY = 0.5
+#: Refusals in a row after which a batch raises its hand.
+RAISE_AFTER = 2
+#: Seconds after which a raised hand that was never lowered no longer counts.
+FORGOTTEN_AFTER = 30.0
+
+
+def waiting_refspec() -> str:
+    """The refspec that fetches every node's raised hand along with the branch."""
+    return f"+{WAITING}*:{WAITING_TRACKING}*"
+
+
+class Turns:
+    """This node's hand, and what it knows of the others'.
+
+    Args:
+        shared: the state branch's :class:`SharedRef` (its URL, node name, git).
+    """
+
+    def __init__(self, shared: SharedRef) -> None:
+        self._shared = shared
+        self.mine = re.sub(r"[^A-Za-z0-9_-]", "_", shared.node)
+        self._raised = False
+        self._lock = threading.Lock()
+        self._outbox: queue.Queue[str] = queue.Queue()
+        self._teller: threading.Thread | None = None
+        #: Waiting refs of other nodes -> when this process first saw them.
+        self._seen: dict[str, float] = {}
+
+    def raise_hand(self, commit: str) -> None:
+        """Tell the other nodes this one keeps losing (best effort, in the background)."""
+        with self._lock:
+            if self._raised:
+                return
+            self._raised = True
+        self._tell(f"+{commit}:{WAITING}{self.mine}")
+
+    def lower_hand(self) -> None:
+        """Take the hand down again, if it was raised (best effort, in the background)."""
+        with self._lock:
+            if not self._raised:
+                return
+            self._raised = False
+        self._tell(f":{WAITING}{self.mine}")
+
+    def _tell(self, refspec: str) -> None:
+        # PERF: a push is a round trip (60 ms to git daemon) that a losing
+        # batch would otherwise spend before it fetches and tries again,
+        # while its turn passes. The pushes go out in order, one at a time.
+        self._outbox.put(refspec)
+        with self._lock:
+            if self._teller is None or not self._teller.is_alive():
+                self._teller = threading.Thread(target=self._send, name="turns", daemon=True)
+                self._teller.start()
+
+    def _send(self) -> None:
+        while True:
+            try:
+                refspec = self._outbox.get(timeout=5.0)
+            except queue.Empty:
+                with self._lock:
+                    if self._outbox.empty():
+                        self._teller = None
+                        return
+                continue
+            try:  # a hint to the others, never a write's failure
+                self._shared.push_own(refspec)
+            except SharedUnreachable as ex:
+                log.debug("could not push %s: %s", refspec, ex)
+
+    def others_waiting(self, repo: pygit2.Repository) -> bool:
+        """Tell whether another node's hand is up, as the last fetch here saw it."""
+        now = time.monotonic()
+        up = {
+            name
+            for name in repo.references
+            if name.startswith(WAITING_TRACKING) and not name.endswith("/" + self.mine)
+        }
+        self._seen = {name: self._seen.get(name, now) for name in up}
+        return any(now - first < FORGOTTEN_AFTER for first in self._seen.values())
