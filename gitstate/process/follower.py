@@ -22,6 +22,7 @@ from gitstate.errors import GitStateError
 from gitstate.services import open_store
 from gitstate.store.branch import Store
 from gitstate.store.rewind import BranchRewound
+from gitstate.store.turns import Turns
 from gitstate.store.upstream import SharedUnreachable
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ def _join_state(store: Store) -> None:
         store.refresh()
     except BranchRewound as ex:
         raise HistoryMismatch(local or "", ex.found or "", upstream.shown_url) from ex
+    if Turns(upstream).clear_leftover():
+        log.info("took down the hand this node left up on the git server before it stopped")
 
 
 def _storage(config: Config) -> Storage | None:

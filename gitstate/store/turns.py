@@ -115,6 +115,24 @@ class Turns:
             except SharedUnreachable as ex:
                 log.debug("could not push %s: %s", refspec, ex)
 
+    def clear_leftover(self) -> bool:
+        """Take down a hand of this node's that the git server still shows; tell if there was one.
+
+        For a node starting up: no batch of it runs yet, so a hand up is one
+        that a process killed mid-batch left behind. Call after a fetch.
+        """
+        repo = pygit2.Repository(str(self._shared.repo_path))
+        try:
+            if WAITING_TRACKING + self.mine not in repo.references:
+                return False
+        finally:
+            repo.free()
+        try:
+            return self._shared.push_own(f":{WAITING}{self.mine}")
+        except SharedUnreachable as ex:
+            log.warning("a hand this node left up stays up (others ignore it in time): %s", ex)
+            return False
+
     def others_waiting(self, repo: pygit2.Repository) -> bool:
         """Tell whether another node's hand is up, as the last fetch here saw it."""
         now = time.monotonic()

@@ -17,6 +17,7 @@ point at it with ``state.remote`` and ``storage.remote``.
 from __future__ import annotations
 
 import random
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from bench.fixture import change_branch, environment_names, make_fixture
 from bench.nodes import GitServer, Node
 from gitstate.deploys.audit import replay_deploys, unfinished
 from gitstate.store.branch import parse_trailers
+from gitstate.store.turns import WAITING
 from tests.support.gate_load import GATE_SETS, SERVICES, create_gates, unheld
 from tests.support.gate_replay import labels, replay
 
@@ -229,6 +231,12 @@ def test_gates_hold_across_nodes_a_killed_node_and_a_git_server_outage(gate_clus
                 left.update(entry["id"] for entry in env["queue"])
         assert not left & load.answered, (node.base, left & load.answered)
         assert len(left) <= load.lost, (node.base, left, load.lost)
+    # No node is left asking the others to give way: each hand raised under
+    # the load went down with its batch, and the killed node took down any
+    # it left up when it joined again.
+    hands = ["git", "for-each-ref", "--format=%(refname)", WAITING]
+    up = subprocess.run(hands, cwd=server.root / "state.git", capture_output=True, text=True)
+    assert up.stdout.split() == []
 
 
 @pytest.fixture

@@ -341,3 +341,21 @@ def test_a_node_that_pushed_while_another_waits_lets_it_write_first(
     subjects = git("log", "--format=%s", "--reverse", DEFAULT_REF, cwd=remote).split()
     assert subjects == ["a1", "a2", "b", "a3"]
     assert landed.value == 3 and a.get(COUNTER)["n"] == 4
+
+
+def test_a_restarted_node_takes_down_the_hand_it_left_up(tmp_path: Path, remote: Path) -> None:
+    """A node killed mid-batch leaves its hand up; on joining again it takes it down."""
+    local = tmp_path / "a" / "state.git"
+    a = Store(local, upstream=SharedRef(local, str(remote), DEFAULT_REF, also=(waiting_refspec(),)))
+    first = a.transact(_bump, subject="first", operation="test.bump")
+    turns = Turns(a.upstream)
+    git("update-ref", f"{WAITING}{turns.mine}", first.commit, cwd=remote)
+    git("update-ref", f"{WAITING}another-node", first.commit, cwd=remote)
+    a.refresh()
+
+    assert turns.clear_leftover() is True
+    assert git("for-each-ref", "--format=%(refname)", WAITING, cwd=remote).split() == [
+        f"{WAITING}another-node"  # only its own
+    ]
+    a.refresh()
+    assert turns.clear_leftover() is False
