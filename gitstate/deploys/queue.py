@@ -155,13 +155,14 @@ class Outcome:
     """What became of one claimed deploy, as :meth:`DeployQueue.finish` records it.
 
     Exactly one of ``result`` (it completed), ``error`` (it failed) or
-    ``requeue`` (it was never started: its worker is stopping) is set.
+    ``requeue`` (it was never started, and why: the commit's subject says
+    so) is set.
     """
 
     deploy_id: int
     result: Mapping[str, Any] | None = None
     error: Mapping[str, Any] | None = None
-    requeue: bool = False
+    requeue: str = ""
 
 
 #: A claim's gate check: ``(draft, environment, deploy id)`` → the ticket
@@ -492,7 +493,7 @@ class DeployQueue:
                 if ticket and release is not None:
                     release(draft, str(ticket))
                 if outcome.requeue:
-                    line = self._requeue(draft, record, "its worker stopped before starting it")
+                    line = self._requeue(draft, record, outcome.requeue)
                 elif outcome.error is None:
                     line = self._complete(draft, record, dict(outcome.result or {}), stamp)
                 else:

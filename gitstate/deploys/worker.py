@@ -345,7 +345,8 @@ class DeployWorker:
         first_known: float | None = None
         for index, record in enumerate(batch):
             if self._stop.is_set():
-                outcomes += [Outcome(rest["id"], requeue=True) for rest in batch[index:]]
+                why = "its worker stopped before starting it"
+                outcomes += [Outcome(rest["id"], requeue=why) for rest in batch[index:]]
                 break
             started = time.monotonic()
             outcome, timed_out = self._run_one(record, collection)
@@ -355,7 +356,8 @@ class DeployWorker:
             outcomes.append(outcome)
             ran += 1
             if timed_out:
-                outcomes += [Outcome(rest["id"], requeue=True) for rest in batch[index + 1 :]]
+                why = f"deploy #{record['id']} before it in its worker's batch timed out"
+                outcomes += [Outcome(rest["id"], requeue=why) for rest in batch[index + 1 :]]
                 self.queue.finish(outcomes, self.name, release=self._release_gate)
                 log.error("deploy #%s timed out; restarting worker", record["id"])
                 os._exit(3)
@@ -364,7 +366,8 @@ class DeployWorker:
                 # Slower than the pace promised (the last batch changed
                 # nothing, this one changes everything): give the rest
                 # back so idle workers share it.
-                outcomes += [Outcome(later["id"], requeue=True) for later in rest]
+                why = "its worker's batch ran slower than its pace; given back to share"
+                outcomes += [Outcome(later["id"], requeue=why) for later in rest]
                 break
             first_known = first_known or time.monotonic()
             if rest and time.monotonic() - first_known >= BATCH_SECONDS:

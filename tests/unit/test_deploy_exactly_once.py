@@ -15,9 +15,11 @@ import pytest
 
 from gitstate.cli.sample import SampleRepos
 from gitstate.deploys.audit import replay_deploys, unfinished
+from gitstate.deploys.queue import Outcome
 from gitstate.deploys.worker import DeployWorker
 from gitstate.services import Services
 from tests.support.deploy_harness import deploy_config
+from tests.support.helpers import git
 
 
 class Workers:
@@ -74,3 +76,23 @@ def test_every_deploy_is_started_once_and_finished_once(
     assert {deploy_id for deploy_id, _attempt in replay.starts} == ids
     assert set(replay.starts.values()) == {1}
     assert unfinished(replay) == []
+
+
+def test_a_deploy_given_back_unstarted_is_queued_again_with_the_reason(
+    tmp_path: Path, sample: SampleRepos
+) -> None:
+    """The audit trail says why a claimed deploy went back, not always "its worker stopped"."""
+    config = deploy_config(tmp_path, sample)
+    queue = Services(config).code_manager.queue
+    name = Services(config).code_manager.collect()[0]
+    queued = queue.request([(name, name)], actor="test")
+    claimed = queue.claim("worker-a", limit=1)
+    assert [record["id"] for record in claimed] == [queued[0].deploy_id]
+    why = "its worker's batch ran slower than its pace; given back to share"
+
+    queue.finish([Outcome(queued[0].deploy_id, requeue=why)], "worker-a")
+
+    (record,) = queue.records([queued[0].deploy_id])
+    assert record["status"] == "queued" and "worker" not in record
+    subject = git("log", "-1", "--format=%s", "state", cwd=str(config.datadir / "state.git"))
+    assert subject.strip() == f"deploy #{queued[0].deploy_id} of {name} queued again: {why}"
