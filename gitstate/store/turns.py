@@ -29,7 +29,6 @@ node that does not know the convention merely never gives way.
 from __future__ import annotations
 
 import logging
-import queue
 import re
 import threading
 import time
@@ -50,6 +49,11 @@ GIVE_WAY = 0.5
 RAISE_AFTER = 2
 #: Seconds after which a raised hand that was never lowered no longer counts.
 FORGOTTEN_AFTER = 30.0
+#: Seconds between two tries to tell the git server, while it does not answer.
+RETRY_EVERY = 1.0
+
+#: What the git server holds after a push that failed: it may have taken it.
+_UNKNOWN = object()
 
 
 def waiting_refspec() -> str:
@@ -67,53 +71,67 @@ class Turns:
     def __init__(self, shared: SharedRef) -> None:
         self._shared = shared
         self.mine = re.sub(r"[^A-Za-z0-9_-]", "_", shared.node)
-        self._raised = False
-        self._lock = threading.Lock()
-        self._outbox: queue.Queue[str] = queue.Queue()
+        self._changed = threading.Condition()
+        #: The commit the hand should point at on the git server; None: down.
+        self._wanted: str | None = None
+        #: What the git server holds, as far as this process knows: None (no
+        #: hand; a node joining takes down any left over), a commit, or
+        #: :data:`_UNKNOWN` after a push that failed.
+        self._told: object = None
         self._teller: threading.Thread | None = None
         #: Waiting refs of other nodes -> when this process first saw them.
         self._seen: dict[str, float] = {}
 
+    @property
+    def raised(self) -> bool:
+        """Whether this process wants its node's hand up."""
+        return self._wanted is not None
+
     def raise_hand(self, commit: str) -> None:
-        """Tell the other nodes this one keeps losing (best effort, in the background)."""
-        with self._lock:
-            if self._raised:
-                return
-            self._raised = True
-        self._tell(f"+{commit}:{WAITING}{self.mine}")
+        """Tell the other nodes this one keeps losing (in the background)."""
+        with self._changed:
+            if self._wanted is None:
+                self._wanted = commit
+                self._wake_teller()
 
     def lower_hand(self) -> None:
-        """Take the hand down again, if it was raised (best effort, in the background)."""
-        with self._lock:
-            if not self._raised:
-                return
-            self._raised = False
-        self._tell(f":{WAITING}{self.mine}")
+        """Take the hand down again, if it was raised (in the background)."""
+        with self._changed:
+            if self._wanted is not None:
+                self._wanted = None
+                self._wake_teller()
 
-    def _tell(self, refspec: str) -> None:
+    def _wake_teller(self) -> None:
         # PERF: a push is a round trip (60 ms to git daemon) that a losing
         # batch would otherwise spend before it fetches and tries again,
-        # while its turn passes. The pushes go out in order, one at a time.
-        self._outbox.put(refspec)
-        with self._lock:
-            if self._teller is None or not self._teller.is_alive():
-                self._teller = threading.Thread(target=self._send, name="turns", daemon=True)
-                self._teller.start()
+        # while its turn passes. So one thread brings the git server to what
+        # is wanted, and keeps trying while it cannot: a hand left up by a
+        # push lost in an outage would make every other node give way to
+        # this one until they forgot it (found by the three-node proof).
+        self._changed.notify_all()
+        if self._teller is None or not self._teller.is_alive():
+            self._teller = threading.Thread(target=self._tell, name="turns", daemon=True)
+            self._teller.start()
 
-    def _send(self) -> None:
+    def _tell(self) -> None:
         while True:
-            try:
-                refspec = self._outbox.get(timeout=5.0)
-            except queue.Empty:
-                with self._lock:
-                    if self._outbox.empty():
-                        self._teller = None
-                        return
-                continue
+            with self._changed:
+                wanted = self._wanted
+                if wanted == self._told:
+                    self._teller = None
+                    return
+            refspec = f"+{wanted}:{WAITING}{self.mine}" if wanted else f":{WAITING}{self.mine}"
             try:  # a hint to the others, never a write's failure
-                self._shared.push_own(refspec)
+                told = self._shared.push_own(refspec)
             except SharedUnreachable as ex:
                 log.debug("could not push %s: %s", refspec, ex)
+                told = False
+            with self._changed:
+                if told:
+                    self._told = wanted
+                else:
+                    self._told = _UNKNOWN  # it may have landed: take it down later
+                    self._changed.wait(RETRY_EVERY)
 
     def clear_leftover(self) -> bool:
         """Take down a hand of this node's that the git server still shows; tell if there was one.

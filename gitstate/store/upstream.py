@@ -284,13 +284,16 @@ class SharedRef:
     def push_own(self, refspec: str) -> bool:
         """Push ``refspec`` as it is, for a ref only this node writes; tell whether it was taken.
 
+        Deleting (``:<ref>``) a ref the git server does not have counts as taken.
+
         Raises:
             SharedUnreachable: the git server did not answer in time.
         """
         out = self._git("push", "--quiet", self.url, refspec)
-        if out.returncode != 0:
-            log.debug("push of %s to %s failed: %s", refspec, self.shown_url, out.stderr.strip())
-        return out.returncode == 0
+        if out.returncode == 0 or "remote ref does not exist" in out.stderr:
+            return True  # a deletion of what is not there is done too
+        log.debug("push of %s to %s failed: %s", refspec, self.shown_url, out.stderr.strip())
+        return False
 
     def _git(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C")

@@ -234,8 +234,15 @@ def test_gates_hold_across_nodes_a_killed_node_and_a_git_server_outage(gate_clus
     # No node is left asking the others to give way: each hand raised under
     # the load went down with its batch, and the killed node took down any
     # it left up when it joined again.
+    # A hand whose batch ended in the outage goes down once the git server
+    # answers again (its node retries every second).
     hands = ["git", "for-each-ref", "--format=%(refname)", WAITING]
-    up = subprocess.run(hands, cwd=server.root / "state.git", capture_output=True, text=True)
+    until = time.monotonic() + 30
+    while True:
+        up = subprocess.run(hands, cwd=server.root / "state.git", capture_output=True, text=True)
+        if not up.stdout.split() or time.monotonic() > until:
+            break
+        time.sleep(0.2)
     assert up.stdout.split() == []
 
 

@@ -359,3 +359,23 @@ def test_a_restarted_node_takes_down_the_hand_it_left_up(tmp_path: Path, remote:
     ]
     a.refresh()
     assert turns.clear_leftover() is False
+
+
+def test_a_hand_that_could_not_be_lowered_goes_down_once_the_git_server_answers(
+    tmp_path: Path, remote: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that ends during an outage must not leave its hand up for good."""
+    monkeypatch.setattr(turns_module, "RETRY_EVERY", 0.05)
+    a = _node(tmp_path, "a", remote)
+    first = a.transact(_bump, subject="first", operation="test.bump")
+    turns = Turns(a.upstream)
+    hands = lambda: git("for-each-ref", "--format=%(refname)", WAITING, cwd=remote).split()  # noqa: E731
+
+    turns.raise_hand(first.commit)
+    _wait_for(lambda: hands() == [f"{WAITING}{turns.mine}"], "the hand up")
+    away = remote.with_name("away.git")
+    remote.rename(away)  # the git server stops answering
+    turns.lower_hand()
+    time.sleep(0.3)  # several tries fail meanwhile
+    away.rename(remote)
+    _wait_for(lambda: hands() == [], "the hand down once the git server answers")
