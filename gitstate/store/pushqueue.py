@@ -6,12 +6,13 @@ trip, not the commit, is what a write costs. So the writers of one process
 queue their changes, and whichever takes the process's writer lock first
 (the *leader*) runs every change queued by then on this node's copy of the
 tip, one after the other, each as its own commit on the one before, and
-pushes the last with a lease on that tip: one push for the lot. The others find
-their change done when the lock comes to them. A batch refused again and
-again asks the other nodes to give way (:mod:`gitstate.store.turns`). A refused push (another
+pushes the last with a lease on that tip: one push for the lot. The others
+find their change done when the lock comes to them. A refused push (another
 node pushed first, or the copy was behind) fetches and runs the whole batch
-again on the new tip, as a lost compare-and-swap does for one change; the change functions
-may run more than once, as every transaction's may.
+again on the new tip, as a lost compare-and-swap does for one change; the
+change functions may run more than once, as every transaction's may. A batch
+refused again and again asks the other nodes to give way
+(:mod:`gitstate.store.turns`).
 
 A change whose function raises gets its exception and is left out of the
 batch; the others go on. A fetch or push that fails, a branch moved back
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import pygit2
 
 from gitstate.store.rewind import BranchRewound
-from gitstate.store.turns import GIVE_WAY, RAISE_AFTER, Turns
+from gitstate.store.turns import FETCH_EVERY, GIVE_WAY, RAISE_AFTER, Turns
 from gitstate.store.upstream import SharedUnreachable
 
 log = logging.getLogger(__name__)
@@ -139,19 +140,17 @@ class PushQueue:
         past its turn, push first again: five writes of 3 nodes failed.)
         """
         store = self._store
-        with store._mutex:
-            if not self._turns.others_waiting(store._repo):
-                return
         until = time.monotonic() + GIVE_WAY
-        while time.monotonic() < until:
-            time.sleep(self.LOOK_AGAIN / 5)
+        while self._others_waiting() and time.monotonic() < until:
+            time.sleep(FETCH_EVERY)
             try:
                 store.refresh()
             except (SharedUnreachable, BranchRewound):
                 return  # the next write meets it and says so
-            with store._mutex:
-                if not self._turns.others_waiting(store._repo):
-                    return
+
+    def _others_waiting(self) -> bool:
+        with self._store._mutex:
+            return self._turns.others_waiting(self._store._repo)
 
     def _push(self, batch: list[Queued], until: float) -> None:
         """Run the batch and push it until the git server takes it (host lock held)."""

@@ -45,6 +45,8 @@ WAITING = "refs/gitstate/waiting/"
 WAITING_TRACKING = "refs/gitstate/shared-waiting/"
 #: Longest a node that just pushed holds its next push back while another waits (s).
 GIVE_WAY = 0.5
+#: How often a node giving way fetches, to see the hands go down (s).
+FETCH_EVERY = 0.01
 #: Refusals in a row after which a batch raises its hand.
 RAISE_AFTER = 2
 #: Seconds after which a raised hand that was never lowered no longer counts.
@@ -81,11 +83,6 @@ class Turns:
         self._teller: threading.Thread | None = None
         #: Waiting refs of other nodes -> when this process first saw them.
         self._seen: dict[str, float] = {}
-
-    @property
-    def raised(self) -> bool:
-        """Whether this process wants its node's hand up."""
-        return self._wanted is not None
 
     def raise_hand(self, commit: str) -> None:
         """Tell the other nodes this one keeps losing (in the background)."""
